@@ -1,0 +1,84 @@
+"""The ``rlhfctl`` Typer application: command groups are registered here, each defined in its own module.
+
+This module must stay cheap to import: no torch, ray, transformers or datasets at import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from typer.core import TyperGroup
+
+from rlhfctl import __version__
+from rlhfctl.errors import RlhfctlError
+
+
+class RlhfctlGroup(TyperGroup):
+    """Root command group: turns rlhfctl's errors into a clear message and an exit code, never a traceback.
+
+    Errors are handled here (not only in :func:`main`) so ``CliRunner`` tests see the same exit codes and
+    messages as a user at the terminal: 2 for user errors, 1 for runtime failures.
+    """
+
+    def invoke(self, ctx):  # type: ignore[override]
+        from rlhfctl.cli.render_errors import print_error
+
+        try:
+            return super().invoke(ctx)
+        except RlhfctlError as exc:
+            print_error(exc)
+            ctx.exit(exc.exit_code)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("RLHFCTL_DEBUG") == "1" or type(exc).__module__.startswith("click"):
+                raise
+            print_error(RlhfctlError(f"unexpected error: {type(exc).__name__}: {exc}",
+                                     hint="Run again with RLHFCTL_DEBUG=1 to see the traceback."))
+            ctx.exit(1)
+
+
+app = typer.Typer(
+    cls=RlhfctlGroup,
+    name="rlhfctl",
+    help="From raw preference data to an aligned model: SFT, reward modelling and PPO on Ray Train.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    epilog=(
+        "Examples:\n\n"
+        "  rlhfctl init --stage rm --defaults -o rm.toml\n\n"
+        "  rlhfctl validate-config rm.toml training.learning_rate=2e-5\n\n"
+        "  rlhfctl rm train rm.toml --resume auto"
+    ),
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"rlhfctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """From raw preference data to an aligned model: SFT, reward modelling and PPO on Ray Train."""
+
+
+def _register() -> None:
+    from rlhfctl.cli import commands
+
+    commands.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``rlhfctl`` and ``python -m rlhfctl``)."""
+    app(args=argv, prog_name="rlhfctl")

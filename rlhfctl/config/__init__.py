@@ -1,0 +1,24 @@
+"""Typed TOML configuration: schema, loading with overrides, rendering, legacy migration."""
+
+from rlhfctl.config.loader import load_config, validate_config_dict
+from rlhfctl.config.schema import (
+    CONFIG_CLASSES,
+    STAGES,
+    GenerationConfig,
+    PPOConfig,
+    RMConfig,
+    SFTConfig,
+    StageConfig,
+)
+
+__all__ = [
+    "CONFIG_CLASSES",
+    "STAGES",
+    "GenerationConfig",
+    "PPOConfig",
+    "RMConfig",
+    "SFTConfig",
+    "StageConfig",
+    "load_config",
+    "validate_config_dict",
+]

@@ -1,0 +1,29 @@
+"""Stage config -> TOML text (for ``config show`` and the resolved config written into each run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tomli_w
+
+from rlhfctl.config.schema import StageConfig
+
+
+def config_to_dict(config: StageConfig) -> dict:
+    """Plain, TOML-ready dict: paths as strings, unset optional keys left out (TOML has no null)."""
+    return config.model_dump(mode="json", exclude_none=True)
+
+
+def config_to_toml(config: StageConfig) -> str:
+    data = config_to_dict(config)
+    stage = data.pop("stage")
+    return tomli_w.dumps({"stage": stage, **data})
+
+
+def write_resolved_config(config: StageConfig, output_dir: Path) -> Path:
+    """Write ``output_dir/resolved_config.toml`` atomically and return its path."""
+    from rlhfctl.fileio import atomic_write_text
+
+    target = Path(output_dir) / "resolved_config.toml"
+    atomic_write_text(target, config_to_toml(config))
+    return target
