@@ -29,10 +29,10 @@ class RlhfctlGroup(TyperGroup):
         except RlhfctlError as exc:
             print_error(exc)
             ctx.exit(exc.exit_code)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
+        except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):
+            raise  # usage errors and exits: Typer prints them and picks the exit code
         except Exception as exc:
-            if os.environ.get("RLHFCTL_DEBUG") == "1" or type(exc).__module__.startswith("click"):
+            if os.environ.get("RLHFCTL_DEBUG") == "1":
                 raise
             print_error(RlhfctlError(f"unexpected error: {type(exc).__name__}: {exc}",
                                      hint="Run again with RLHFCTL_DEBUG=1 to see the traceback."))

@@ -10,6 +10,7 @@ def register(app: typer.Typer) -> None:
 
     init_cmd.register(app)
     config_cmd.register(app)
+    app.add_typer(config_cmd.app, name="config")
     app.add_typer(data_cmd.app, name="data")
     app.add_typer(sft_cmd.app, name="sft")
     app.add_typer(rm_cmd.app, name="rm")

@@ -1,7 +1,75 @@
-"""`rlhfctl ppo ...` commands (being built; see the issue tracker)."""
+"""`rlhfctl ppo ...`: optimise a policy against a reward model with PPO on Ray Train; sample from a policy."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="ppo commands.")
+from rlhfctl.cli._overrides import ConfigArg, OverridesArg
+from rlhfctl.cli._train import DryRunOption, ForceOption, QuietOption, ResumeOption, run_train_command
+from rlhfctl.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, help="PPO: train a policy against a reward model; sample and compare.")
+
+
+@app.command(epilog="Examples:\n\n"
+                    "  rlhfctl ppo train examples/configs/ppo.toml\n\n"
+                    "  rlhfctl ppo train ppo.toml training.kl_coeff=0.1 generation.max_new_tokens=48 --dry-run\n\n"
+                    "  rlhfctl ppo train ppo.toml --resume")
+def train(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    resume: ResumeOption = False,
+    dry_run: DryRunOption = False,
+    quiet: QuietOption = False,
+    force: ForceOption = False,
+) -> None:
+    """Train the policy with PPO (KL-penalised reward, clipped updates, a value model) on Ray Train workers."""
+    run_train_command("ppo", config, overrides, resume=resume, dry_run=dry_run, quiet=quiet, force=force)
+
+
+@app.command(epilog="Examples:\n\n"
+                    "  rlhfctl ppo sample example-run/models/ppo examples/data/heldout_prompts.jsonl "
+                    "--rm example-run/models/rm\n\n"
+                    "  rlhfctl ppo sample models/sft prompts.jsonl --rm models/rm -n 4 > before.jsonl\n\n"
+                    "  rlhfctl ppo sample models/ppo prompts.jsonl --max-new-tokens 64 --seed 1")
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A policy export (ppo or sft train's checkpoint_dir, or any causal LM folder).", show_default=False)],
+    prompts: Annotated[Path, typer.Argument(
+        help="Prompts as JSONL ({\"prompt\": ...} rows, like PPO training data).", show_default=False)],
+    rm: Annotated[Optional[Path], typer.Option(
+        "--rm", help="Score every response with this reward model (an rm train export).", show_default=False)] = None,
+    samples_per_prompt: Annotated[int, typer.Option("-n", "--num-samples", min=1,
+                                                    help="Responses per prompt.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Response length limit.")] = 32,
+    temperature: Annotated[float, typer.Option("--temperature", help="Sampling temperature (> 0).")] = 0.7,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (same seed, same responses).")] = 0,
+) -> None:
+    """Generate (and score) responses, one JSON object per line; the mean score goes to stderr."""
+    from rlhfctl.data.loading import load_rows
+    from rlhfctl.stages.ppo_rollout import sample_responses
+
+    if temperature <= 0:
+        raise UserError(f"--temperature must be > 0, got {temperature}")
+    for path, what in ((checkpoint, "policy checkpoint"), (rm, "reward model checkpoint")):
+        if path is not None and not path.is_dir():
+            raise UserError(f"{what} not found: {path} (expected a folder written by rlhfctl or save_pretrained)")
+    rows = load_rows(prompts, "ppo")
+    if not rows:
+        raise UserError(f"{prompts} has no prompts")
+    results = sample_responses(
+        str(checkpoint), [row["prompt"] for row in rows], reward_dir=None if rm is None else str(rm),
+        samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+    )
+    for result in results:
+        record = {"prompt": result.prompt, "response": result.response, "stopped": result.stopped}
+        if result.score is not None:
+            record["score"] = result.score
+        typer.echo(json.dumps(record, ensure_ascii=False))
+    if rm is not None:
+        mean = sum(result.score for result in results) / len(results)
+        typer.echo(f"mean score {mean:.4f} over {len(results)} responses", err=True)

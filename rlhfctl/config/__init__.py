@@ -1,6 +1,6 @@
 """Typed TOML configuration: schema, loading with overrides, rendering, legacy migration."""
 
-from rlhfctl.config.loader import load_config, validate_config_dict
+from rlhfctl.config.loader import known_keys, load_config, parse_override, validate_config_dict
 from rlhfctl.config.schema import (
     CONFIG_CLASSES,
     STAGES,
@@ -19,6 +19,8 @@ __all__ = [
     "RMConfig",
     "SFTConfig",
     "StageConfig",
+    "known_keys",
     "load_config",
+    "parse_override",
     "validate_config_dict",
 ]

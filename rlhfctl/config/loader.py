@@ -2,7 +2,8 @@
 
 ``load_config(path, stage=None, overrides=())`` is the only way the rest of rlhfctl reads a config file.
 Relative paths inside the file are resolved against the file's folder; relative paths given as command-line
-overrides against the current directory.
+overrides against the current directory. Overrides are typed by the schema and checked against the stage's
+keys before anything else, so a typo on the command line gets the same "did you mean" as one in the file.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import difflib
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from rlhfctl.config.issues import FROM_COMMAND_LINE, issues_from_validation, locate, sorted_by_line
+from rlhfctl.config.keys import SEED_SECTIONS, field_info, is_table_field, known_keys
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES, StageConfig
 from rlhfctl.errors import ConfigError, ConfigIssue
 
@@ -33,7 +36,9 @@ _PATH_KEYS = {
     ("general", "rm_pretrain"),
 }
 _MODEL_KEYS = {("general", "base_model"), ("general", "model_name"), ("general", "rm_name")}
-_SEED_SECTIONS = {"General": "general", "Dataset": "dataset", "Training": "training", "Generation": "generation"}
+
+
+# ------------------------------------------------------------------------------------------------ reading
 
 
 def parse_toml_file(path: Path) -> tuple[dict[str, Any], str]:
@@ -60,51 +65,123 @@ def parse_toml_file(path: Path) -> tuple[dict[str, Any], str]:
 
 def _normalise_sections(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
-    for seed_name, name in _SEED_SECTIONS.items():
+    for seed_name, name in SEED_SECTIONS.items():
         if seed_name in out and name not in out:
             out[name] = out.pop(seed_name)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ overrides
+
+
+def _split_override(text: str) -> tuple[list[str], str]:
+    if "=" not in text:
+        raise ConfigError([ConfigIssue(text, "an override must look like section.key=value")])
+    key, raw_value = text.split("=", 1)
+    parts = [part for part in key.strip().split(".") if part]
+    if len(parts) < 2:
+        raise ConfigError(
+            [ConfigIssue(key.strip(), "an override key must name a section and a key, e.g. training.epochs=2")]
+        )
+    if parts[0] in SEED_SECTIONS:
+        parts[0] = SEED_SECTIONS[parts[0]]
+    return parts, raw_value.strip()
+
+
+def _parse_toml_value(raw_value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw_value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw_value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``training.learning_rate=2e-5`` -> (["training", "learning_rate"], 2e-05).
 
     The value is read as a TOML value when it parses as one (numbers, booleans, quoted strings, arrays, inline
-    tables); otherwise it is taken as a plain string (so ``general.base_model=gpt2`` works unquoted).
+    tables); otherwise it is taken as a plain string (so ``general.base_model=gpt2`` works unquoted). The seed's
+    section spellings (``Training.epochs=2``) are accepted.
     """
-    if "=" not in text:
-        raise ConfigError([ConfigIssue(text, "an override must look like section.key=value")])
-    key, raw_value = text.split("=", 1)
-    key = key.strip()
-    parts = [part for part in key.split(".") if part]
-    if len(parts) < 2:
-        raise ConfigError([ConfigIssue(key, "an override key must name a section and a key, e.g. training.epochs=2")])
-    raw_value = raw_value.strip()
-    try:
-        value = tomllib.loads(f"v = {raw_value}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw_value
-    return parts, value
+    parts, raw_value = _split_override(text)
+    return parts, _parse_toml_value(raw_value)
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str], *, cwd: Path | None = None) -> dict[str, Any]:
-    """Apply dotted ``key=value`` overrides to a raw config dict (a new dict is returned)."""
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str], *, cwd: Path | None = None, stage: str | None = None
+) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides to a raw config dict (a new dict is returned).
+
+    With ``stage`` known, a value meant for a text or path key keeps its literal spelling (``general.seed=3`` is
+    the integer 3, but ``general.base_model=123`` is the string "123").
+    """
     out = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
     for override in overrides:
-        parts, value = parse_override(override)
-        if parts[0] in _SEED_SECTIONS:
-            parts[0] = _SEED_SECTIONS[parts[0]]
+        parts, raw_value = _split_override(override)
+        value = _typed_override_value(parts, raw_value, stage)
         if tuple(parts) in _PATH_KEYS and isinstance(value, str):
             value = str((cwd or Path.cwd()) / Path(value).expanduser())
         node = out
         for part in parts[:-1]:
             child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-            node[part] = child = dict(child)
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
             node = child
         node[parts[-1]] = value
     return out
+
+
+def _typed_override_value(parts: list[str], raw_value: str, stage: str | None) -> Any:
+    value = _parse_toml_value(raw_value)
+    field = field_info(stage, ".".join(parts)) if stage else None
+    if field is not None and not isinstance(value, str) and _wants_text(field.annotation):
+        return raw_value
+    return value
+
+
+def _wants_text(annotation: Any) -> bool:
+    """True for ``str``/``Path`` fields (optional or not) that accept no numbers or booleans."""
+    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return bool(members) and all(_wants_text(arg) for arg in members)
+    return annotation in (str, Path)
+
+
+def _check_override_keys(parts: list[str], stage: str | None) -> ConfigIssue | None:
+    """An issue when an override names a key the stage does not have (with a suggestion), else None."""
+    dotted = ".".join(parts)
+    stages = [stage] if stage else list(STAGES)
+    keys = {key for name in stages for key in known_keys(name)}
+    if dotted in keys:
+        return None
+    parent = ".".join(parts[:-1])
+    if len(parts) == 3 and any(is_table_field(name, parent) for name in stages):
+        return None  # a sub-key of a table such as training.resources_per_worker.GPU
+    message = "unknown key " + FROM_COMMAND_LINE
+    other_stages = [name for name in STAGES if name not in stages and dotted in known_keys(name)]
+    if other_stages:
+        message += f"; it is a setting of the {' and '.join(other_stages)} stage, not '{stage}'"
+    else:
+        close = difflib.get_close_matches(dotted, sorted(keys), n=1, cutoff=0.6)
+        if not close:
+            close = [key for key in sorted(keys) if key.endswith("." + parts[-1])][:1]
+        if close:
+            message += f"; did you mean '{close[0]}'?"
+    return ConfigIssue(dotted, message)
+
+
+def _drop_replaced_validation_source(data: dict[str, Any], overridden: Collection[str]) -> dict[str, Any]:
+    """validation_file and validation_split_percentage exclude each other: overriding one on the command line
+    replaces the other one set in the file (the command line wins)."""
+    pair = ("validation_file", "validation_split_percentage")
+    dataset = data.get("dataset")
+    if not isinstance(dataset, dict):
+        return data
+    for given, replaced in (pair, pair[::-1]):
+        if f"dataset.{given}" in overridden and f"dataset.{replaced}" not in overridden and replaced in dataset:
+            dataset = {key: value for key, value in dataset.items() if key != replaced}
+    return {**data, "dataset": dataset}
+
+
+# ------------------------------------------------------------------------------------------------ stages
 
 
 def detect_stage(data: dict[str, Any], requested: str | None) -> str | None:
@@ -125,6 +202,9 @@ def detect_stage(data: dict[str, Any], requested: str | None) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------------------------ loading
+
+
 def load_config(
     path: Path | str,
     stage: str | None = None,
@@ -136,8 +216,26 @@ def load_config(
     path = Path(path)
     data, text = parse_toml_file(path)
     data = _resolve_relative_paths(data, path.parent)
-    data = apply_overrides(data, overrides)
-    return validate_config_dict(data, stage=stage, path=path, source_text=text, check_files=check_files)
+    override_stage = detect_stage(data, stage)
+    issues: list[ConfigIssue] = []
+    accepted: list[str] = []
+    overridden: set[str] = set()
+    for override in overrides:
+        try:
+            parts, _ = _split_override(override)
+        except ConfigError as exc:
+            issues += exc.issues
+            continue
+        issue = _check_override_keys(parts, override_stage)
+        if issue is not None:
+            issues.append(issue)
+            continue
+        accepted.append(override)
+        overridden.add(".".join(parts))
+    data = _drop_replaced_validation_source(data, overridden)
+    data = apply_overrides(data, accepted, stage=override_stage)
+    return _validate(data, stage=stage, path=path, source_text=text, check_files=check_files,
+                     prior_issues=issues, overridden=overridden)
 
 
 def validate_config_dict(
@@ -149,37 +247,47 @@ def validate_config_dict(
     check_files: bool = True,
 ) -> StageConfig:
     """Validate an already-parsed config dict (used by load_config, the wizard and migration)."""
+    return _validate(data, stage=stage, path=path, source_text=source_text, check_files=check_files)
+
+
+def _validate(
+    data: dict[str, Any],
+    *,
+    stage: str | None,
+    path: Path | str | None,
+    source_text: str,
+    check_files: bool,
+    prior_issues: Sequence[ConfigIssue] = (),
+    overridden: Collection[str] = (),
+) -> StageConfig:
     data = _normalise_sections(data)
-    detected = detect_stage(data, stage)
+    issues = list(prior_issues)
     declared = data.get("stage")
-    issues: list[ConfigIssue] = []
     if declared is not None and declared not in STAGES:
         issues.append(ConfigIssue("stage", f"expected one of {', '.join(STAGES)}, found {declared!r}", declared,
-                                  _locate(source_text, ["stage"])))
+                                  locate(source_text, ["stage"])))
         raise ConfigError(issues, path)
     if stage and declared and declared != stage:
-        raise ConfigError(
-            [ConfigIssue("stage", f"this file configures the '{declared}' stage, not '{stage}'", declared,
-                         _locate(source_text, ["stage"]))],
-            path,
-        )
+        issues.append(ConfigIssue("stage", f"this file configures the '{declared}' stage, not '{stage}'",
+                                  declared, locate(source_text, ["stage"])))
+        raise ConfigError(issues, path)
+    detected = detect_stage(data, stage)
     if detected is None:
-        raise ConfigError(
-            [ConfigIssue("stage", "cannot tell which stage this config is for: add stage = \"sft\", \"rm\" or "
-                                  "\"ppo\" at the top of the file (or pass --stage)")],
-            path,
-        )
+        issues.append(ConfigIssue("stage", "cannot tell which stage this config is for: add stage = \"sft\", "
+                                           "\"rm\" or \"ppo\" at the top of the file (or pass --stage)"))
+        raise ConfigError(issues, path)
     model_cls = CONFIG_CLASSES[detected]
     data = {**data, "stage": detected}
+    config = None
     try:
         config = model_cls.model_validate(data)
     except ValidationError as exc:
-        issues.extend(_issues_from_validation(exc, model_cls, source_text))
-        raise ConfigError(issues, path) from None
+        issues += issues_from_validation(exc, detected, source_text, overridden)
     if check_files:
-        issues.extend(_check_files(config, source_text))
+        flagged = {issue.key for issue in issues}
+        issues += [issue for issue in _check_files(data, source_text, overridden) if issue.key not in flagged]
     if issues:
-        raise ConfigError(issues, path)
+        raise ConfigError(sorted_by_line(issues), path)
     return config  # type: ignore[return-value]
 
 
@@ -202,96 +310,33 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
-def _issues_from_validation(exc: ValidationError, model_cls: type[BaseModel], text: str) -> list[ConfigIssue]:
+def _check_files(data: dict[str, Any], text: str, overridden: Collection[str] = ()) -> list[ConfigIssue]:
+    """Files and local model folders the config names that do not exist (checked on the raw values, so they are
+    reported even when other keys have errors)."""
+    general = data.get("general") if isinstance(data.get("general"), dict) else {}
+    dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
     issues = []
-    for error in exc.errors():
-        loc = [str(part) for part in error["loc"] if not isinstance(part, int) or True]
-        key = ".".join(loc)
-        found = error.get("input")
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            suggestion = _suggest(model_cls, loc)
-            message = "unknown key" + (f"; did you mean '{suggestion}'?" if suggestion else "")
-        elif kind == "missing":
-            message = "required key is missing"
-            found = None
-        elif kind == "literal_error":
-            expected = error.get("ctx", {}).get("expected", "")
-            message = f"expected one of {expected}, found {found!r}"
+
+    def report(section: str, name: str, message: str, value: str) -> None:
+        key = f"{section}.{name}"
+        if key in overridden:
+            issues.append(ConfigIssue(key, f"{message} {FROM_COMMAND_LINE}", value))
         else:
-            message = error["msg"].removeprefix("Value error, ")
-            if found is not None and not isinstance(found, dict):
-                message = f"{message} (found {found!r})"
-        issues.append(ConfigIssue(key, message, found, _locate(text, loc)))
-    return issues
+            issues.append(ConfigIssue(key, message, value, locate(text, [section, name])))
 
-
-def _suggest(model_cls: type[BaseModel], loc: list[str]) -> str | None:
-    """A close known key for an unknown one, searched in the section the unknown key sits in."""
-    node: type[BaseModel] | None = model_cls
-    for part in loc[:-1]:
-        field = node.model_fields.get(part) if node else None
-        annotation = getattr(field, "annotation", None)
-        node = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    if node is None:
-        return None
-    names = list(node.model_fields)
-    match = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
-    if match:
-        return ".".join([*loc[:-1], match[0]])
-    # the key may belong to another section
-    for section_name, field in model_cls.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and loc[-1] in annotation.model_fields:
-            return f"{section_name}.{loc[-1]}"
-    return None
-
-
-def _locate(text: str, loc: list[str]) -> int | None:
-    """Best-effort 1-based line of a dotted key in TOML text (``[section]`` headers and ``key =`` lines)."""
-    if not text or not loc:
-        return None
-    section_aliases = {v: k for k, v in _SEED_SECTIONS.items()}
-    want_section = loc[0] if len(loc) > 1 else ""
-    key = loc[1] if len(loc) > 1 else loc[0]
-    current = ""
-    section_line = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        header = re.match(r"^\[\s*([A-Za-z0-9_.\-]+)\s*\]", stripped)
-        if header:
-            current = header.group(1)
-            if current in (want_section, section_aliases.get(want_section)):
-                section_line = number
-            continue
-        if current in (want_section, section_aliases.get(want_section)) and re.match(
-            rf"^{re.escape(key)}\s*=", stripped
-        ):
-            return number
-    return section_line
-
-
-def _check_files(config: StageConfig, text: str) -> list[ConfigIssue]:
-    issues = []
-    dataset = config.dataset
     for name in ("train_file", "validation_file"):
-        value = getattr(dataset, name)
-        if value is not None and not Path(value).exists():
-            issues.append(ConfigIssue(f"dataset.{name}", f"file not found: {value}", str(value),
-                                      _locate(text, ["dataset", name])))
-    general = config.general
+        value = dataset.get(name)
+        if isinstance(value, str) and not Path(value).expanduser().exists():
+            report("dataset", name, f"file not found: {value}", value)
     for name in ("base_model", "model_name", "rm_name"):
-        value = getattr(general, name, None)
+        value = general.get(name)
         if isinstance(value, str) and _looks_like_local_path(value) and not Path(value).expanduser().exists():
-            issues.append(ConfigIssue(f"general.{name}", f"local model folder not found: {value}", value,
-                                      _locate(text, ["general", name])))
+            report("general", name, f"local model folder not found: {value}", value)
     for name in ("model_pretrain", "rm_pretrain"):
-        value = getattr(general, name, None)
-        if value is not None and not Path(value).exists():
-            issues.append(ConfigIssue(
-                f"general.{name}",
-                f"export folder not found: {value} (run the earlier stage first, or leave the key out)",
-                str(value), _locate(text, ["general", name])))
+        value = general.get(name)
+        if isinstance(value, str) and not Path(value).expanduser().exists():
+            report("general", name, f"export folder not found: {value} (run the earlier stage first, or leave the "
+                                    "key out)", value)
     return issues
 
 
@@ -299,14 +344,13 @@ def _looks_like_local_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
 
 
-def known_keys(stage: str) -> list[str]:
-    """Every dotted key a stage's config accepts (for docs, the wizard and override suggestions)."""
-    model_cls = CONFIG_CLASSES[stage]
-    keys = []
-    for section, field in model_cls.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys += [f"{section}.{name}" for name in annotation.model_fields]
-        else:
-            keys.append(section)
-    return keys
+__all__ = [
+    "apply_overrides",
+    "detect_stage",
+    "field_info",
+    "known_keys",
+    "load_config",
+    "parse_override",
+    "parse_toml_file",
+    "validate_config_dict",
+]

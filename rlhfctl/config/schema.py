@@ -10,6 +10,7 @@ Nothing here imports torch, ray or transformers: validating a config must stay f
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -37,8 +38,15 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
+# Strict types: TOML already carries types, so "3" is not silently taken for 3 and 1 is not taken for true.
+# Path fields opt out (``strict=False``) so they accept the strings TOML has.
+_MODEL_CONFIG = ConfigDict(
+    extra="forbid", validate_assignment=True, populate_by_name=True, strict=True, allow_inf_nan=False
+)
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = _MODEL_CONFIG
 
 
 # ----------------------------------------------------------------------------------------------- [general]
@@ -46,9 +54,12 @@ class _Section(BaseModel):
 
 class _GeneralCommon(_Section):
     output_dir: Path = Field(
-        description="Run directory: logs, metrics.jsonl, the resolved config and Ray Train's storage for resuming."
+        strict=False,
+        description="Run directory: logs, metrics.jsonl, the resolved config and Ray Train's storage for resuming.",
     )
-    checkpoint_dir: Path = Field(description="Where the final model is exported in Hugging Face format.")
+    checkpoint_dir: Path = Field(
+        strict=False, description="Where the final model is exported in Hugging Face format."
+    )
     seed: int = Field(42, description="Seed for data order, splits, initialisation and sampling.")
     ray_address: str | None = Field(
         None,
@@ -68,6 +79,18 @@ class _GeneralCommon(_Section):
             return value
         raise ValueError('expected "auto", "ray://host:port" or "host:port" of a running Ray head')
 
+    @model_validator(mode="after")
+    def _separate_run_and_export_folders(self) -> "_GeneralCommon":
+        # The export replaces checkpoint_dir as a whole: it must not be, or contain, the run directory.
+        run_dir = Path(self.output_dir).expanduser().absolute()
+        export_dir = Path(self.checkpoint_dir).expanduser().absolute()
+        if run_dir == export_dir or export_dir in run_dir.parents:
+            raise ValueError(
+                "general.checkpoint_dir must be a folder of its own, not general.output_dir or a parent of it "
+                "(the final export replaces checkpoint_dir as a whole)"
+            )
+        return self
+
 
 class ModelGeneral(_GeneralCommon):
     """``[general]`` of the SFT and RM stages."""
@@ -80,11 +103,15 @@ class PPOGeneral(_GeneralCommon):
 
     model_name: str = Field(description="Hub id or local folder of the policy (and its tokenizer).")
     model_pretrain: Path | None = Field(
-        None, description="Optional SFT export (rlhfctl sft train's checkpoint_dir); loaded instead of model_name."
+        None,
+        strict=False,
+        description="Optional SFT export (rlhfctl sft train's checkpoint_dir); loaded instead of model_name.",
     )
     rm_name: str = Field(description="Hub id or local folder of the reward model architecture.")
     rm_pretrain: Path | None = Field(
-        None, description="Optional RM export (rlhfctl rm train's checkpoint_dir); loaded instead of rm_name."
+        None,
+        strict=False,
+        description="Optional RM export (rlhfctl rm train's checkpoint_dir); loaded instead of rm_name.",
     )
 
 
@@ -92,8 +119,10 @@ class PPOGeneral(_GeneralCommon):
 
 
 class DatasetConfig(_Section):
-    train_file: Path = Field(description="Training data in the stage's standard format (JSONL and variants).")
-    validation_file: Path | None = Field(None, description="Optional separate validation data.")
+    train_file: Path = Field(
+        strict=False, description="Training data in the stage's standard format (JSONL and variants)."
+    )
+    validation_file: Path | None = Field(None, strict=False, description="Optional separate validation data.")
     validation_split_percentage: float = Field(
         5.0,
         ge=0,
@@ -142,7 +171,9 @@ class TrainingCommon(_Section):
     @classmethod
     def _check_scheduler(cls, value: str) -> str:
         if value not in LR_SCHEDULERS:
-            raise ValueError(f"expected one of {', '.join(LR_SCHEDULERS)}")
+            close = difflib.get_close_matches(value.lower(), LR_SCHEDULERS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"expected one of {', '.join(LR_SCHEDULERS)}, found {value!r}{hint}")
         return value
 
     @field_validator("resources_per_worker")
@@ -232,7 +263,7 @@ _SECTION_ALIASES = {"General": "general", "Dataset": "dataset", "Training": "tra
 
 
 class _StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = _MODEL_CONFIG
 
     stage: str
 

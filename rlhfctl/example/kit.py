@@ -26,7 +26,7 @@ class ModelPreset:
 
 
 PRESETS: dict[str, ModelPreset] = {
-    # ~0.5 M parameters: the README example and the test suite.
+    # ~0.15 M parameters with the example data's vocabulary: the README example and the test suite.
     "tiny": ModelPreset(n_embd=64, n_layer=2, n_head=2, n_positions=256, vocab_size=1024),
     # ~20 M parameters: benchmarks.
     "small": ModelPreset(n_embd=384, n_layer=8, n_head=6, n_positions=512, vocab_size=8192),
@@ -105,7 +105,9 @@ def build_model_kit(
     """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars; errors still surface as exceptions
     shape = PRESETS[preset]
     out_dir = Path(out_dir)
     files = [Path(path) for path in corpus_files]
@@ -129,3 +131,59 @@ def build_model_kit(
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+@dataclass(frozen=True)
+class KitSummary:
+    """What :func:`build_model_kit_folder` wrote."""
+
+    out_dir: Path
+    parameters: int
+    vocab_size: int
+
+
+def example_data_dir() -> Path:
+    """The bundled ``examples/data`` folder of a source checkout (the kit's tokenizer corpus)."""
+    from rlhfctl.errors import UserError
+
+    folder = Path(__file__).resolve().parents[2] / "examples" / "data"
+    if not folder.is_dir():
+        raise UserError(
+            f"the example data folder is missing: {folder}",
+            hint="The example needs a source checkout of rlhfctl (git clone ...; pip install -e .).",
+        )
+    return folder
+
+
+def build_model_kit_folder(
+    out_dir: Path | str,
+    *,
+    corpus_files: Iterable[Path | str] = (),
+    preset: str = "tiny",
+    seed: int = 0,
+    force: bool = False,
+) -> KitSummary:
+    """:func:`build_model_kit` written atomically, refusing to replace ``out_dir`` unless ``force``."""
+    from rlhfctl.fileio import atomic_directory, refuse_to_clobber
+
+    out_dir = Path(out_dir)
+    refuse_to_clobber(out_dir, force=force, what="model folder")
+    with atomic_directory(out_dir, force=force) as tmp:
+        build_model_kit(tmp, corpus_files=corpus_files, preset=preset, seed=seed)
+    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    return KitSummary(out_dir=out_dir, parameters=_count_parameters(out_dir), vocab_size=int(config["vocab_size"]))
+
+
+def _count_parameters(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(weights), framework="pt") as handle:
+            for name in handle.keys():
+                shape = handle.get_slice(name).get_shape()
+                count = 1
+                for size in shape:
+                    count *= size
+                total += count
+    return total

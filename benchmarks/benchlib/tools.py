@@ -1,0 +1,204 @@
+"""How the harness runs each tool: rlhfctl through its CLI, TRL through the scripts in ``trl_scripts/``.
+
+Each run gets a fresh folder under ``benchmarks/results/work/runs/``; the result of a run is a :class:`ToolRun`
+(throughput from the step times, wall time, peak PSS) whatever the tool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchlib import stats
+from benchlib.procmon import MeasuredRun, run_measured
+from benchlib.workspace import BenchData, write_toml
+
+BENCH_DIR = Path(__file__).resolve().parents[1]
+REPO_ROOT = BENCH_DIR.parent
+TRL_SCRIPTS = BENCH_DIR / "trl_scripts"
+TRL_PPO_DIR = BENCH_DIR / ".trl-1.12.0"      # the last TRL with PPOTrainer (trl.experimental.ppo)
+TRL_CURRENT_DIR = BENCH_DIR / ".trl-current"  # current TRL, for RLOO
+ACCELERATE_DIR = BENCH_DIR / ".trl-accelerate"
+
+INSTALL_HINT = (
+    "pip install --no-deps --target benchmarks/.trl-1.12.0 trl==1.12.0; "
+    "pip install --no-deps --target benchmarks/.trl-current trl; "
+    "pip install --no-deps --target benchmarks/.trl-accelerate accelerate"
+)
+
+
+@dataclass
+class ToolRun:
+    """One measured run of one tool."""
+
+    tool: str                       # "rlhfctl" or "trl"
+    label: str                      # e.g. "rlhfctl 2 workers x 1 CPU"
+    measured: MeasuredRun | None
+    steady_rate: float | None = None            # items (pairs, rows, episodes) per second after warm-up
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # PPO: generate/score/train per update
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.measured is not None and self.measured.ok
+
+    @property
+    def wall_time_s(self) -> float | None:
+        return self.measured.wall_time_s if self.ok else None
+
+    @property
+    def peak_pss_gb(self) -> float | None:
+        return self.measured.peak_pss_gb if self.ok else None
+
+    def summary(self) -> dict:
+        return {
+            "tool": self.tool, "label": self.label, "ok": self.ok, "error": self.error,
+            "steady_rate": self.steady_rate, "wall_time_s": self.wall_time_s, "peak_pss_gb": self.peak_pss_gb,
+            "peak_processes": self.measured.peak_processes if self.measured else None,
+            "phase_seconds": self.phase_seconds,
+        }
+
+
+@dataclass
+class BenchContext:
+    """Shared state of one harness invocation."""
+
+    quick: bool
+    repeats: int
+    work: Path
+    data: BenchData
+    models: dict[str, Path]
+    peak_gflops: dict[str, float] = field(default_factory=dict)  # "fp32@1", "fp32@2", "bf16@2" ...
+    _run_counter: int = 0
+
+    def run_dir(self, label: str) -> Path:
+        self._run_counter += 1
+        safe = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
+        path = self.work / "runs" / f"{self._run_counter:03d}-{safe}"
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def peak_flops(self, threads: int) -> float | None:
+        value = self.peak_gflops.get(f"fp32@{threads}")
+        return value * 1e9 if value else None
+
+
+# ----------------------------------------------------------------------------------------------- rlhfctl
+
+
+def rlhfctl_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rlhfctl", *args]
+
+
+def rlhfctl_available(group: str, command: str) -> tuple[bool, str]:
+    """Whether ``rlhfctl GROUP COMMAND`` exists in this checkout (its ``--help`` succeeds)."""
+    try:
+        completed = subprocess.run(rlhfctl_command(group, command, "--help"), capture_output=True, text=True,
+                                   timeout=120, cwd=REPO_ROOT)
+    except subprocess.TimeoutExpired:
+        return False, f"`rlhfctl {group} {command} --help` timed out"
+    if completed.returncode != 0:
+        first_error = (completed.stderr or completed.stdout).strip().splitlines()
+        reason = next((line.strip(" │╭╰─") for line in first_error if "command" in line.lower()), "")
+        return False, f"`rlhfctl {group} {command}` not available ({reason or 'exit ' + str(completed.returncode)})"
+    return True, ""
+
+
+def rlhfctl_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *, items_per_step: int,
+                      timeout_s: float = 1800) -> ToolRun:
+    """Write ``config`` as TOML, run ``rlhfctl STAGE train CONFIG --quiet``, measure it, read its metrics."""
+    run_dir = ctx.run_dir(label)
+    config = json.loads(json.dumps(config, default=str))
+    config.setdefault("general", {})
+    config["general"]["output_dir"] = str(run_dir / "output")
+    config["general"]["checkpoint_dir"] = str(run_dir / "export")
+    config_path = write_toml(run_dir / f"{stage}.toml", config)
+    command = rlhfctl_command(stage, "train", str(config_path), "--quiet")
+    measured = run_measured(command, env=rlhfctl_env(), cwd=REPO_ROOT, timeout_s=timeout_s,
+                            log_file=run_dir / "log.txt", watch_metrics=run_dir / "output" / "metrics.jsonl")
+    run = ToolRun("rlhfctl", label, measured)
+    if not measured.ok:
+        run.error = _failure_reason(measured)
+        return run
+    train = [record for record in measured.metrics if record.split == "train"]
+    run.steady_rate = stats.steady_state_rate([rec.time for rec in train], [items_per_step] * len(train))
+    run.phase_seconds = _rlhfctl_phase_seconds([rec.record for rec in train])
+    return run
+
+
+def _rlhfctl_phase_seconds(records: list[dict]) -> dict[str, float]:
+    """Median seconds per step of each phase rlhfctl reports (keys naming generate/score/train and time)."""
+    phases: dict[str, list[float]] = {}
+    for record in records[1:]:  # the first iteration pays one-off costs
+        for key, value in record.items():
+            lowered = key.lower()
+            if not isinstance(value, (int, float)) or not any(t in lowered for t in ("time", "_s", "seconds")):
+                continue
+            for phase in ("generate", "score", "train"):
+                if phase in lowered and "per_second" not in lowered and "/s" not in lowered:
+                    phases.setdefault(phase, []).append(float(value))
+    return {phase: stats.median(values) for phase, values in phases.items()}
+
+
+def _failure_reason(measured: MeasuredRun) -> str:
+    if measured.timed_out:
+        return "timed out"
+    lines = [line.strip() for line in measured.output_tail.strip().splitlines() if line.strip()]
+    meaningful = [line for line in lines if "error" in line.lower() or "not available" in line.lower()]
+    tail = (meaningful or lines or ["no output"])[-1]
+    return f"exit {measured.returncode}: {tail[:200]}"
+
+
+# ----------------------------------------------------------------------------------------------- TRL
+
+
+def trl_env(trl_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(trl_dir), str(ACCELERATE_DIR), str(TRL_SCRIPTS)])
+    env["TRL_EXPERIMENTAL_SILENCE"] = "1"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def trl_available(trl_dir: Path) -> tuple[bool, str]:
+    if not (trl_dir / "trl").is_dir() or not (ACCELERATE_DIR / "accelerate").is_dir():
+        return False, f"TRL not installed in {trl_dir.name} (run: {INSTALL_HINT})"
+    return True, ""
+
+
+def run_trl_script(ctx: BenchContext, script: str, label: str, args: list[str], *, trl_dir: Path = TRL_PPO_DIR,
+                   timeout_s: float = 1800) -> ToolRun:
+    """Run ``trl_scripts/SCRIPT`` with TRL on PYTHONPATH; the script writes step times to a result file."""
+    available, reason = trl_available(trl_dir)
+    if not available:
+        return ToolRun("trl", label, None, error=reason)
+    run_dir = ctx.run_dir(label)
+    result_path = run_dir / "result.json"
+    command = [sys.executable, str(TRL_SCRIPTS / script), *args, "--out", str(run_dir / "output"),
+               "--result", str(result_path)]
+    measured = run_measured(command, env=trl_env(trl_dir), cwd=run_dir, timeout_s=timeout_s,
+                            log_file=run_dir / "log.txt")
+    run = ToolRun("trl", label, measured)
+    if not measured.ok or not result_path.exists():
+        run.error = _failure_reason(measured)
+        return run
+    result = json.loads(result_path.read_text(encoding="utf-8"))
+    run.steady_rate = stats.steady_state_rate(result["step_end_times_s"], result["items_per_step"])
+    phases = result.get("per_update_phase_s") or []
+    if len(phases) > 1:
+        run.phase_seconds = {name: stats.median(p[f"{name}_s"] for p in phases[1:])
+                             for name in ("generate", "score", "train")}
+    return run

@@ -1,0 +1,67 @@
+"""Shared pieces of the TRL reference scripts: quiet logging, a step-timing callback, the result file.
+
+These scripts run in their own process with TRL (and accelerate) put on ``PYTHONPATH`` from ``benchmarks/.trl-*``;
+the project environment is never changed for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def quiet_transformers() -> None:
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def step_timer_callback(step_end_times: list[float]):
+    """A ``TrainerCallback`` appending ``time.perf_counter()`` at the end of every optimizer step."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            step_end_times.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def write_result(path: str | Path, result: dict) -> None:
+    result = dict(result)
+    import torch
+
+    result.setdefault("torch_threads", torch.get_num_threads())
+    Path(path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+def items_per_step(total_items: int, batch_size: int, steps: int) -> list[int]:
+    """Items of each step: full batches, the last one possibly partial (one epoch of a dataloader)."""
+    sizes = [min(batch_size, max(0, total_items - step * batch_size)) for step in range(steps)]
+    return sizes
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

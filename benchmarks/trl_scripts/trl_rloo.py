@@ -1,0 +1,89 @@
+"""Current TRL's RLOOTrainer on the benchmark's prompts: context only, a DIFFERENT algorithm from PPO.
+
+RLOO (REINFORCE leave-one-out) has no value model and no GAE; it samples ``num_generations`` completions per
+prompt and uses the others' mean reward as the baseline. It is the nearest on-policy trainer TRL still ships, so
+its episodes/s tells users what a living TRL trainer does on the same policy, reward model and response length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _trl_common as common
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--reward-model", required=True)
+    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--episodes", type=int, default=128)
+    parser.add_argument("--completions-per-step", type=int, default=8)
+    parser.add_argument("--num-generations", type=int, default=2)
+    parser.add_argument("--response-length", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--beta", type=float, default=0.05)
+    parser.add_argument("--learning-rate", type=float, default=1e-6)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    common.set_threads(args.threads)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RLOOConfig, RLOOTrainer
+
+    common.quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(args.policy)
+    tokenizer.padding_side = "left"
+    reward_tokenizer = AutoTokenizer.from_pretrained(args.reward_model)
+    policy = AutoModelForCausalLM.from_pretrained(args.policy)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
+    reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
+    prompts = [row["prompt"] for row in common.load_jsonl(args.prompts)]
+    steps = max(1, args.episodes // args.completions_per_step)
+    config = RLOOConfig(
+        output_dir=args.out,
+        per_device_train_batch_size=args.completions_per_step,
+        num_generations=args.num_generations,
+        max_completion_length=args.response_length,
+        temperature=args.temperature,
+        beta=args.beta,
+        learning_rate=args.learning_rate,
+        max_steps=steps,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10_000,
+        disable_tqdm=True,
+        seed=0,
+    )
+    step_end_times: list[float] = []
+    trainer = RLOOTrainer(
+        model=policy,
+        reward_funcs=reward_model,
+        args=config,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizer,
+        callbacks=[common.step_timer_callback(step_end_times)],
+    )
+    train_started = time.perf_counter()
+    trainer.train()
+    train_finished = time.perf_counter()
+    common.write_result(args.result, {
+        "tool": "trl", "trainer": "RLOOTrainer (current TRL, different algorithm)",
+        "step_end_times_s": [t - started for t in step_end_times],
+        "items_per_step": [args.completions_per_step] * len(step_end_times),
+        "train_time_s": train_finished - train_started,
+        "setup_time_s": train_started - started,
+    })
+
+
+if __name__ == "__main__":
+    main()

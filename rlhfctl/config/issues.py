@@ -1,0 +1,137 @@
+"""Pydantic validation errors -> :class:`ConfigIssue` objects a person can act on.
+
+Each issue names the dotted key, the value found, what was expected, the line in the TOML text where the key sits
+and, for unknown keys and misspelt choices, a "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Collection
+
+from pydantic import BaseModel, ValidationError
+
+from rlhfctl.config.keys import SEED_SECTIONS, field_info, known_keys
+from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
+from rlhfctl.errors import ConfigIssue
+
+FROM_COMMAND_LINE = "(set on the command line)"
+
+_TYPE_MESSAGES = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected a whole number",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string (in quotes)",
+    "path_type": "expected a path (a string in quotes)",
+    "dict_type": "expected a table such as { CPU = 1 }",
+}
+_BOUND_MESSAGES = {
+    "greater_than": ("gt", "must be greater than {}"),
+    "greater_than_equal": ("ge", "must be at least {}"),
+    "less_than": ("lt", "must be less than {}"),
+    "less_than_equal": ("le", "must be at most {}"),
+}
+
+
+def issues_from_validation(
+    exc: ValidationError, stage: str, text: str, overridden: Collection[str] = ()
+) -> list[ConfigIssue]:
+    model_cls = CONFIG_CLASSES[stage]
+    issues = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc)
+        found = error.get("input")
+        kind = error["type"]
+        ctx = error.get("ctx", {})
+        if kind == "extra_forbidden":
+            message = "unknown key" + _unknown_key_hint(model_cls, stage, loc)
+        elif kind == "missing":
+            field = field_info(stage, key)
+            what = f" ({field.description})" if field is not None and field.description else ""
+            message = f"required key is missing{what}"
+            found = None
+        elif kind == "literal_error":
+            message = f"expected one of {ctx.get('expected', '')}, found {found!r}"
+            choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+            close = [choice for choice in choices if isinstance(found, str) and choice.lower() == found.lower()]
+            close = close or difflib.get_close_matches(str(found), choices, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        elif kind in ("model_type", "model_attributes_type"):
+            message = f"expected a [{key}] table, found {found!r}"
+        elif kind in _TYPE_MESSAGES:
+            message = f"{_TYPE_MESSAGES[kind]}, found {found!r}"
+        elif kind in _BOUND_MESSAGES:
+            bound_name, template = _BOUND_MESSAGES[kind]
+            message = f"{template.format(ctx.get(bound_name))}, found {found!r}"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if found is not None and not isinstance(found, dict) and "found" not in message:
+                message = f"{message} (found {found!r})"
+        if key in overridden:
+            issues.append(ConfigIssue(key, f"{message} {FROM_COMMAND_LINE}", found, None))
+        else:
+            issues.append(ConfigIssue(key, message, found, locate(text, loc)))
+    return issues
+
+
+def _unknown_key_hint(model_cls: type[BaseModel], stage: str, loc: list[str]) -> str:
+    """"; did you mean ...?" for an unknown key: a close key in its section, the section it belongs in, or the
+    stage that has it."""
+    dotted = ".".join(loc)
+    other_stages = [name for name in STAGES if name != stage and dotted in known_keys(name)]
+    if other_stages:
+        return f"; it is a setting of the {' and '.join(other_stages)} stage, not '{stage}'"
+    node: type[BaseModel] | None = model_cls
+    for part in loc[:-1]:
+        field = node.model_fields.get(part) if node else None
+        annotation = getattr(field, "annotation", None)
+        node = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if node is None:
+        return ""
+    names = list(node.model_fields) + (list(SEED_SECTIONS) if len(loc) == 1 else [])
+    match = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
+    if match:
+        return f"; did you mean '{'.'.join([*loc[:-1], SEED_SECTIONS.get(match[0], match[0])])}'?"
+    for section_name, field in model_cls.model_fields.items():  # the key may belong to another section
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and loc[-1] in annotation.model_fields:
+            return f"; did you mean '{section_name}.{loc[-1]}'?"
+    return ""
+
+
+def locate(text: str, loc: list[str]) -> int | None:
+    """Best-effort 1-based line of a dotted key in TOML text (``[section]`` headers and ``key =`` lines)."""
+    if not text or not loc:
+        return None
+    section_aliases = {v: k for k, v in SEED_SECTIONS.items()}
+    want_section = loc[0] if len(loc) > 1 else ""
+    key = loc[1] if len(loc) > 1 else loc[0]
+    current = ""
+    section_line = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([A-Za-z0-9_.\-]+)\s*\]", stripped)
+        if header:
+            current = header.group(1)
+            if len(loc) == 1 and current == key:
+                return number
+            if current in (want_section, section_aliases.get(want_section)):
+                section_line = number
+            continue
+        if current in (want_section, section_aliases.get(want_section)) and re.match(
+            rf"^{re.escape(key)}\s*=", stripped
+        ):
+            return number
+    return section_line
+
+
+def sorted_by_line(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return sorted(issues, key=lambda issue: (issue.line is None, issue.line or 0))

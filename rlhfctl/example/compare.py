@@ -1,0 +1,161 @@
+"""The example's final comparison: did each stage do its job?
+
+Three figures and a few samples, rendered as one Rich table:
+
+- the reward model's accuracy on held-out preference pairs (from the RM run's last validation pass),
+- the mean reward-model score of responses sampled from the SFT policy and from the PPO policy on held-out
+  prompts that neither policy trained on (same prompts, same sampling settings, same seed),
+- a few of those responses side by side.
+
+The sampling itself is ``rlhfctl ppo sample``'s core (:func:`rlhfctl.stages.ppo_rollout.sample_responses`), so
+the table shows exactly what a user would see running that command on both checkpoints with ``--rm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+
+@dataclass(frozen=True)
+class ScoredResponse:
+    """One sampled response and its reward-model score."""
+
+    prompt: str
+    response: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything the final table shows."""
+
+    rm_accuracy: float  # held-out pair accuracy of the reward model, 0..1
+    sft: list[ScoredResponse]  # responses of the SFT policy, one per held-out prompt
+    ppo: list[ScoredResponse]  # responses of the PPO policy to the same prompts, in the same order
+    sft_loss_before: float | None = None  # SFT held-out response loss before / after training
+    sft_loss_after: float | None = None
+    ppo_kl: float | None = None  # mean KL to the reference at PPO's last step
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sft_mean_score(self) -> float:
+        return fmean(row.score for row in self.sft) if self.sft else float("nan")
+
+    @property
+    def ppo_mean_score(self) -> float:
+        return fmean(row.score for row in self.ppo) if self.ppo else float("nan")
+
+    @property
+    def ppo_win_rate(self) -> float:
+        """Fraction of prompts where the PPO response scores higher than the SFT one."""
+        pairs = list(zip(self.sft, self.ppo))
+        return sum(ppo.score > sft.score for sft, ppo in pairs) / len(pairs) if pairs else float("nan")
+
+
+def compare_policies(
+    *,
+    sft_dir: Path,
+    ppo_dir: Path,
+    rm_dir: Path,
+    prompts: Sequence[str | list[dict]],
+    rm_accuracy: float,
+    seed: int,
+    max_new_tokens: int,
+    temperature: float,
+    sft_loss_before: float | None = None,
+    sft_loss_after: float | None = None,
+    ppo_kl: float | None = None,
+) -> Comparison:
+    """Sample one response per prompt from each policy and score them all with the reward model.
+
+    Runs on one torch thread: generation with a tiny model is latency-bound, and a second spinning OpenMP thread
+    only slows it down when the machine is busy (measured: 0.3 s vs 12 s for 32 prompts on a loaded 2-core box).
+    """
+    import torch
+
+    from rlhfctl.stages.ppo_rollout import sample_responses
+
+    results = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, policy_dir in (("sft", sft_dir), ("ppo", ppo_dir)):
+            rows = sample_responses(
+                str(policy_dir),
+                list(prompts),
+                reward_dir=str(rm_dir),
+                samples_per_prompt=1,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                seed=seed,
+            )
+            results[name] = [ScoredResponse(row.prompt, row.response, float(row.score)) for row in rows]
+    finally:
+        torch.set_num_threads(threads)
+    return Comparison(
+        rm_accuracy=rm_accuracy,
+        sft=results["sft"],
+        ppo=results["ppo"],
+        sft_loss_before=sft_loss_before,
+        sft_loss_after=sft_loss_after,
+        ppo_kl=ppo_kl,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.replace("Human:", "").replace("Assistant:", "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def render_comparison(comparison: Comparison, console: Console, *, examples: int = 3) -> None:
+    """Print the summary table and ``examples`` responses side by side."""
+    console.print(comparison_renderable(comparison, examples=examples))
+
+
+def comparison_renderable(comparison: Comparison, *, examples: int = 3) -> Group:
+    """The comparison as a Rich renderable (a figures table, then a samples table)."""
+    figures = Table(title="What each stage bought", title_justify="left", show_lines=False)
+    figures.add_column("figure")
+    figures.add_column("value", justify="right")
+    figures.add_column("what it shows")
+    if comparison.sft_loss_before is not None and comparison.sft_loss_after is not None:
+        figures.add_row(
+            "SFT held-out response loss",
+            f"{comparison.sft_loss_before:.3f} → {comparison.sft_loss_after:.3f}",
+            "the policy learned the example replies",
+        )
+    figures.add_row("RM held-out accuracy", f"{comparison.rm_accuracy:.1%}",
+                    "the reward model tells chosen from rejected")
+    figures.add_row("mean RM score, SFT policy", f"{comparison.sft_mean_score:+.3f}",
+                    f"{len(comparison.sft)} held-out prompts")
+    delta = comparison.ppo_mean_score - comparison.sft_mean_score
+    figures.add_row("mean RM score, PPO policy", f"{comparison.ppo_mean_score:+.3f}",
+                    f"{delta:+.3f} vs SFT; PPO wins {comparison.ppo_win_rate:.0%} of prompts")
+    if comparison.ppo_kl is not None:
+        figures.add_row("KL(PPO ‖ SFT) at the last step", f"{comparison.ppo_kl:.3f}", "how far PPO moved")
+
+    samples = Table(title="Responses side by side (held-out prompts)", title_justify="left", show_lines=True,
+                    expand=True)
+    samples.add_column("prompt", ratio=2)
+    samples.add_column("SFT policy", ratio=3)
+    samples.add_column("PPO policy", ratio=3)
+    for sft, ppo in list(zip(comparison.sft, comparison.ppo))[:examples]:
+        samples.add_row(
+            escape(_one_line(sft.prompt, 80)),
+            Text(f"{_one_line(sft.response, 160)}\n") + Text(f"score {sft.score:+.2f}", style="dim"),
+            Text(f"{_one_line(ppo.response, 160)}\n") + Text(f"score {ppo.score:+.2f}", style="dim"),
+        )
+    parts = [figures, samples] if examples > 0 and comparison.sft else [figures]
+    parts += [Text(note, style="yellow") for note in comparison.notes]
+    return Group(*parts)

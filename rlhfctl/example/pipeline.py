@@ -1,0 +1,314 @@
+"""The README's end-to-end example: raw example data to a PPO policy, then a comparison, in a few minutes on a CPU.
+
+``run_example(workdir)`` runs, in one work folder (default ``./example-run``):
+
+1. the tiny model kit (:mod:`rlhfctl.example.kit`: a BPE tokenizer trained on the example text + a random
+   GPT-2-style model) -> ``models/tiny``;
+2. ``data convert`` of the raw example files (Alpaca JSON, HH-RLHF transcripts, bare prompt lines) with the very
+   function the CLI calls, its reports shown -> ``data/``;
+3. ``sft train``, 4. ``rm train``, 5. ``ppo train`` with ``examples/configs/{sft,rm,ppo}.toml``, their paths
+   overridden into the work folder (exactly what ``key=value`` arguments on the command line do);
+6. the comparison (:mod:`rlhfctl.example.compare`): RM held-out accuracy and the mean RM score of SFT vs PPO
+   responses on held-out prompts, with a few responses side by side.
+
+Ray is started once for the three training stages (the core reuses an initialised Ray) and shut down at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from rlhfctl.errors import UserError
+from rlhfctl.example.compare import Comparison
+
+MARKER_FILE = ".rlhfctl-example"
+KIT_SEED = 0
+# Responses sampled per policy for the comparison use PPO's own generation settings from ppo.toml.
+COMPARISON_SEED = 1234
+
+
+def repository_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class ExamplePaths:
+    """Where everything of one example run lives."""
+
+    workdir: Path
+
+    @property
+    def tiny_model(self) -> Path:
+        return self.workdir / "models" / "tiny"
+
+    @property
+    def sft_model(self) -> Path:
+        return self.workdir / "models" / "sft"
+
+    @property
+    def rm_model(self) -> Path:
+        return self.workdir / "models" / "rm"
+
+    @property
+    def ppo_model(self) -> Path:
+        return self.workdir / "models" / "ppo"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def heldout_prompts(self) -> Path:
+        return self.data_dir / "heldout_prompts.jsonl"
+
+    def run_dir(self, stage: str) -> Path:
+        return self.workdir / "runs" / stage
+
+    def data_file(self, stage: str) -> Path:
+        return self.data_dir / f"{stage}.jsonl"
+
+    def stage_overrides(self, stage: str) -> list[str]:
+        """``key=value`` overrides that point a stage's example config into this work folder."""
+        common = [f"general.output_dir={self.run_dir(stage)}", f"dataset.train_file={self.data_file(stage)}"]
+        if stage == "sft":
+            return [f"general.base_model={self.tiny_model}", f"general.checkpoint_dir={self.sft_model}", *common]
+        if stage == "rm":
+            return [f"general.base_model={self.tiny_model}", f"general.checkpoint_dir={self.rm_model}", *common]
+        return [
+            f"general.model_name={self.tiny_model}",
+            f"general.model_pretrain={self.sft_model}",
+            f"general.rm_name={self.tiny_model}",
+            f"general.rm_pretrain={self.rm_model}",
+            f"general.checkpoint_dir={self.ppo_model}",
+            f"dataset.validation_file={self.heldout_prompts}",
+            *common,
+        ]
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """One raw example file and what ``data convert`` makes of it."""
+
+    raw_name: str  # under examples/data/raw/
+    target: str  # "sft" | "rm" | "ppo"
+    output_name: str  # under <workdir>/data/
+
+
+RAW_SOURCES: tuple[RawSource, ...] = (
+    RawSource("sft_alpaca.json", "sft", "sft.jsonl"),
+    RawSource("rm_hh.jsonl", "rm", "rm.jsonl"),
+    RawSource("ppo_prompts.jsonl", "ppo", "ppo.jsonl"),
+    RawSource("heldout_prompts.jsonl", "ppo", "heldout_prompts.jsonl"),
+)
+
+
+@dataclass
+class ExampleResult:
+    """What one example run produced."""
+
+    paths: ExamplePaths
+    conversions: list[Any] = field(default_factory=list)  # rlhfctl.data.report.ConvertReport per raw file
+    summaries: dict[str, Any] = field(default_factory=dict)  # stage -> rlhfctl.training.launch.RunSummary
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    comparison: Comparison | None = None
+    wall_time_s: float = 0.0
+
+
+def prepare_workdir(workdir: Path, *, force: bool) -> Path:
+    """Create the work folder; refuse to reuse one without ``force``, and never wipe a folder that was not made
+    by an earlier example run (it carries a marker file)."""
+    workdir = Path(workdir).expanduser().absolute()
+    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        if not force:
+            raise UserError(f"the work folder already exists: {workdir}",
+                            hint="Pass --force to start over in it, or choose another --workdir.")
+        if not (workdir / MARKER_FILE).is_file():
+            raise UserError(
+                f"refusing to delete {workdir}: it was not created by `rlhfctl example run` (no {MARKER_FILE} in it)",
+                hint="Choose an empty or new --workdir.",
+            )
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER_FILE).write_text("created by `rlhfctl example run`; --force may delete this folder\n",
+                                       encoding="utf-8")
+    return workdir
+
+
+def run_example(
+    workdir: Path | str = Path("example-run"),
+    *,
+    force: bool = False,
+    quiet: bool = False,
+    console: Console | None = None,
+    examples_dir: Path | None = None,
+    extra_overrides: Mapping[str, Sequence[str]] | None = None,
+    progress_factory: Callable[[str], Any] | None = None,
+) -> ExampleResult:
+    """Run the whole example (see the module docstring) and return its figures.
+
+    ``extra_overrides`` maps a stage to more ``key=value`` overrides (tests use it to shorten runs);
+    ``progress_factory(stage)`` returns the progress sink of a stage (default: live display, or nothing with
+    ``quiet``).
+    """
+    from rlhfctl.training.ray_cluster import ray_session
+
+    started = time.time()
+    console = console or Console(highlight=False)
+    examples_dir = Path(examples_dir) if examples_dir else repository_root() / "examples"
+    paths = ExamplePaths(prepare_workdir(Path(workdir), force=force))
+    result = ExampleResult(paths=paths)
+    extra = {stage: list(values) for stage, values in (extra_overrides or {}).items()}
+
+    def sink_for(stage: str):
+        if progress_factory is not None:
+            return progress_factory(stage)
+        from rlhfctl.progress.render import make_sink
+
+        return make_sink(console, quiet=quiet)
+
+    def timed(name: str, action: Callable[[], Any]) -> Any:
+        begin = time.time()
+        value = action()
+        result.stage_seconds[name] = time.time() - begin
+        return value
+
+    _heading(console, 1, "tiny model kit", f"{paths.tiny_model}")
+    timed("kit", lambda: _build_kit(paths, examples_dir, console))
+
+    _heading(console, 2, "data convert", f"{examples_dir / 'data' / 'raw'} -> {paths.data_dir}")
+    result.conversions = timed("convert", lambda: _convert_raw_data(paths, examples_dir, console, quiet))
+
+    configs = {stage: examples_dir / "configs" / f"{stage}.toml" for stage in ("sft", "rm", "ppo")}
+    with ray_session(None):  # one Ray for the three stages: the core reuses an initialised Ray
+        for number, stage in ((3, "sft"), (4, "rm"), (5, "ppo")):
+            config = _load_stage_config(configs[stage], stage, paths.stage_overrides(stage) + extra.get(stage, []))
+            _heading(console, number, f"{stage} train",
+                     f"rlhfctl {stage} train {configs[stage]} + overrides into {paths.workdir}")
+            sink = sink_for(stage)
+            try:
+                summary = timed(stage, lambda: _train_stage(stage, config, sink))
+            finally:
+                sink.close()
+            result.summaries[stage] = summary
+            _stage_line(console, stage, summary)
+
+        ppo_config = config
+        _heading(console, 6, "comparison", "SFT policy vs PPO policy on held-out prompts, scored by the RM")
+        result.comparison = timed("compare", lambda: _compare(paths, result.summaries, ppo_config))
+    result.wall_time_s = time.time() - started
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+
+def _heading(console: Console, number: int, title: str, detail: str) -> None:
+    console.rule(f"[bold]{number}/6 {title}[/]", align="left")
+    console.print(f"[dim]{detail}[/]")
+
+
+def _build_kit(paths: ExamplePaths, examples_dir: Path, console: Console) -> None:
+    from rlhfctl.example.kit import build_model_kit_folder
+
+    corpus = sorted((examples_dir / "data").glob("*.jsonl"))
+    summary = build_model_kit_folder(paths.tiny_model, corpus_files=corpus, preset="tiny", seed=KIT_SEED)
+    console.print(f"tokenizer ({summary.vocab_size} tokens, trained on {len(corpus)} example files) and a random "
+                  f"GPT-2-style model ({summary.parameters:,} parameters)")
+
+
+def _convert_raw_data(paths: ExamplePaths, examples_dir: Path, console: Console, quiet: bool) -> list[Any]:
+    from rlhfctl.data.convert import ConvertRequest, convert_file
+
+    reports = []
+    for source in RAW_SOURCES:
+        request = ConvertRequest(input=str(examples_dir / "data" / "raw" / source.raw_name),
+                                 output=paths.data_dir / source.output_name, target=source.target)
+        report = convert_file(request)
+        reports.append(report)
+        _show_report(report, console, quiet)
+    return reports
+
+
+def _show_report(report, console: Console, quiet: bool) -> None:
+    """The summary `rlhfctl data convert` prints (one line per file with ``quiet``)."""
+    if quiet:
+        console.print(f"{Path(report.input).name} -> {Path(report.output).name}: {report.rows_written} rows, "
+                      f"{report.rows_skipped} skipped")
+        return
+    console.print(report.to_text(), markup=False)
+
+
+def _load_stage_config(path: Path, stage: str, overrides: list[str]):
+    from rlhfctl.config import load_config
+
+    return load_config(path, stage=stage, overrides=overrides)
+
+
+def _train_stage(stage: str, config, sink):
+    if stage == "sft":
+        from rlhfctl.stages import sft as module
+    elif stage == "rm":
+        from rlhfctl.stages import rm as module
+    else:
+        from rlhfctl.stages import ppo as module
+    return module.run(config, force=True, progress=sink)
+
+
+def stage_headline(stage: str, metrics: Mapping[str, float]) -> str:
+    """The one figure that shows a stage learned (printed after each stage)."""
+    def value(key: str) -> str:
+        return f"{metrics[key]:.3f}" if key in metrics else "?"
+
+    if stage == "sft":
+        return (f"held-out response loss {value('validation_initial_loss')} -> {value('validation_loss')} "
+                f"(perplexity {value('validation_perplexity')})")
+    if stage == "rm":
+        return f"held-out accuracy {value('validation_accuracy')}, margin {value('validation_margin')}"
+    return (f"held-out mean score {value('validation_initial_score_mean')} -> {value('validation_score_mean')}, "
+            f"KL to the SFT policy {value('validation_kl_k1')}")
+
+
+def _stage_line(console: Console, stage: str, summary) -> None:
+    console.print(f"[green]{stage} done[/] in {summary.wall_time_s:.0f} s, {summary.steps} steps: "
+                  f"{stage_headline(stage, summary.final_metrics)}")
+
+
+def _compare(paths: ExamplePaths, summaries: dict[str, Any], ppo_config) -> Comparison:
+    from rlhfctl.data.loading import load_rows
+    from rlhfctl.example.compare import compare_policies
+
+    prompts = [row["prompt"] for row in load_rows(paths.heldout_prompts, "ppo")]
+    sft_metrics = summaries["sft"].final_metrics
+    return compare_policies(
+        sft_dir=paths.sft_model,
+        ppo_dir=paths.ppo_model,
+        rm_dir=paths.rm_model,
+        prompts=prompts,
+        rm_accuracy=rm_accuracy(summaries["rm"].final_metrics),
+        seed=COMPARISON_SEED,
+        max_new_tokens=ppo_config.generation.max_new_tokens,
+        temperature=ppo_config.generation.temperature,
+        sft_loss_before=sft_metrics.get("validation_initial_loss"),
+        sft_loss_after=sft_metrics.get("validation_loss"),
+        ppo_kl=ppo_kl(summaries["ppo"].final_metrics),
+    )
+
+
+def rm_accuracy(final_metrics: Mapping[str, float]) -> float:
+    """The RM's held-out accuracy from its final metrics (``nan`` when it had no validation data)."""
+    return float(final_metrics.get("validation_accuracy", float("nan")))
+
+
+def ppo_kl(final_metrics: Mapping[str, float]) -> float | None:
+    """PPO's KL to the reference (the SFT policy) per response: on the held-out prompts, else in training."""
+    for key in ("validation_kl_k1", "train_kl_k1"):
+        if key in final_metrics:
+            return float(final_metrics[key])
+    return None

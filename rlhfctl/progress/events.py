@@ -1,0 +1,102 @@
+"""Progress events: what training workers tell the driver (plain dataclasses, no torch, no Ray).
+
+Rank 0 of a run sends these, fire-and-forget, through the core's progress channel; the driver polls the channel
+and hands every event to a :class:`ProgressSink` (see ``rlhfctl.progress.render``) and to the metrics writers.
+Events are small and picklable: metric values are plain floats.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Split = Literal["train", "validation"]
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The worker group is up (sent again after a restart from a checkpoint)."""
+
+    stage: str
+    total_steps: int
+    start_step: int  # 0 for a fresh run, the checkpoint's step when resuming or restarting
+    world_size: int
+    samples_per_step: int  # examples (pairs, sequences, episodes) per optimizer step over all workers
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """Metrics of one optimizer step (``split="train"``) or one validation pass (``split="validation"``)."""
+
+    step: int
+    epoch: int
+    split: Split
+    metrics: dict[str, float]
+    time: float = field(default_factory=time.time)
+
+    def to_record(self) -> dict[str, Any]:
+        """The line written to ``metrics.jsonl``: step, epoch, split and the values."""
+        return {"step": self.step, "epoch": self.epoch, "split": self.split, **self.metrics}
+
+
+@dataclass(frozen=True)
+class SampleEvent:
+    """A few example rows (e.g. PPO's prompt, response, score) for ``samples.jsonl`` and the live display."""
+
+    step: int
+    rows: list[dict[str, Any]]
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    """A checkpoint of ``step`` was written (``path`` as the worker saw it)."""
+
+    step: int
+    path: str
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The training loop returned on rank 0."""
+
+    steps: int
+    final_metrics: dict[str, float]
+    time: float = field(default_factory=time.time)
+
+
+ProgressEvent = RunStarted | StepEvent | SampleEvent | CheckpointSaved | RunFinished
+
+
+class ProgressSink(Protocol):
+    """Receives every event on the driver (a live display, plain lines, or nothing)."""
+
+    def handle(self, event: ProgressEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """A sink that ignores everything (``--quiet`` and library use)."""
+
+    def handle(self, event: ProgressEvent) -> None:  # noqa: D102 - protocol method
+        return None
+
+    def close(self) -> None:  # noqa: D102 - protocol method
+        return None
+
+
+class RecordingSink:
+    """Keeps every event in ``events`` (tests and programmatic callers)."""
+
+    def __init__(self) -> None:
+        self.events: list[ProgressEvent] = []
+
+    def handle(self, event: ProgressEvent) -> None:  # noqa: D102 - protocol method
+        self.events.append(event)
+
+    def close(self) -> None:  # noqa: D102 - protocol method
+        return None

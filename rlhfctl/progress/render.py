@@ -1,0 +1,206 @@
+"""Driver-side progress display: a Rich live panel on a terminal, a plain line every few seconds otherwise.
+
+Only the driver draws; it receives :mod:`rlhfctl.progress.events` from the training core. The console and the
+clock are injectable so tests render to a ``Console(file=StringIO())`` deterministically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from rlhfctl.progress.events import (
+    CheckpointSaved,
+    NullSink,
+    ProgressEvent,
+    ProgressSink,
+    RunFinished,
+    RunStarted,
+    SampleEvent,
+    StepEvent,
+)
+
+MAX_METRICS_SHOWN = 8
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "--:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_value(value: float) -> str:
+    if value != value:
+        return "nan"
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+@dataclass
+class ProgressState:
+    """What the display knows about the run, updated from events."""
+
+    stage: str = ""
+    total_steps: int = 0
+    start_step: int = 0
+    step: int = 0
+    epoch: int = 0
+    samples_per_step: int = 0
+    world_size: int = 0
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    validation_metrics: dict[str, float] = field(default_factory=dict)
+    last_checkpoint_step: int | None = None
+    samples: list[dict] = field(default_factory=list)
+    started_at: float | None = None  # when the current attempt started stepping
+    first_step_at: tuple[int, float] | None = None  # (step, time) of the first step seen in this attempt
+    last_step_at: float | None = None
+    finished: bool = False
+
+    def update(self, event: ProgressEvent, now: float) -> None:
+        if isinstance(event, RunStarted):
+            self.stage, self.total_steps, self.start_step = event.stage, event.total_steps, event.start_step
+            self.step, self.samples_per_step, self.world_size = event.start_step, event.samples_per_step, event.world_size
+            self.started_at = self.started_at or now
+            self.first_step_at = None
+        elif isinstance(event, StepEvent):
+            self.epoch = event.epoch
+            if event.split == "train":
+                self.step = event.step
+                self.train_metrics = dict(event.metrics)
+                if self.first_step_at is None:
+                    self.first_step_at = (event.step, now)
+                self.last_step_at = now
+            else:
+                self.validation_metrics = dict(event.metrics)
+        elif isinstance(event, CheckpointSaved):
+            self.last_checkpoint_step = event.step
+        elif isinstance(event, SampleEvent):
+            self.samples = list(event.rows)[-3:]
+        elif isinstance(event, RunFinished):
+            self.finished = True
+
+    def samples_per_second(self) -> float | None:
+        if not self.first_step_at or self.last_step_at is None or self.step <= self.first_step_at[0]:
+            return None
+        elapsed = self.last_step_at - self.first_step_at[1]
+        steps = self.step - self.first_step_at[0]
+        return steps * self.samples_per_step / elapsed if elapsed > 0 else None
+
+    def eta_seconds(self) -> float | None:
+        rate = self.samples_per_second()
+        if not rate or not self.samples_per_step:
+            return None
+        return (self.total_steps - self.step) * self.samples_per_step / rate
+
+
+class _BaseSink:
+    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.console = console or Console(stderr=True)
+        self.clock = clock
+        self.state = ProgressState()
+        self._created = clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self._created
+
+    def status_line(self) -> str:
+        state = self.state
+        metrics = " ".join(f"{key}={format_value(value)}"
+                           for key, value in list(state.train_metrics.items())[:MAX_METRICS_SHOWN])
+        rate = state.samples_per_second()
+        rate_text = f"{rate:.1f} samples/s" if rate else "-- samples/s"
+        return (f"{state.stage} step {state.step}/{state.total_steps} epoch {state.epoch} {metrics} | {rate_text} "
+                f"| elapsed {format_duration(self.elapsed())} eta {format_duration(state.eta_seconds())}").replace(
+            "  ", " ")
+
+
+class PlainSink(_BaseSink):
+    """Without a terminal (CI, pipes): one plain line every ``interval_s`` seconds, plus validation results."""
+
+    def __init__(self, console: Console | None = None, *, interval_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(console, clock)
+        self.interval_s = interval_s
+        self._last_print: float | None = None
+
+    def handle(self, event: ProgressEvent) -> None:
+        now = self.clock()
+        self.state.update(event, now)
+        if isinstance(event, RunStarted):
+            where = "resuming at" if event.start_step else "starting at"
+            self.console.print(f"{event.stage}: {event.world_size} worker(s) running, {where} step "
+                               f"{event.start_step} of {event.total_steps}", highlight=False, markup=False)
+        elif isinstance(event, StepEvent) and event.split == "validation":
+            values = " ".join(f"{key}={format_value(value)}" for key, value in event.metrics.items())
+            self.console.print(f"{self.state.stage} validation step {event.step} epoch {event.epoch}: {values}",
+                               highlight=False, markup=False)
+        elif isinstance(event, StepEvent) and (self._last_print is None or now - self._last_print >= self.interval_s
+                                               or event.step == self.state.total_steps):
+            self._last_print = now
+            self.console.print(self.status_line(), highlight=False, markup=False)
+
+    def close(self) -> None:
+        return None
+
+
+class LiveSink(_BaseSink):
+    """On a terminal: one Rich live panel (stage, epoch, step/total bar, metrics, lr, samples/s, elapsed, ETA)."""
+
+    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(console, clock)
+        self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self._live.start()
+
+    def _render(self) -> Group:
+        state = self.state
+        done = state.step / state.total_steps if state.total_steps else 0.0
+        width = 30
+        bar = "#" * int(done * width) + "-" * (width - int(done * width))
+        header = Text(f"{state.stage or 'training'}  epoch {state.epoch}  step {state.step}/{state.total_steps} "
+                      f"[{bar}] {done:.0%}", style="bold")
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        table.add_column("metric")
+        table.add_column("train", justify="right")
+        table.add_column("validation", justify="right")
+        names = list(dict.fromkeys(list(state.train_metrics) + list(state.validation_metrics)))[:MAX_METRICS_SHOWN * 2]
+        for name in names:
+            train = state.train_metrics.get(name)
+            valid = state.validation_metrics.get(name)
+            table.add_row(name, "" if train is None else format_value(train),
+                          "" if valid is None else format_value(valid))
+        rate = state.samples_per_second()
+        footer = Text(f"{rate:.1f} samples/s" if rate else "-- samples/s")
+        footer.append(f"   elapsed {format_duration(self.elapsed())}   eta {format_duration(state.eta_seconds())}")
+        if state.last_checkpoint_step is not None:
+            footer.append(f"   checkpoint @ step {state.last_checkpoint_step}")
+        parts = [header, table, footer]
+        for row in state.samples:
+            parts.append(Text(" | ".join(f"{key}: {str(value)[:60]!r}" for key, value in row.items()), style="dim"))
+        return Group(*parts)
+
+    def handle(self, event: ProgressEvent) -> None:
+        self.state.update(event, self.clock())
+        self._live.update(self._render())
+
+    def close(self) -> None:
+        self._live.stop()
+
+
+def make_sink(console: Console | None = None, *, quiet: bool = False, plain_interval_s: float = 5.0) -> ProgressSink:
+    """``--quiet``: nothing; a terminal: the live panel; otherwise plain lines."""
+    if quiet:
+        return NullSink()
+    console = console or Console(stderr=True)
+    if console.is_terminal and not console.is_dumb_terminal:
+        return LiveSink(console)
+    return PlainSink(console, interval_s=plain_interval_s)

@@ -1,0 +1,138 @@
+"""Model and tokenizer loading shared by every stage (SFT, RM, PPO), plus reward scoring at the last real token.
+
+- Tokenizers: the pad token stays distinct from EOS when the tokenizer has one (or when ``add_pad_token`` asks to
+  add one); otherwise pad falls back to EOS — harmless here because scores and masks come from the attention
+  mask, never from comparing ids with ``pad_token_id``.
+- Models: ``trust_remote_code`` only when the config turns it on; fp32 on CPU; transformers' progress bars and
+  load reports are silenced (errors still raise).
+- Missing or unreadable models become a :class:`UserError` naming the source (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rlhfctl.errors import UserError
+
+PAD_TOKEN = "<|pad|>"
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' info logs and progress bars (warnings that matter are errors here anyway)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _explain_load_error(what: str, source: str | Path, exc: Exception) -> UserError:
+    local = Path(str(source)).expanduser()
+    if local.exists():
+        detail = f"{local} exists but could not be loaded as a {what}: {exc}"
+        hint = "Point general.* at a folder written by save_pretrained (config.json, weights, tokenizer files)."
+    else:
+        detail = f"cannot load the {what} {str(source)!r}: no such local folder, and the hub is unreachable or has no such id ({type(exc).__name__})"
+        hint = "Use a local folder (e.g. `rlhfctl example models DIR`) or a hub id that is cached on this machine."
+    return UserError(detail, hint=hint)
+
+
+def load_tokenizer(source: str | Path, *, trust_remote_code: bool = False, padding_side: str = "right",
+                   add_pad_token: bool = False):
+    """``AutoTokenizer.from_pretrained`` with a usable pad token.
+
+    Without a pad token: ``add_pad_token=True`` adds ``<|pad|>`` (then call :func:`resize_embeddings`), otherwise
+    EOS is used as pad. A tokenizer with neither pad nor EOS is refused.
+    """
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise _explain_load_error("tokenizer", source, exc) from None
+    if tokenizer.pad_token is None:
+        if add_pad_token:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+        elif tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            raise UserError(f"the tokenizer of {source} has neither a pad nor an EOS token",
+                            hint="Use a tokenizer that defines eos_token (and ideally pad_token).")
+    if tokenizer.eos_token is None:
+        raise UserError(f"the tokenizer of {source} has no EOS token; rlhfctl appends EOS to every response",
+                        hint="Use a tokenizer that defines eos_token.")
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model(auto_class: str, source: str | Path, *, trust_remote_code: bool = False, **kwargs: Any):
+    """``transformers.<auto_class>.from_pretrained(source)`` in fp32 (unless ``dtype`` is given), quietly."""
+    quiet_transformers()
+    import torch
+    import transformers
+
+    loader = {"AutoModelForCausalLM": transformers.AutoModelForCausalLM,
+              "AutoModelForSequenceClassification": transformers.AutoModelForSequenceClassification}[auto_class]
+    kwargs.setdefault("dtype", torch.float32)
+    try:
+        return loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _explain_load_error("model", source, exc) from None
+
+
+def resize_embeddings(model, tokenizer) -> None:
+    """Grow the embedding matrix when the tokenizer gained tokens (e.g. an added pad token)."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_reward_model(source: str | Path, tokenizer, *, trust_remote_code: bool = False):
+    """A scalar-head ``AutoModelForSequenceClassification`` (a new head when ``source`` is a causal LM)."""
+    model = load_model("AutoModelForSequenceClassification", source, trust_remote_code=trust_remote_code,
+                       num_labels=1)
+    resize_embeddings(model, tokenizer)
+    return model
+
+
+def reward_head(model):
+    """The scalar head module of a sequence-classification model (``score`` for decoder LMs)."""
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if head is not None:
+            return head
+    return None
+
+
+def make_scorer(model):
+    """Wrap a sequence-classification model as a module returning one reward per row: ``(batch,)``.
+
+    The reward is the head applied to the hidden state of the last real token (the last 1 of the attention
+    mask), for right or left padding and whatever the pad id. DDP can wrap the returned module.
+    """
+    import torch
+
+    from rlhfctl.stages.rm_math import gather_last_token
+
+    class LastTokenScorer(torch.nn.Module):
+        def __init__(self, model) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):  # (batch, seq), (batch, seq) -> (batch,)
+            head = reward_head(self.model)
+            if head is None:  # unusual architecture: let transformers pool (it uses pad_token_id)
+                return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+            backbone = self.model.base_model
+            # Positions count real tokens only, so left and right padding give the same scores.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids).last_hidden_state  # (batch, seq, hidden)
+            last_hidden = gather_last_token(hidden, attention_mask)  # (batch, hidden)
+            return head(last_hidden).squeeze(-1).float()
+
+    return LastTokenScorer(model)

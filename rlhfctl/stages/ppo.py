@@ -1,0 +1,546 @@
+"""PPO: optimise the SFT policy against the reward model, held near the SFT model by a per-token KL penalty.
+
+The recipe, top to bottom (driver side first, then the loop every Ray Train worker runs):
+
+1. ``prepare(config)``: check the PPO-specific settings, load the prompts in the driver (errors name file, line
+   and key before Ray starts), read the RM export's reward statistics, warn when the reward head looks untrained.
+   ``plan(config)`` is the core's printable plan of it (``--dry-run``).
+2. ``run(config)``: hand a :class:`~rlhfctl.training.launch.TrainingJob` to the shared core.
+3. ``train_loop`` on each worker:
+
+   - **setup**: the policy (``model_pretrain`` or ``model_name``), a frozen reference copy of it, the frozen reward
+     model (``rm_pretrain`` or ``rm_name``) and the value model (initialised from the reward model, or from the
+     policy's backbone with ``value_model_init = "policy"``); dropout off in all four; policy and value model
+     DDP-wrapped, each with its own optimizer and scheduler; then the latest checkpoint if there is one.
+   - **loop**, one PPO iteration per step, over this worker's shard of the prompts (reshuffled every epoch):
+     ``experience_batch_size`` prompts -> generate -> score -> old/ref log-probs and values -> per-token rewards
+     (KL penalty + score on the last real token) -> GAE -> whitened advantages -> ``ppo_epochs`` passes of
+     ``num_mini_batches`` clipped policy + value updates (micro-batches of ``batch_size``) -> metrics, samples.
+     The KL coefficient is fixed or adapted toward ``target_kl``. A non-finite loss on any worker stops the run
+     before the optimizer step (the last checkpoint stays the last good one).
+   - **validation** before training and after every epoch: responses to the validation prompts, their reward
+     score, KL and length.
+   - **checkpoint** at ``save_every_steps`` and epoch ends: policy, value model, both optimizers and schedulers,
+     the KL controller, RNG states, the sampler position and the episode counter (``--resume`` continues exactly).
+   - **export**: the policy and tokenizer to ``checkpoint_dir`` (Hugging Face format), the value model to
+     ``checkpoint_dir/value_model``.
+
+The math lives in :mod:`rlhfctl.stages.ppo_math`, generation/scoring/forwards in :mod:`rlhfctl.stages.ppo_rollout`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from rlhfctl.config.schema import PPOConfig
+from rlhfctl.data.loading import TrainingData, load_training_data
+from rlhfctl.errors import ConfigError, ConfigIssue, DataError, RuntimeFailure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rlhfctl.progress.events import ProgressSink
+    from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
+
+STAGE = "ppo"
+REWARD_STATS_FILE = "reward_stats.json"
+VALUE_MODEL_DIR = "value_model"
+SAMPLES_PER_LOG = 4
+
+
+@dataclass(frozen=True)
+class PPOPlan:
+    """What a run will do, PPO's view (the core's printable plan comes from :func:`plan`)."""
+
+    config: PPOConfig
+    data: TrainingData
+    iterations_per_epoch: int  # PPO iterations (= steps) per pass over the prompts
+    total_steps: int
+    episodes_per_step: int  # rollouts per iteration over all workers
+    reward_stats: dict[str, float] | None  # the RM export's {"mean", "std"} when scores are normalised
+    warnings: tuple[str, ...]  # shown before training starts
+
+
+def prepare(config: PPOConfig) -> PPOPlan:
+    """Validate the PPO settings, load the prompts (raising DataError on bad rows) and count the iterations."""
+    training = config.training
+    _check_settings(config)
+    data = load_training_data(config.dataset, STAGE, config.general.seed)
+    workers = training.num_training_workers
+    if len(data.train) < workers:
+        raise DataError(f"{len(data.train)} prompts cannot feed {workers} workers", path=data.train_file,
+                        hint="Use more prompts or fewer training.num_training_workers.")
+    prompts_per_worker = len(data.train) // workers
+    iterations_per_epoch = math.ceil(prompts_per_worker / training.experience_batch_size)
+    warnings = [message for message in (reward_head_warning(config.reward_source),) if message]
+    return PPOPlan(
+        config=config,
+        data=data,
+        iterations_per_epoch=iterations_per_epoch,
+        total_steps=iterations_per_epoch * training.epochs,
+        episodes_per_step=training.experience_batch_size * workers,
+        reward_stats=read_reward_stats(config) if training.normalize_scores else None,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_settings(config: PPOConfig) -> None:
+    training, generation = config.training, config.generation
+    issues = []
+    if training.experience_batch_size % training.num_mini_batches:
+        issues.append(ConfigIssue(
+            "training.num_mini_batches",
+            f"must divide training.experience_batch_size ({training.experience_batch_size}) so every mini-batch "
+            "has the same number of rollouts", training.num_mini_batches))
+    if training.gradient_accumulation_steps != 1:
+        issues.append(ConfigIssue(
+            "training.gradient_accumulation_steps",
+            "PPO takes one optimizer step per mini-batch; set num_mini_batches (and batch_size for the "
+            "micro-batches that bound memory) instead", training.gradient_accumulation_steps))
+    if config.dataset.max_length <= generation.max_new_tokens:
+        issues.append(ConfigIssue(
+            "dataset.max_length",
+            f"must be larger than generation.max_new_tokens ({generation.max_new_tokens}): prompts get "
+            "max_length - max_new_tokens tokens", config.dataset.max_length))
+    if issues:
+        raise ConfigError(issues)
+
+
+def read_reward_stats(config: PPOConfig) -> dict[str, float]:
+    """The reward mean/std stored by ``rlhfctl rm train`` in ``rm_pretrain/reward_stats.json``."""
+    folder = config.general.rm_pretrain
+    problem = None
+    if folder is None:
+        problem = "needs general.rm_pretrain (an RM export with reward_stats.json) to normalise scores"
+    else:
+        path = Path(folder) / REWARD_STATS_FILE
+        try:
+            stats = json.loads(path.read_text(encoding="utf-8"))
+            mean = float(stats.get("mean", stats.get("reward_mean")))
+            std = float(stats.get("std", stats.get("reward_std")))
+            if math.isfinite(mean) and math.isfinite(std) and std > 0:
+                return {"mean": mean, "std": std}
+            problem = f"{path} holds mean={mean}, std={std}; expected finite values and std > 0"
+        except FileNotFoundError:
+            problem = f"{path} does not exist (is general.rm_pretrain an export of `rlhfctl rm train`?)"
+        except (ValueError, TypeError, AttributeError):
+            problem = f"{path} is not JSON with numeric 'mean' and 'std'"
+    raise ConfigError([ConfigIssue("training.normalize_scores", problem, True)])
+
+
+def reward_head_warning(reward_source: str) -> str | None:
+    """A warning when the reward model's folder has no trained score head (PPO against a random reward).
+
+    Checks the safetensors headers of a local folder for a ``score.weight`` tensor; an RM export (with
+    ``reward_stats.json``) is trusted. Hub ids cannot be checked offline here; the worker checks the load report.
+    """
+    folder = Path(reward_source)
+    if not folder.is_dir() or (folder / REWARD_STATS_FILE).exists():
+        return None
+    names: set[str] = set()
+    for weights in folder.glob("*.safetensors"):
+        names |= _safetensors_names(weights)
+    if any(name == "score.weight" or name.endswith(".score.weight") for name in names):
+        return None
+    return (f"the reward model {reward_source} has no trained score head (no 'score.weight' in its weights): it "
+            "will be freshly initialised and PPO will optimise a random reward. Point general.rm_pretrain at an "
+            "export of `rlhfctl rm train`.")
+
+
+def _safetensors_names(path: Path) -> set[str]:
+    """Tensor names from a safetensors header (8-byte little-endian length, then JSON) without loading weights."""
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        return {name for name in header if name != "__metadata__"}
+    except (OSError, ValueError, struct.error):
+        return set()
+
+
+def build_job(ppo_plan: PPOPlan) -> "TrainingJob":
+    """The core's job description for this plan (prompts travel to the workers in the payload)."""
+    from rlhfctl.training.launch import TrainingJob
+
+    config = ppo_plan.config
+    training, generation = config.training, config.generation
+    return TrainingJob(
+        stage=STAGE,
+        config=config,
+        train_loop=train_loop,
+        loop_payload={
+            "train_rows": ppo_plan.data.train,
+            "validation_rows": ppo_plan.data.validation,
+            "iterations_per_epoch": ppo_plan.iterations_per_epoch,
+            "reward_stats": ppo_plan.reward_stats,
+        },
+        total_steps=ppo_plan.total_steps,
+        samples_per_step=ppo_plan.episodes_per_step,
+        train_rows=len(ppo_plan.data.train),
+        validation_rows=len(ppo_plan.data.validation),
+        steps_per_epoch=ppo_plan.iterations_per_epoch,
+        plan_notes={
+            "policy": config.policy_source,
+            "reward model": config.reward_source,
+            "rollouts per step": f"{training.experience_batch_size} per worker, {training.ppo_epochs} PPO epochs "
+                                 f"x {training.num_mini_batches} mini-batches",
+            "response length": f"up to {generation.max_new_tokens} new tokens",
+            "KL": f"{training.kl_estimator}, coef {training.kl_coeff}"
+                  + (f" adapting toward {training.target_kl}" if training.target_kl else " (fixed)"),
+            "validation": ppo_plan.data.validation_source,
+            **{f"warning {number}": message for number, message in enumerate(ppo_plan.warnings, 1)},
+        },
+    )
+
+
+def plan(config: PPOConfig) -> "TrainingPlan":
+    """The core's printable plan (``--dry-run``); warnings appear as its last lines."""
+    return build_job(prepare(config)).plan()
+
+
+def run(
+    config: PPOConfig,
+    *,
+    resume: bool | Literal["auto"] = False,
+    force: bool = False,
+    progress: "ProgressSink | None" = None,
+    config_path: str | None = None,
+    fault_injection: dict | None = None,
+) -> "RunSummary":
+    """Train and export; returns the core's run summary (final metrics, history, paths, wall time)."""
+    import logging
+
+    from rlhfctl.training.launch import run_training
+
+    ppo_plan = prepare(config)
+    for message in ppo_plan.warnings:
+        logging.getLogger("rlhfctl.ppo").warning("WARNING: %s", message)
+    return run_training(build_job(ppo_plan), resume=resume, force=force, progress=progress,
+                        config_path=config_path, fault_injection=fault_injection)
+
+
+# ----------------------------------------------------------------------------------------------- worker side
+
+
+def train_loop(loop_config: dict) -> dict:
+    """The loop every Ray Train worker runs (module level, so Ray can pickle it)."""
+    import time
+
+    from rlhfctl.stages import ppo_math
+    from rlhfctl.stages.ppo_rollout import ScoreSettings, build_ppo_models
+    from rlhfctl.training.checkpoint import TrainState
+    from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
+
+    ctx = setup_worker(loop_config)
+    config: PPOConfig = ctx.config
+    training = config.training
+
+    # -- setup: four models, optimizers, schedulers, KL controller; then the latest checkpoint if any
+    models = build_ppo_models(config, ctx.device)
+    policy = ctx.prepare_model(models.policy)
+    value_model = ctx.prepare_model(models.value_model)
+    optimizer_steps = ctx.total_steps * training.ppo_epochs * training.num_mini_batches
+    optimizers = {"policy": build_optimizer(policy, training), "value_model": build_optimizer(value_model, training)}
+    schedulers = {name: build_scheduler(optimizer, training, optimizer_steps) for name, optimizer in optimizers.items()}
+    kl_controller = ppo_math.KLController(training.kl_coeff, training.target_kl, training.kl_horizon)
+    state = TrainState(
+        models={"policy": _unwrap(policy), "value_model": _unwrap(value_model)},
+        optimizers=optimizers, schedulers=schedulers,
+        extra={"kl_controller": kl_controller.state_dict(), "episodes": 0},
+    )
+    ctx.restore(state)
+    kl_controller.load_state_dict(state.extra["kl_controller"])
+    stats = ctx.payload.get("reward_stats") or {}
+    trainer = PPOTrainer(
+        ctx=ctx, models=models, policy=policy, value_model=value_model, optimizers=optimizers,
+        schedulers=schedulers, kl_controller=kl_controller,
+        score_settings=ScoreSettings(reward_mean=stats.get("mean"), reward_std=stats.get("std"),
+                                     score_clip=training.score_clip, missing_eos_penalty=training.missing_eos_penalty),
+    )
+    train_prompts = trainer.render_prompts(ctx.payload["train_rows"])
+    validation_prompts = trainer.render_prompts(ctx.payload["validation_rows"])
+    validation_shard = validation_prompts[ctx.rank :: ctx.world_size]
+
+    validation: dict[str, float] = {}
+    if state.step == 0 and validation_prompts:
+        validation = trainer.evaluate(validation_shard)
+        ctx.log(0, validation, epoch=0, split="validation")
+        state.extra["initial_validation_score"] = validation["score_mean"]
+
+    # -- loop: one PPO iteration per step over this worker's shard, reshuffled every epoch
+    iterations_per_epoch = ctx.payload["iterations_per_epoch"]
+    batch_size = training.experience_batch_size
+    metrics: dict[str, float] = {}
+    start_epoch, start_batch = state.epoch, state.batch_in_epoch
+    for epoch in range(start_epoch, training.epochs):
+        shard = ctx.shard(len(train_prompts), epoch)
+        first = start_batch if epoch == start_epoch else 0
+        for batch_index in range(first, iterations_per_epoch):
+            started = time.perf_counter()
+            # a fixed batch size keeps every worker in step; the last batch wraps around to the shard's start
+            prompts = [train_prompts[shard[(batch_index * batch_size + i) % len(shard)]] for i in range(batch_size)]
+            state.step += 1
+            metrics, samples = trainer.iteration(prompts, step=state.step,
+                                                 with_samples=_samples_due(training, state.step))
+            state.extra["episodes"] += batch_size * ctx.world_size
+            metrics["episodes"] = float(state.extra["episodes"])
+            metrics["episodes_per_s"] = batch_size * ctx.world_size / (time.perf_counter() - started)
+            ctx.log(state.step, metrics, epoch=epoch, split="train")
+            if samples:
+                ctx.log_samples(state.step, samples)
+            state.epoch, state.batch_in_epoch = epoch, batch_index + 1
+            state.extra["kl_controller"] = kl_controller.state_dict()
+            if ctx.checkpoint_due(state.step) and state.batch_in_epoch < iterations_per_epoch:
+                ctx.save(state, metrics)
+        if validation_prompts:
+            validation = trainer.evaluate(validation_shard)
+            ctx.log(state.step, validation, epoch=epoch, split="validation")
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        ctx.save(state, {**metrics, **{f"validation_{key}": value for key, value in validation.items()}})
+
+    # -- export: the policy (PPO's result) and, beside it, the trained value model
+    trainer.export()
+    final = {f"train_{key}": value for key, value in metrics.items() if not key.startswith("time_")}
+    final.update({f"validation_{key}": value for key, value in validation.items()})
+    if "initial_validation_score" in state.extra:
+        final["validation_initial_score_mean"] = float(state.extra["initial_validation_score"])
+    return final
+
+
+class PPOTrainer:
+    """One worker's PPO machinery, used by :func:`train_loop`: rollouts, clipped updates, evaluation, export.
+
+    ``policy``/``value_model`` are the (possibly DDP-wrapped) trained models; generation and the no-grad rollout
+    forwards use the bare modules inside them.
+    """
+
+    def __init__(self, *, ctx, models, policy, value_model, optimizers, schedulers, kl_controller, score_settings):
+        from rlhfctl.stages.ppo_rollout import SamplingSettings, stop_token_ids
+
+        self.ctx, self.models = ctx, models
+        self.policy, self.value_model = policy, value_model
+        self.optimizers, self.schedulers = optimizers, schedulers
+        self.kl_controller, self.score_settings = kl_controller, score_settings
+        self.training, generation = ctx.config.training, ctx.config.generation
+        self.temperature = generation.temperature
+        self.max_prompt_tokens = ctx.config.dataset.max_length - generation.max_new_tokens
+        tokenizer = models.tokenizer
+        self.sampling = SamplingSettings(
+            max_new_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
+            top_p=generation.top_p, do_sample=generation.do_sample,
+            stop_ids=tuple(stop_token_ids(tokenizer, generation.stop_token)), pad_token_id=tokenizer.pad_token_id,
+        )
+        if models.reward_head_fresh and ctx.is_main:
+            import logging
+
+            logging.getLogger("rlhfctl.ppo").warning(
+                "the reward model's score head was freshly initialised: PPO is optimising a random reward")
+
+    # ------------------------------------------------------------------------------------------- rollouts
+
+    def render_prompts(self, rows: list[dict]) -> list[str]:
+        from rlhfctl.data.prompting import format_prompt
+
+        return [format_prompt(row["prompt"], self.models.tokenizer) for row in rows]
+
+    def _generate(self, prompts: list[str]):
+        from rlhfctl.data.prompting import has_chat_template
+        from rlhfctl.stages.ppo_rollout import generate_responses, tokenize_prompts
+
+        tokenizer = self.models.tokenizer
+        ids, mask = tokenize_prompts(prompts, tokenizer, self.max_prompt_tokens,
+                                     add_special_tokens=not has_chat_template(tokenizer))
+        return generate_responses(_unwrap(self.policy), ids.to(self.ctx.device), mask.to(self.ctx.device),
+                                  self.sampling)
+
+    def iteration(self, prompts: list[str], *, step: int, with_samples: bool) -> tuple[dict[str, float], list[dict]]:
+        """One PPO iteration on ``prompts``: returns the metrics (averaged over workers) and sample rows."""
+        import time
+
+        from rlhfctl.stages import ppo_math as pm
+        from rlhfctl.stages.ppo_rollout import collect_rollout, score_sequences
+
+        training = self.training
+        started = time.perf_counter()
+        generation = self._generate(prompts)
+        generated = time.perf_counter()
+        raw_scores, scores = score_sequences(self.models.reward_model, generation, self.score_settings)
+        scored = time.perf_counter()
+        rollout = collect_rollout(
+            generation, raw_scores, scores, policy=_unwrap(self.policy), reference=self.models.reference,
+            value_model=_unwrap(self.value_model), temperature=self.temperature, chunk_size=training.batch_size,
+        )
+        forwarded = time.perf_counter()
+
+        # rewards -> advantages (no gradients: everything here is a constant of the update)
+        mask = rollout.response_mask  # (batch, response_len)
+        kl_coef = self.kl_controller.value
+        kl = pm.kl_per_token(rollout.old_logprobs, rollout.ref_logprobs, training.kl_estimator) * mask
+        rewards = pm.per_token_rewards(rollout.scores, kl, mask, kl_coef)
+        if training.whiten_rewards:
+            rewards = pm.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = pm.gae_advantages(rewards, rollout.old_values, mask, training.gamma, training.lam)
+        advantages = pm.masked_whiten(advantages, mask)
+        update_stats = self._update(rollout, advantages, returns, step)
+        trained = time.perf_counter()
+
+        k1 = (pm.kl_per_token(rollout.old_logprobs, rollout.ref_logprobs, "k1") * mask).sum(1)  # (batch,)
+        k3 = (pm.kl_per_token(rollout.old_logprobs, rollout.ref_logprobs, "k3") * mask).sum(1)
+        local = {
+            "score_mean": rollout.scores.mean().item(),
+            "score_sq_mean": (rollout.scores**2).mean().item(),
+            "raw_score_mean": rollout.raw_scores.mean().item(),
+            "non_score_reward": (-kl_coef * kl).sum(1).mean().item(),
+            "kl_k1": k1.mean().item(),
+            "kl_k3": k3.mean().item(),
+            "explained_variance": pm.explained_variance(rollout.old_values, returns, mask),
+            "response_length_mean": mask.sum(1).mean().item(),
+            "eos_rate": rollout.has_stop.float().mean().item(),
+            "time_generate_s": generated - started,
+            "time_score_s": scored - generated,
+            "time_forward_s": forwarded - scored,
+            "time_train_s": trained - forwarded,
+            **update_stats,
+        }
+        metrics = self.ctx.all_reduce_mean(local)
+        metrics["score_std"] = math.sqrt(max(metrics.pop("score_sq_mean") - metrics["score_mean"] ** 2, 0.0))
+        metrics["kl_coef"] = kl_coef
+        metrics["learning_rate"] = self.schedulers["policy"].get_last_lr()[0]
+        self.kl_controller.update(metrics["kl_k1"], len(prompts) * self.ctx.world_size)
+        samples = self._sample_rows(prompts, rollout) if with_samples else []
+        return metrics, samples
+
+    def _update(self, rollout, advantages, returns, step: int) -> dict[str, float]:
+        """``ppo_epochs`` passes over the rollouts in ``num_mini_batches`` clipped updates; returns mean stats."""
+        import contextlib
+
+        import torch
+
+        from rlhfctl.stages import ppo_math as pm
+        from rlhfctl.stages.ppo_rollout import policy_logprobs, response_values
+
+        training, ctx = self.training, self.ctx
+        num_rollouts = rollout.query_responses.shape[0]
+        mini_batch = num_rollouts // training.num_mini_batches
+        micro_batch = min(training.batch_size, mini_batch)
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(training.ppo_epochs):
+            order = torch.randperm(num_rollouts, device=rollout.query_responses.device)
+            for mini_start in range(0, num_rollouts, mini_batch):
+                mini_indices = order[mini_start : mini_start + mini_batch]
+                micro_chunks = [mini_indices[i : i + micro_batch] for i in range(0, mini_batch, micro_batch)]
+                nonfinite = False
+                for chunk_number, idx in enumerate(micro_chunks):
+                    mask = rollout.response_mask[idx]
+                    last = chunk_number == len(micro_chunks) - 1
+                    with contextlib.ExitStack() as no_sync:
+                        if not last:  # gradients are all-reduced once per mini-batch, on its last micro-batch
+                            for model in (self.policy, self.value_model):
+                                if hasattr(model, "no_sync"):
+                                    no_sync.enter_context(model.no_sync())
+                        with ctx.autocast():
+                            logprobs, entropy = policy_logprobs(
+                                self.policy, rollout.query_responses[idx], rollout.attention_mask[idx],
+                                rollout.prompt_len, self.temperature, return_entropy=True,
+                                entropy_grad=training.entropy_coef > 0)
+                            values = response_values(self.value_model, rollout.query_responses[idx],
+                                                     rollout.attention_mask[idx], rollout.prompt_len)
+                        policy_loss = pm.clipped_policy_loss(logprobs, rollout.old_logprobs[idx], advantages[idx],
+                                                             mask, training.cliprange)
+                        value_loss = pm.clipped_value_loss(values, rollout.old_values[idx], returns[idx], mask,
+                                                           training.cliprange_value)
+                        mean_entropy = pm.masked_mean(entropy, mask)
+                        loss = policy_loss.loss + training.vf_coef * value_loss.loss
+                        loss = loss - training.entropy_coef * mean_entropy
+                        ctx.backward(loss * (len(idx) / len(mini_indices)))
+                    nonfinite |= not bool(torch.isfinite(loss).item())
+                    for key, value in (
+                        ("policy_loss", policy_loss.loss), ("value_loss", value_loss.loss),
+                        ("entropy", mean_entropy), ("policy_clip_fraction", policy_loss.clip_fraction),
+                        ("value_clip_fraction", value_loss.clip_fraction), ("approx_kl", policy_loss.approx_kl),
+                        ("ratio_mean", policy_loss.ratio_mean),
+                    ):
+                        totals[key] = totals.get(key, 0.0) + float(value.item())
+                    count += 1
+                # every worker learns whether any worker saw a NaN/inf before anything is stepped
+                if ctx.all_reduce_sum({"nonfinite": float(nonfinite)})["nonfinite"] > 0:
+                    raise nonfinite_loss_error(step)
+                totals["grad_norm_policy"] = ctx.step(self.optimizers["policy"], self.schedulers["policy"],
+                                                      self.policy)
+                totals["grad_norm_value"] = ctx.step(self.optimizers["value_model"],
+                                                     self.schedulers["value_model"], self.value_model)
+        return {key: value if key.startswith("grad_norm") else value / count for key, value in totals.items()}
+
+    def _sample_rows(self, prompts: list[str], rollout) -> list[dict]:
+        tokenizer = self.models.tokenizer
+        rows = []
+        for row in range(min(SAMPLES_PER_LOG, len(prompts))):
+            length = int(rollout.response_mask[row].sum().item())
+            response_ids = rollout.query_responses[row, rollout.prompt_len : rollout.prompt_len + length]
+            rows.append({"prompt": prompts[row], "response": tokenizer.decode(response_ids, skip_special_tokens=True),
+                         "score": float(rollout.raw_scores[row].item())})
+        return rows
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self, prompts: list[str]) -> dict[str, float]:
+        """Responses to this worker's share of the validation prompts: reward score, KL (k1), length, EOS rate.
+
+        Scores are the reward model's raw output, so runs with different score settings stay comparable.
+        """
+        import torch
+
+        from rlhfctl.stages import ppo_math as pm
+        from rlhfctl.stages.ppo_rollout import policy_logprobs, reward_scores
+
+        sums = {"score": 0.0, "kl_k1": 0.0, "length": 0.0, "eos": 0.0, "count": 0.0}
+        policy = _unwrap(self.policy)
+        for start in range(0, len(prompts), self.training.experience_batch_size):
+            generation = self._generate(prompts[start : start + self.training.experience_batch_size])
+            mask = generation.truncated.response_mask
+            with torch.no_grad():
+                scores = reward_scores(self.models.reward_model, generation)
+                args = (generation.query_responses, generation.attention_mask, generation.prompt_len, self.temperature)
+                logprobs, _ = policy_logprobs(policy, *args)  # dropout is off: train/eval modes agree
+                ref_logprobs, _ = policy_logprobs(self.models.reference, *args)
+            sums["score"] += scores.sum().item()
+            sums["kl_k1"] += (pm.kl_per_token(logprobs, ref_logprobs, "k1") * mask).sum().item()
+            sums["length"] += mask.sum().item()
+            sums["eos"] += generation.truncated.has_stop.float().sum().item()
+            sums["count"] += len(scores)
+        totals = self.ctx.all_reduce_sum(sums)
+        count = max(totals["count"], 1.0)
+        return {"score_mean": totals["score"] / count, "kl_k1": totals["kl_k1"] / count,
+                "response_length_mean": totals["length"] / count, "eos_rate": totals["eos"] / count}
+
+    # ------------------------------------------------------------------------------------------- export
+
+    def export(self) -> None:
+        """Policy + tokenizer to ``checkpoint_dir``; the value model to ``checkpoint_dir/value_model`` (rank 0)."""
+        exported = self.ctx.export(_unwrap(self.policy), self.models.tokenizer)
+        if exported is not None:
+            from rlhfctl.training.export import export_hf
+
+            export_hf(_unwrap(self.value_model).model, self.models.tokenizer, Path(exported) / VALUE_MODEL_DIR)
+
+
+def _samples_due(training, step: int) -> bool:
+    return training.sample_every_steps > 0 and (step == 1 or step % training.sample_every_steps == 0)
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def nonfinite_loss_error(step: int) -> RuntimeFailure:
+    """The error for a NaN/inf loss: the update is skipped and the run stops; the last checkpoint is kept."""
+    return RuntimeFailure(
+        f"ppo training stopped at step {step}: the loss is not finite (NaN or inf) on at least one worker. The "
+        "update was not applied and the last checkpoint is the last good state.",
+        hint="Lower training.learning_rate, set training.max_grad_norm, or clip scores with training.score_clip, "
+             "then continue with --resume.",
+    )

@@ -1,0 +1,220 @@
+"""Reward-model stage: learn a scalar score that ranks the chosen reply above the rejected one.
+
+Supports: any ``AutoModelForSequenceClassification``-loadable model (a causal LM gets a new scalar head, a
+previous RM export continues), prompts as text or message lists (chat template or the plain template),
+per-row ``margin``, ``center_rewards_coefficient``, gradient accumulation, clipping, mixed precision, resume.
+
+Recipe, top to bottom:
+    driver:  build_job  -> load + validate data (before Ray), count steps        (plan / run call it)
+    worker:  train_loop -> tokenizer, model, tokenized pairs -> optimizer, scheduler -> restore
+                           -> per epoch: length-bucketed batches, chosen+rejected in ONE forward, pairwise loss
+                           -> validation every epoch -> checkpoint -> export with reward_stats.json
+Texts are ``format_prompt(prompt) + response + EOS``; a text longer than ``dataset.max_length`` loses tokens from
+the **left of the prompt**, so the response end, where the reward is read, is always kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from rlhfctl.config.schema import RMConfig
+from rlhfctl.errors import DataError
+from rlhfctl.progress.events import ProgressSink
+from rlhfctl.training.batching import length_bucketed_batches, micro_batches_per_epoch, steps_per_epoch
+from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan, run_training
+
+STAGE = "rm"
+REWARD_STATS_FILE = "reward_stats.json"
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def build_job(config: RMConfig) -> TrainingJob:
+    """Load and check the data in the driver (errors name file, line and key) and size the run."""
+    from rlhfctl.data.loading import load_training_data
+
+    data = load_training_data(config.dataset, "rm", config.general.seed)
+    training = config.training
+    workers = training.num_training_workers
+    if len(data.train) < workers:
+        raise DataError(f"{len(data.train)} training rows cannot be shared by {workers} workers "
+                        "(each needs at least one)", path=data.train_file)
+    per_epoch = steps_per_epoch(len(data.train), workers, training.batch_size, training.gradient_accumulation_steps)
+    return TrainingJob(
+        stage=STAGE, config=config, train_loop=train_loop,
+        loop_payload={"train_rows": data.train, "validation_rows": data.validation},
+        total_steps=per_epoch * training.epochs,
+        samples_per_step=workers * training.batch_size * training.gradient_accumulation_steps,
+        train_rows=len(data.train), validation_rows=len(data.validation), steps_per_epoch=per_epoch,
+        plan_notes={"validation": data.validation_source, "max length": f"{config.dataset.max_length} tokens",
+                    "model": config.general.base_model, "unit": "preference pairs"},
+    )
+
+
+def plan(config: RMConfig) -> TrainingPlan:
+    return build_job(config).plan()
+
+
+def run(config: RMConfig, *, resume: bool | str = False, force: bool = False, progress: ProgressSink | None = None,
+        config_path: str | None = None, fault_injection: dict | None = None) -> RunSummary:
+    return run_training(build_job(config), resume=resume, force=force, progress=progress, config_path=config_path,
+                        fault_injection=fault_injection)
+
+
+# ----------------------------------------------------------------------------------------------- tokenization
+
+
+class TokenizedPair(NamedTuple):
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    margin: float
+
+
+def tokenize_pairs(rows: list[dict], tokenizer, max_length: int) -> list[TokenizedPair]:
+    """Rows ``{"prompt", "chosen", "rejected", "margin"}`` -> token ids, prompt cut from the left to fit."""
+    from rlhfctl.data.prompting import format_prompt, has_chat_template
+    from rlhfctl.stages.rm_math import truncate_keep_response_end
+
+    prompts = [format_prompt(row["prompt"], tokenizer) for row in rows]
+    add_special = not has_chat_template(tokenizer)  # a chat template already wrote BOS and friends
+    prompt_ids = tokenizer(prompts, add_special_tokens=add_special)["input_ids"]
+    chosen_ids = tokenizer([row["chosen"] for row in rows], add_special_tokens=False)["input_ids"]
+    rejected_ids = tokenizer([row["rejected"] for row in rows], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id]
+    return [
+        TokenizedPair(truncate_keep_response_end(prompt, chosen + eos, max_length),
+                      truncate_keep_response_end(prompt, rejected + eos, max_length),
+                      float(row.get("margin") or 0.0))
+        for row, prompt, chosen, rejected in zip(rows, prompt_ids, chosen_ids, rejected_ids)
+    ]
+
+
+def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int, device) -> dict[str, Any]:
+    """Chosen rows then rejected rows, right-padded to the batch's longest: input_ids/attention_mask ``(2B, T)``."""
+    import torch
+
+    sequences = [pair.chosen_ids for pair in pairs] + [pair.rejected_ids for pair in pairs]
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+    margin = torch.tensor([pair.margin for pair in pairs], dtype=torch.float32)
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "margin": margin.to(device)}
+
+
+def score_pairs(scorer, batch: dict[str, Any]):
+    """One forward over chosen and rejected together -> (chosen_rewards, rejected_rewards), each ``(B,)``."""
+    rewards = scorer(batch["input_ids"], batch["attention_mask"])  # (2B,)
+    half = rewards.shape[0] // 2
+    return rewards[:half], rewards[half:]
+
+
+# ----------------------------------------------------------------------------------------------- worker
+
+
+def train_loop(loop_config: dict) -> dict[str, float]:
+    """Runs on every Ray Train worker (module-level so Ray can pickle it)."""
+    from rlhfctl.stages._modeling import load_reward_model, load_tokenizer, make_scorer
+    from rlhfctl.stages.rm_math import pairwise_loss
+    from rlhfctl.training.checkpoint import TrainState
+    from rlhfctl.training.worker import build_optimizer, build_scheduler, disable_dropout, setup_worker
+
+    ctx = setup_worker(loop_config)
+    config: RMConfig = ctx.config
+    training = config.training
+    trust = config.general.trust_remote_code
+
+    # Model and data.
+    tokenizer = load_tokenizer(config.general.base_model, trust_remote_code=trust)
+    model = load_reward_model(config.general.base_model, tokenizer, trust_remote_code=trust)
+    disable_dropout(model)
+    train_pairs = tokenize_pairs(ctx.payload["train_rows"], tokenizer, config.dataset.max_length)
+    validation_pairs = tokenize_pairs(ctx.payload["validation_rows"], tokenizer, config.dataset.max_length)
+    lengths = [max(len(pair.chosen_ids), len(pair.rejected_ids)) for pair in train_pairs]
+
+    scorer = ctx.prepare_model(make_scorer(model))
+    optimizer = build_optimizer(scorer, training)
+    scheduler = build_scheduler(optimizer, training, ctx.total_steps)
+    state = TrainState(models={"reward_model": scorer}, optimizers={"reward_model": optimizer},
+                       schedulers={"reward_model": scheduler})
+    ctx.restore(state)
+
+    accumulation = training.gradient_accumulation_steps
+    micro_per_epoch = micro_batches_per_epoch(len(train_pairs), ctx.world_size, training.batch_size)
+    train_metrics: dict[str, float] = {}
+    validation_metrics: dict[str, float] | None = None
+    scorer.train()
+    for epoch in range(state.epoch, training.epochs):
+        shard = ctx.shard(len(train_pairs), epoch)
+        batches = length_bucketed_batches(shard, lengths, training.batch_size,
+                                          seed=ctx.seed * 7919 + epoch + 1000 * ctx.rank)
+        window: list[dict[str, float]] = []
+        for micro_index in range(state.batch_in_epoch, micro_per_epoch):
+            batch = collate_pairs([train_pairs[i] for i in batches[micro_index]], tokenizer.pad_token_id, ctx.device)
+            with ctx.autocast():
+                chosen, rejected = score_pairs(scorer, batch)
+            stats = pairwise_loss(chosen.float(), rejected.float(), batch["margin"],
+                                  training.center_rewards_coefficient)
+            ctx.backward(stats.loss)
+            window.append(stats.metrics())
+            last_of_epoch = micro_index + 1 == micro_per_epoch
+            if (micro_index + 1) % accumulation and not last_of_epoch:
+                continue
+            grad_norm = ctx.step(optimizer, scheduler, scorer)
+            state.step += 1
+            state.batch_in_epoch = micro_index + 1
+            local = {key: sum(m[key] for m in window) / len(window) for key in window[0]}
+            train_metrics = ctx.all_reduce_mean({**local, "grad_norm": grad_norm})
+            train_metrics["lr"] = scheduler.get_last_lr()[0]
+            ctx.log(state.step, train_metrics, epoch=epoch)
+            window = []
+            if ctx.checkpoint_due(state.step) and not last_of_epoch:
+                ctx.save(state, train_metrics)
+        validation_metrics = evaluate(ctx, scorer, validation_pairs or train_pairs, tokenizer.pad_token_id,
+                                      training.batch_size)
+        ctx.log(state.step, validation_metrics, epoch=epoch, split="validation")
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        ctx.save(state, validation_metrics)
+
+    if validation_metrics is None:  # resumed a finished run: nothing left to train, still report and export
+        validation_metrics = evaluate(ctx, scorer, validation_pairs or train_pairs, tokenizer.pad_token_id,
+                                      training.batch_size)
+    reward_stats = {"mean": validation_metrics["reward_mean"], "std": validation_metrics["reward_std"],
+                    "count": int(validation_metrics["pairs"] * 2),
+                    "source": "validation" if validation_pairs else "train",
+                    "max_length": config.dataset.max_length}
+    ctx.export(getattr(scorer, "module", scorer).model, tokenizer, extra_files={REWARD_STATS_FILE: reward_stats})
+    final = {f"validation_{key}": value for key, value in validation_metrics.items()}
+    final.update({f"train_{key}": value for key, value in train_metrics.items()})
+    final["steps"] = float(state.step)
+    return final
+
+
+def evaluate(ctx, scorer, pairs: list[TokenizedPair], pad_token_id: int, batch_size: int) -> dict[str, float]:
+    """Exact metrics over all ``pairs``: each rank scores its own rows, then the sums are all-reduced."""
+    from rlhfctl.stages.rm_math import metrics_from_sums, pair_sums
+
+    rewards = score_all(getattr(scorer, "module", scorer), pairs[ctx.rank::ctx.world_size], pad_token_id,
+                        batch_size, ctx.device)
+    return metrics_from_sums(ctx.all_reduce_sum(pair_sums(rewards)))
+
+
+def score_all(scorer, pairs: list[TokenizedPair], pad_token_id: int, batch_size: int, device) -> list[tuple[float, float]]:
+    """(chosen, rejected) rewards of every pair, in order, without gradients (batches sorted by length)."""
+    import torch
+
+    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)))
+    results: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
+    was_training = scorer.training
+    scorer.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            chosen, rejected = score_pairs(scorer, collate_pairs([pairs[i] for i in indices], pad_token_id, device))
+            for index, c, r in zip(indices, chosen.tolist(), rejected.tolist()):
+                results[index] = (c, r)
+    scorer.train(was_training)
+    return results

@@ -1,0 +1,250 @@
+"""Training state <-> a checkpoint folder of safetensors + JSON (no pickle anywhere).
+
+Layout of one checkpoint folder (``checkpoint_<step>``)::
+
+    state.json                   step, epoch, batch_in_epoch, extra, scheduler states, optimizer non-tensor state,
+                                 RNG states (python random, numpy, torch per rank) and a manifest of every file
+    model.<name>.safetensors     weights of each model (shared/tied tensors stored once)
+    optim.<name>.safetensors     optimizer tensors (Adam moments, step counters ...), keyed "<param index>/<key>"
+
+``state.json`` is written last and lists the size of every other file, so a folder that was interrupted while
+being written is recognised as incomplete (:func:`is_complete`) and never picked for resuming.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.json"
+FORMAT_VERSION = 1
+CHECKPOINT_PREFIX = "checkpoint_"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly.
+
+    ``models``/``optimizers``/``schedulers`` map a name (e.g. ``"policy"``) to the live objects when saving or
+    restoring in place. :func:`read_checkpoint` without targets fills them with raw state dicts instead.
+    ``extra`` is JSON data of the stage (e.g. PPO's KL controller, an episode counter).
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of ``epoch`` already consumed (the sampler position)
+    models: dict[str, Any] = field(default_factory=dict)
+    optimizers: dict[str, Any] = field(default_factory=dict)
+    schedulers: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+# ----------------------------------------------------------------------------------------------- RNG
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """JSON-ready RNG states of python ``random``, numpy (when installed) and torch (CPU and CUDA)."""
+    import torch
+
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "torch": _b64(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available():
+        state["torch_cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                          "cached": float(cached)}
+    except ImportError:  # pragma: no cover - numpy ships with torch's usual installs
+        pass
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (parts missing from ``state`` are left alone)."""
+    import torch
+
+    if "python" in state:
+        python = state["python"]
+        random.setstate((python["version"], tuple(python["internal"]), python["gauss"]))
+    if "torch" in state:
+        torch.set_rng_state(_unb64(state["torch"]))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["torch_cuda"]])
+    if "numpy" in state:
+        import numpy as np
+
+        numpy_state = state["numpy"]
+        np.random.set_state((numpy_state["name"], np.asarray(numpy_state["keys"], dtype=np.uint32),
+                             numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"]))
+
+
+def _b64(byte_tensor) -> str:
+    return base64.b64encode(byte_tensor.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(text: str):
+    import torch
+
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+
+
+# ----------------------------------------------------------------------------------------------- optimizer
+
+
+def _split_optimizer_state(state_dict: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Optimizer state dict -> (tensors for safetensors, JSON-ready rest)."""
+    import torch
+
+    tensors: dict[str, Any] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_index, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_index}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param_index), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: dict[str, Any], rest: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        param_index, key = name.split("/", 1)
+        state.setdefault(int(param_index), {})[key] = tensor
+    for param_index, values in rest.get("scalars", {}).items():
+        state.setdefault(int(param_index), {}).update(values)
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+# ----------------------------------------------------------------------------------------------- save / load
+
+
+def write_checkpoint(
+    state: TrainState,
+    folder: Path,
+    *,
+    rng_states: list[dict[str, Any]] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Write ``state`` into ``folder`` (created; ``state.json`` last). ``rng_states`` holds one entry per rank."""
+    from safetensors.torch import save_file, save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, int] = {}
+    for name, model in state.models.items():
+        file_name = f"model.{name}.safetensors"
+        save_model(_unwrap(model), str(folder / file_name))
+        manifest[file_name] = (folder / file_name).stat().st_size
+    optimizer_rest: dict[str, Any] = {}
+    for name, optimizer in state.optimizers.items():
+        tensors, rest = _split_optimizer_state(optimizer.state_dict())
+        file_name = f"optim.{name}.safetensors"
+        save_file(tensors, str(folder / file_name))
+        manifest[file_name] = (folder / file_name).stat().st_size
+        optimizer_rest[name] = rest
+    document = {
+        "format_version": FORMAT_VERSION,
+        "step": state.step,
+        "epoch": state.epoch,
+        "batch_in_epoch": state.batch_in_epoch,
+        "extra": state.extra,
+        "metrics": metrics or {},
+        "optimizers": optimizer_rest,
+        "schedulers": {name: scheduler.state_dict() for name, scheduler in state.schedulers.items()},
+        "rng": rng_states if rng_states is not None else [capture_rng_state()],
+        "files": manifest,
+    }
+    text = json.dumps(document, allow_nan=False)
+    tmp = folder / f".{STATE_FILE}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, folder / STATE_FILE)
+    return folder
+
+
+def is_complete(folder: Path) -> bool:
+    """True when ``state.json`` parses and every file it lists exists with the recorded size."""
+    folder = Path(folder)
+    try:
+        document = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        return all((folder / name).stat().st_size == size for name, size in document["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def read_step(folder: Path) -> int:
+    return int(json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))["step"])
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete ``checkpoint_*`` folder with the highest step under ``run_dir`` (incomplete ones skipped)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for child in run_dir.iterdir():
+        if child.is_dir() and _CHECKPOINT_NAME.match(child.name) and is_complete(child):
+            step = read_step(child)
+            if best is None or step > best[0]:
+                best = (step, child)
+    return best[1] if best else None
+
+
+def read_checkpoint(folder: Path, into: TrainState | None = None, *, rank: int = 0) -> TrainState:
+    """Load a checkpoint folder.
+
+    With ``into``: weights, optimizer and scheduler states are loaded in place into its objects (names must
+    match), its counters and ``extra`` are updated, and this rank's RNG state is restored; ``into`` is returned.
+    Without: a new TrainState whose ``models``/``optimizers``/``schedulers`` hold raw state dicts.
+    """
+    from safetensors.torch import load_file, load_model
+
+    folder = Path(folder)
+    document = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    state = into if into is not None else TrainState()
+    state.step, state.epoch = int(document["step"]), int(document["epoch"])
+    state.batch_in_epoch = int(document["batch_in_epoch"])
+    state.extra = dict(document.get("extra", {}))
+    model_names = {name[len("model."):-len(".safetensors")] for name in document["files"] if name.startswith("model.")}
+    for name in sorted(model_names):
+        path = str(folder / f"model.{name}.safetensors")
+        if into is None:
+            state.models[name] = load_file(path)
+        elif name in into.models:
+            load_model(_unwrap(into.models[name]), path, strict=True)
+    for name, rest in document.get("optimizers", {}).items():
+        full = _join_optimizer_state(load_file(str(folder / f"optim.{name}.safetensors")), rest)
+        if into is None:
+            state.optimizers[name] = full
+        elif name in into.optimizers:
+            into.optimizers[name].load_state_dict(full)
+    for name, scheduler_state in document.get("schedulers", {}).items():
+        if into is None:
+            state.schedulers[name] = scheduler_state
+        elif name in into.schedulers:
+            into.schedulers[name].load_state_dict(scheduler_state)
+    rng_states = document.get("rng") or []
+    if into is not None and rank < len(rng_states):
+        restore_rng_state(rng_states[rank])
+    return state
+
+
+def _unwrap(model):
+    """The plain module inside a DistributedDataParallel (or similar) wrapper."""
+    return getattr(model, "module", model)

@@ -1,0 +1,26 @@
+"""The final model in Hugging Face format: loadable by plain ``transformers`` with no rlhfctl code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rlhfctl.fileio import atomic_directory
+
+
+def export_hf(model, tokenizer, target: Path, *, extra_files: dict[str, Any] | None = None) -> Path:
+    """Write ``save_pretrained`` (safetensors) + the tokenizer + ``extra_files`` (name -> JSON data) to ``target``.
+
+    The folder is assembled beside ``target`` and renamed into place, so a reader never sees half an export.
+    """
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    with atomic_directory(Path(target), force=True) as tmp:
+        model.save_pretrained(tmp)  # safetensors is the only format transformers 5 writes
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return Path(target)

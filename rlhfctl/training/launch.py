@@ -1,0 +1,351 @@
+"""Driver side of the core: prepare the run directory, start or join Ray, run the stage's loop, collect results.
+
+```python
+job = TrainingJob(stage="rm", config=config, train_loop=rm.train_loop, loop_payload={...},
+                  total_steps=120, samples_per_step=16, train_rows=1900, validation_rows=100, steps_per_epoch=60)
+summary = run_training(job, resume="auto", progress=sink)     # RunSummary
+```
+
+Modes: several workers (or any ``general.ray_address``) run on Ray Train's ``TorchTrainer`` (V2): gloo on CPU,
+nccl on GPU, ``FailureConfig(max_failures)``, checkpoints reported to ``RunConfig(storage_path=output_dir,
+name=<stage>_run)``. One worker with no cluster address runs the loop in this process (what Ray Train's local
+mode, ``ScalingConfig(num_workers=0)``, does too) without paying for Ray's start-up; checkpoints and resume work
+the same, only worker-restart fault tolerance needs the Ray path.
+
+Resume semantics: a fresh run refuses to start over an earlier run's state unless ``resume`` (continue from its
+latest complete checkpoint; ``"auto"`` = only if one exists) or ``force`` (wipe and start over).
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
+from rlhfctl.progress.events import NullSink, ProgressSink, RunFinished
+from rlhfctl.training import checkpoint as ckpt
+from rlhfctl.training.metrics import METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR, MetricsRecorder
+from rlhfctl.training.worker import CoreSettings
+
+RAY_SNAPSHOT_GLOB = "checkpoint_manager_snapshot*"
+POLL_INTERVAL_S = 0.25
+
+
+@dataclass
+class TrainingJob:
+    """Everything the driver needs to run one stage. Built by the stage's driver-side code."""
+
+    stage: str
+    config: Any  # SFTConfig | RMConfig | PPOConfig
+    train_loop: Callable[[dict], dict]  # module-level (picklable) function run on every worker
+    loop_payload: dict[str, Any]  # extra keys of loop_config (data rows, tokenizer path ...)
+    total_steps: int  # optimizer steps of the whole run
+    samples_per_step: int  # examples per optimizer step over all workers (for samples/s)
+    train_rows: int | None = None  # for the plan
+    validation_rows: int | None = None
+    steps_per_epoch: int | None = None
+    plan_notes: dict[str, str] = field(default_factory=dict)  # stage-specific lines for the plan ("max length": ..)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.general.output_dir).expanduser().resolve()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.config.general.checkpoint_dir).expanduser().resolve()
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.stage}_run"
+
+    @property
+    def run_dir(self) -> Path:
+        """Ray Train's experiment folder (``storage_path/name``): the checkpoints live here."""
+        return self.output_dir / self.run_name
+
+    @property
+    def mode(self) -> Literal["ray", "local"]:
+        single = self.config.training.num_training_workers == 1 and self.config.general.ray_address is None
+        return "local" if single else "ray"
+
+    def plan(self) -> "TrainingPlan":
+        training = self.config.training
+        return TrainingPlan(
+            stage=self.stage, mode=self.mode, workers=training.num_training_workers,
+            resources_per_worker=dict(training.resources_per_worker), ray_address=self.config.general.ray_address,
+            train_rows=self.train_rows, validation_rows=self.validation_rows, epochs=training.epochs,
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+            samples_per_step=self.samples_per_step, output_dir=self.output_dir, run_dir=self.run_dir,
+            checkpoint_dir=self.checkpoint_dir, notes=dict(self.plan_notes),
+        )
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a run would do (``--dry-run`` prints this)."""
+
+    stage: str
+    mode: str
+    workers: int
+    resources_per_worker: dict[str, float]
+    ray_address: str | None
+    train_rows: int | None
+    validation_rows: int | None
+    epochs: int
+    steps_per_epoch: int | None
+    total_steps: int
+    samples_per_step: int
+    output_dir: Path
+    run_dir: Path
+    checkpoint_dir: Path
+    notes: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The result of :func:`run_training`."""
+
+    stage: str
+    final_metrics: dict[str, float]
+    history: list[dict]
+    steps: int
+    output_dir: Path
+    checkpoint_dir: Path
+    wall_time_s: float
+    resumed_from_step: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------- run directory
+
+
+def has_previous_run(job: TrainingJob) -> bool:
+    run_dir = job.run_dir
+    return run_dir.is_dir() and (ckpt.latest_checkpoint(run_dir) is not None or any(run_dir.glob(RAY_SNAPSHOT_GLOB)))
+
+
+def resume_command(job: TrainingJob, config_path: str | None = None) -> str:
+    return f"rlhfctl {job.stage} train {config_path or '<config.toml>'} --resume"
+
+
+def prepare_run_directory(job: TrainingJob, *, resume: bool | str, force: bool) -> Path | None:
+    """Apply the resume/force rules; return the checkpoint to resume from (None for a fresh start)."""
+    output_dir = job.output_dir
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".rlhfctl-write-test"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+        job.checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write to general.output_dir / general.checkpoint_dir: {exc}") from None
+
+    previous = has_previous_run(job)
+    if resume:
+        if previous:
+            return ckpt.latest_checkpoint(job.run_dir)  # None with only a Ray snapshot: Ray restores it
+        if resume == "auto":
+            resume = False
+        else:
+            raise UserError(f"--resume: nothing to resume in {job.run_dir} (no complete checkpoint found)",
+                            hint="Run without --resume to start a new run, or use --resume auto.")
+    if previous or (job.run_dir.exists() and any(job.run_dir.iterdir())):
+        if not force:
+            raise UserError(f"{output_dir} already holds a {job.stage} run ({job.run_dir})",
+                            hint="Pass --resume to continue it, or --force to delete it and start over.")
+    if force:
+        shutil.rmtree(job.run_dir, ignore_errors=True)
+        for name in (METRICS_FILE, SAMPLES_FILE):
+            (output_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(output_dir / TENSORBOARD_DIR, ignore_errors=True)
+    elif job.checkpoint_dir.exists() and any(job.checkpoint_dir.iterdir()):
+        raise UserError(f"general.checkpoint_dir already exists and is not empty: {job.checkpoint_dir}",
+                        hint="Choose another checkpoint_dir, or pass --force to replace it at the end of the run.")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- event polling
+
+
+class _Poller(threading.Thread):
+    """Drains the progress channel every POLL_INTERVAL_S and hands events to the recorder."""
+
+    def __init__(self, drain: Callable[[], list], recorder: MetricsRecorder) -> None:
+        super().__init__(name="rlhfctl-progress", daemon=True)
+        self._drain = drain
+        self._recorder = recorder
+        self._stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while not self._stop_event.wait(POLL_INTERVAL_S):
+            self.pump()
+
+    def pump(self) -> None:
+        try:
+            for event in self._drain():
+                self._recorder.handle(event)
+        except Exception as exc:  # a dead actor after shutdown, a full disk: report once at the end
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+        self.pump()
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def run_training(
+    job: TrainingJob,
+    *,
+    resume: bool | Literal["auto"] = False,
+    force: bool = False,
+    progress: ProgressSink | None = None,
+    config_path: str | None = None,
+    fault_injection: dict[str, Any] | None = None,
+) -> RunSummary:
+    """Run ``job`` to the end and return its summary (see the module docstring for modes and resume rules).
+
+    ``config_path`` only improves the ``--resume`` command printed after a failure. ``fault_injection`` is for
+    tests: ``{"after_step": N, "marker": path, "action": "kill" | "raise"}`` makes the last worker die (or raise)
+    once, right after the checkpoint of step N.
+    """
+    from rlhfctl.config.render import write_resolved_config
+
+    started = time.time()
+    sink = progress or NullSink()
+    resume_from = prepare_run_directory(job, resume=resume, force=force)
+    write_resolved_config(job.config, job.output_dir)
+    resuming = bool(resume) and has_previous_run(job)
+    recorder = MetricsRecorder(job.output_dir, sink, keep_existing=resuming)
+    core = CoreSettings(
+        stage=job.stage, mode=job.mode, run_dir=str(job.run_dir), checkpoint_dir=str(job.checkpoint_dir),
+        total_steps=job.total_steps, samples_per_step=job.samples_per_step,
+        resume_from=str(resume_from) if resume_from else None, fault_injection=dict(fault_injection or {}),
+    )
+    try:
+        if job.mode == "local":
+            final_metrics = _run_local(job, core, recorder, config_path)
+        else:
+            final_metrics = _run_on_ray(job, core, recorder, config_path)
+    finally:
+        recorder.close()
+    final_metrics = {key: float(value) for key, value in (final_metrics or {}).items()}
+    sink.handle(RunFinished(steps=recorder.last_step, final_metrics=final_metrics))
+    return RunSummary(
+        stage=job.stage, final_metrics=final_metrics, history=list(recorder.history), steps=recorder.last_step,
+        output_dir=job.output_dir, checkpoint_dir=job.checkpoint_dir, wall_time_s=time.time() - started,
+        resumed_from_step=ckpt.read_step(resume_from) if resume_from else None,
+    )
+
+
+def _loop_config(job: TrainingJob, core: CoreSettings) -> dict[str, Any]:
+    return {"config": job.config, **job.loop_payload, "_core": core}
+
+
+def _failure_message(job: TrainingJob, what: str, config_path: str | None) -> RuntimeFailure:
+    latest = ckpt.latest_checkpoint(job.run_dir)
+    where = (f"The latest complete checkpoint is {latest} (step {ckpt.read_step(latest)})." if latest
+             else "No checkpoint was written yet.")
+    return RuntimeFailure(f"{job.stage} training failed: {what}\n{where}",
+                          hint=f"Continue with: {resume_command(job, config_path)}")
+
+
+def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:
+    from rlhfctl.training.progress_actor import LocalChannel
+
+    channel = LocalChannel()
+    core.local_channel_id = channel.channel_id
+    poller = _Poller(channel.drain, recorder)
+    poller.start()
+    try:
+        return job.train_loop(_loop_config(job, core))
+    except RlhfctlError:
+        raise
+    except KeyboardInterrupt:
+        raise _failure_message(job, "interrupted", config_path) from None
+    except Exception as exc:
+        raise _failure_message(job, f"{type(exc).__name__}: {exc}", config_path) from exc
+    finally:
+        poller.stop()
+        channel.close()
+
+
+def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:
+    from rlhfctl.training.ray_cluster import ResourceRequest, check_fits, ray_session
+
+    training = job.config.training
+    request = ResourceRequest(training.num_training_workers, dict(training.resources_per_worker))
+    with ray_session(job.config.general.ray_address):
+        check_fits(request)
+        import ray
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from rlhfctl.training.progress_actor import create_progress_actor
+
+        actor = create_progress_actor()
+        core.progress_actor = actor
+        poller = _Poller(lambda: ray.get(actor.drain.remote(), timeout=30), recorder)
+        poller.start()
+        per_worker = {name: amount for name, amount in request.per_worker.items() if name != "GPU"}
+        trainer = TorchTrainer(
+            job.train_loop,
+            train_loop_config=_loop_config(job, core),
+            torch_config=TorchConfig(backend="nccl" if training.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=training.num_training_workers, use_gpu=training.use_gpu,
+                                         resources_per_worker=per_worker | (
+                                             {"GPU": training.gpus_per_worker} if training.use_gpu else {})),
+            run_config=RunConfig(
+                name=job.run_name, storage_path=str(job.output_dir),
+                failure_config=FailureConfig(max_failures=training.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=core.num_to_keep),
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            raise _failure_message(job, "interrupted", config_path) from None
+        except Exception as exc:
+            user_error = _user_error_inside(exc)
+            if user_error is not None:
+                raise user_error from None
+            raise _failure_message(job, _describe_ray_failure(exc), config_path) from exc
+        finally:
+            poller.stop()
+            ray.kill(actor)
+        return result.return_value or {}
+
+
+def _user_error_inside(exc: BaseException) -> RlhfctlError | None:
+    """A UserError raised inside a worker (e.g. a tokenizer problem) is shown as itself, not as a crash."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for failure in failures.values():
+        seen = failure
+        while seen is not None:
+            if isinstance(seen, UserError):
+                return seen
+            seen = seen.__cause__
+    return None
+
+
+def _describe_ray_failure(exc: BaseException) -> str:
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        parts = []
+        for rank, failure in sorted(failures.items()):
+            parts.append(f"worker rank {rank}: {type(failure).__name__}: {_first_line(failure)}")
+        return "; ".join(parts)
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,108 @@
+"""Driver side: turns progress events into ``metrics.jsonl``, ``samples.jsonl``, TensorBoard and the live display.
+
+``metrics.jsonl`` holds one JSON object per line: ``step``, ``epoch``, ``split`` and the metric values. When a
+run restarts from a checkpoint (a worker died, or ``--resume``), lines after the checkpoint's step are dropped
+before the replayed steps are appended, so the file always describes one consistent run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, TextIO
+
+from rlhfctl.fileio import atomic_write_text
+from rlhfctl.progress.events import ProgressEvent, ProgressSink, RunStarted, SampleEvent, StepEvent
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+             for key, value in record.items()}
+    return json.dumps(clean, ensure_ascii=False)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash: drop it
+                continue
+    return records
+
+
+class MetricsRecorder:
+    """Receives every event on the driver, keeps the history, writes the files, forwards to the sink."""
+
+    def __init__(self, output_dir: Path, sink: ProgressSink, *, keep_existing: bool) -> None:
+        self.output_dir = Path(output_dir)
+        self.sink = sink
+        self.metrics_path = self.output_dir / METRICS_FILE
+        self.samples_path = self.output_dir / SAMPLES_FILE
+        self.history: list[dict[str, Any]] = read_jsonl(self.metrics_path) if keep_existing else []
+        self.samples: list[dict[str, Any]] = read_jsonl(self.samples_path) if keep_existing else []
+        self.last_step = max((int(row["step"]) for row in self.history if row.get("split") == "train"), default=0)
+        self._rewrite()
+        self._metrics_file: TextIO = open(self.metrics_path, "a", encoding="utf-8")
+        self._samples_file: TextIO = open(self.samples_path, "a", encoding="utf-8")
+        self._tensorboard = self._open_tensorboard()
+
+    def _open_tensorboard(self):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.output_dir / TENSORBOARD_DIR), flush_secs=10)
+
+    def _rewrite(self) -> None:
+        atomic_write_text(self.metrics_path, "".join(_json_line(row) + "\n" for row in self.history))
+        atomic_write_text(self.samples_path, "".join(_json_line(row) + "\n" for row in self.samples))
+
+    def handle(self, event: ProgressEvent) -> None:
+        if isinstance(event, RunStarted):
+            self._restart_at(event.start_step)
+        elif isinstance(event, StepEvent):
+            record = event.to_record()
+            self.history.append(record)
+            self._metrics_file.write(_json_line(record) + "\n")
+            self._metrics_file.flush()
+            if event.split == "train":
+                self.last_step = max(self.last_step, event.step)
+            if self._tensorboard is not None:
+                for name, value in event.metrics.items():
+                    if math.isfinite(value):
+                        self._tensorboard.add_scalar(f"{event.split}/{name}", value, event.step)
+        elif isinstance(event, SampleEvent):
+            for row in event.rows:
+                record = {"step": event.step, **row}
+                self.samples.append(record)
+                self._samples_file.write(_json_line(record) + "\n")
+            self._samples_file.flush()
+        self.sink.handle(event)
+
+    def _restart_at(self, start_step: int) -> None:
+        """Forget what was logged after ``start_step`` (it will be replayed from the checkpoint)."""
+        kept = [row for row in self.history if int(row["step"]) <= start_step]
+        kept_samples = [row for row in self.samples if int(row["step"]) <= start_step]
+        if len(kept) != len(self.history) or len(kept_samples) != len(self.samples):
+            self.history, self.samples = kept, kept_samples
+            self._metrics_file.close()
+            self._samples_file.close()
+            self._rewrite()
+            self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
+            self._samples_file = open(self.samples_path, "a", encoding="utf-8")
+        self.last_step = max((int(r["step"]) for r in self.history if r.get("split") == "train"), default=start_step)
+
+    def close(self) -> None:
+        self._metrics_file.close()
+        self._samples_file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()

@@ -1,0 +1,90 @@
+"""Start or join Ray, and check that a worker group fits before asking Ray Train for it (never wait forever)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rlhfctl.errors import UserError
+
+OBJECT_STORE_BYTES = 128 * 1024**2
+# Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default) and
+# ray.train.report waits for that tick. We report only at checkpoints, but 0.5 s still cuts each checkpoint's
+# wait without making the controller busy. A value set by the user is kept.
+HEALTH_CHECK_INTERVAL_S = "0.5"
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    workers: int
+    per_worker: dict[str, float]
+
+    @property
+    def total(self) -> dict[str, float]:
+        return {name: amount * self.workers for name, amount in self.per_worker.items()}
+
+    def describe(self) -> str:
+        each = ", ".join(f"{amount:g} {name}" for name, amount in sorted(self.per_worker.items()))
+        return f"{self.workers} worker{'s' if self.workers != 1 else ''} x {{{each}}}"
+
+
+def _prepare_environment() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[bool]:
+    """Make sure Ray is initialised for the duration of the block; yields True when this call started it.
+
+    ``address=None``: an embedded local Ray (dashboard off, modest object store, all of this machine's CPUs),
+    shut down at the end. ``"auto"``/``"ray://..."``/``"host:port"``: join that cluster (left running).
+    An already initialised Ray in this process (tests, notebooks) is reused and left running.
+    """
+    _prepare_environment()
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    if address is None:
+        # Our own single-user, local-only cluster: no token to manage (and no warning about it).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        if address is None:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+                     log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:
+        raise UserError(f"cannot connect to the Ray cluster at general.ray_address = {address!r}: {exc}",
+                        hint="Start one with `ray start --head`, or leave ray_address out for a local Ray.") from None
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+def check_fits(request: ResourceRequest) -> None:
+    """Raise UserError (exit 2) with the numbers when the cluster cannot host the worker group."""
+    import ray
+
+    totals = ray.cluster_resources()
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    problems = []
+    for name, needed in request.total.items():
+        have = float(totals.get(name, 0.0))
+        if needed > have + 1e-9:
+            problems.append(f"{name}: {needed:g} requested in total, the cluster has {have:g}")
+    for name, each in request.per_worker.items():
+        largest = max((float(node.get(name, 0.0)) for node in nodes), default=0.0)
+        if each > largest + 1e-9:
+            problems.append(f"{name}: {each:g} per worker, the largest node has {largest:g}")
+    if problems:
+        raise UserError(
+            f"the worker group does not fit the Ray cluster ({request.describe()}):\n  - " + "\n  - ".join(problems),
+            hint="Lower training.num_training_workers or training.resources_per_worker, or add nodes.",
+        )

@@ -1,0 +1,404 @@
+"""Worker side of the core: what a stage's training loop calls on every Ray Train worker.
+
+```python
+def train_loop(loop_config: dict) -> dict:
+    ctx = setup_worker(loop_config)                  # rank, world size, device, seeds, threads
+    model = ctx.prepare_model(build_model())         # DDP when world_size > 1
+    optimizer = build_optimizer(model, ctx.config.training)
+    scheduler = build_scheduler(optimizer, ctx.config.training, ctx.total_steps)
+    state = TrainState(models={"model": model}, optimizers={"model": optimizer}, schedulers={"model": scheduler})
+    ctx.restore(state)                               # in place; state.step/epoch/batch_in_epoch updated
+    ... for each batch: with ctx.autocast(): loss = ...; ctx.backward(loss); ctx.step(optimizer, scheduler, model)
+        ctx.log(step, ctx.all_reduce_mean({...}), epoch=epoch)
+        if ctx.checkpoint_due(step): ctx.save(state)
+    ctx.export(model, tokenizer, extra_files={...})
+    return final_metrics                             # rank 0's dict becomes RunSummary.final_metrics
+```
+
+The same loop runs in two modes chosen by the driver (``loop_config["_core"]["mode"]``): ``"ray"`` (Ray Train
+workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
+``"local"`` (one worker in the driver process, no Ray: checkpoints written atomically into the run directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhfctl.progress.events import CheckpointSaved, RunStarted, SampleEvent, StepEvent
+from rlhfctl.training import checkpoint as ckpt
+from rlhfctl.training.batching import shard_indices
+from rlhfctl.training.checkpoint import TrainState
+from rlhfctl.training.progress_actor import ProgressSender
+
+MODES = ("ray", "local")
+
+
+@dataclass
+class CoreSettings:
+    """What the driver tells every worker besides the stage config (``loop_config["_core"]``)."""
+
+    stage: str
+    mode: str  # "ray" | "local"
+    run_dir: str  # absolute: output_dir/<stage>_run, where checkpoints live
+    checkpoint_dir: str  # the final HF export
+    total_steps: int
+    samples_per_step: int
+    resume_from: str | None = None  # a complete checkpoint folder found by the driver (resume)
+    num_to_keep: int = 2
+    progress_actor: Any = None
+    local_channel_id: str | None = None
+    fault_injection: dict[str, Any] = field(default_factory=dict)  # tests only: {"after_step", "marker", "action"}
+
+
+@dataclass
+class WorkerContext:
+    """One worker's view of the run. Build it with :func:`setup_worker`."""
+
+    rank: int
+    world_size: int
+    device: Any  # torch.device
+    config: Any  # the stage config object (RMConfig, SFTConfig, PPOConfig)
+    payload: dict[str, Any]
+    core: CoreSettings
+    _sender: ProgressSender
+    _grad_scaler: Any = None
+    _micro_steps: int = 0
+
+    # ------------------------------------------------------------------------------------------- basics
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def training(self):
+        return self.config.training
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.general.seed)
+
+    @property
+    def total_steps(self) -> int:
+        return self.core.total_steps
+
+    @property
+    def distributed(self) -> bool:
+        import torch.distributed as dist
+
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+    def shard(self, num_rows: int, epoch: int | None) -> list[int]:
+        """This rank's row indices for ``epoch`` (reshuffled per epoch from the seed; ``None``: in order)."""
+        return shard_indices(num_rows, rank=self.rank, world_size=self.world_size, seed=self.seed, epoch=epoch)
+
+    def prepare_model(self, model, *, ddp: bool = True):
+        """Move to this worker's device; wrap in DistributedDataParallel when training on several workers."""
+        if self.core.mode == "ray" and self.world_size > 1 and ddp:
+            from ray.train.torch import prepare_model
+
+            return prepare_model(model, parallel_strategy="ddp")
+        return model.to(self.device)
+
+    def autocast(self):
+        """Context manager for ``training.mixed_precision`` (a no-op for ``"no"``)."""
+        import torch
+
+        precision = self.training.mixed_precision
+        if precision == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------- optimisation
+
+    def backward(self, loss) -> None:
+        """``loss.backward()`` scaled for gradient accumulation (and fp16 loss scaling on GPU)."""
+        loss = loss / self.training.gradient_accumulation_steps
+        if self._grad_scaler is not None:
+            self._grad_scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, optimizer, scheduler, model) -> float:
+        """Clip gradients (``training.max_grad_norm``), step optimizer and scheduler, zero gradients.
+
+        Returns the gradient norm before clipping (``nan`` when clipping is off).
+        """
+        import torch
+
+        if self._grad_scaler is not None:
+            self._grad_scaler.unscale_(optimizer)
+        grad_norm = float("nan")
+        if self.training.max_grad_norm is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.training.max_grad_norm))
+        if self._grad_scaler is not None:
+            self._grad_scaler.step(optimizer)
+            self._grad_scaler.update()
+        else:
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def all_reduce_mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average float metrics over all workers (identity on one worker)."""
+        return self._all_reduce(metrics, average=True)
+
+    def all_reduce_sum(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Sum float metrics over all workers (e.g. counts and sums for exact validation means)."""
+        return self._all_reduce(metrics, average=False)
+
+    def _all_reduce(self, metrics: dict[str, float], *, average: bool) -> dict[str, float]:
+        if not self.distributed:
+            return {key: float(value) for key, value in metrics.items()}
+        import torch
+        import torch.distributed as dist
+
+        keys = list(metrics)  # same insertion order on every rank (same code)
+        values = torch.tensor([float(metrics[key]) for key in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        if average:
+            values /= self.world_size
+        return dict(zip(keys, values.tolist()))
+
+    # ------------------------------------------------------------------------------------------- progress
+
+    def log(self, step: int, metrics: dict[str, float], *, epoch: int, split: str = "train") -> None:
+        """Send one step's (already reduced) metrics to the driver: live display, metrics.jsonl, TensorBoard."""
+        if self.is_main:
+            clean = {key: float(value) for key, value in metrics.items()}
+            self._sender.send(StepEvent(step=step, epoch=epoch, split=split, metrics=clean))  # type: ignore[arg-type]
+
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Send a few example rows to the driver (``output_dir/samples.jsonl``)."""
+        if self.is_main:
+            self._sender.send(SampleEvent(step=step, rows=list(rows)))
+
+    def announce_start(self, start_step: int) -> None:
+        """Tell the driver the loop is running from ``start_step`` (called by :meth:`restore`)."""
+        if self.is_main:
+            self._sender.send(RunStarted(stage=self.core.stage, total_steps=self.core.total_steps,
+                                         start_step=start_step, world_size=self.world_size,
+                                         samples_per_step=self.core.samples_per_step))
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+
+    def checkpoint_due(self, step: int) -> bool:
+        """True when ``training.save_every_steps`` asks for a checkpoint at ``step`` (epoch ends are separate)."""
+        every = self.training.save_every_steps
+        return every > 0 and step % every == 0
+
+    def restore(self, state: TrainState | None = None) -> TrainState | None:
+        """Load the latest checkpoint (after a worker restart, or the one the driver found for ``--resume``).
+
+        With ``state``: loads in place into its models/optimizers/schedulers, restores this rank's RNG and
+        returns ``state`` with step/epoch/batch_in_epoch/extra updated. Without: returns raw state dicts.
+        Returns ``None`` when there is nothing to restore (``state``'s counters are left at their values).
+        Also tells the driver where the run starts.
+        """
+        folder_cm = self._latest_checkpoint_folder()
+        with folder_cm as folder:
+            restored = None if folder is None else ckpt.read_checkpoint(folder, state, rank=self.rank)
+        self.announce_start(restored.step if restored else 0)
+        return restored
+
+    @contextlib.contextmanager
+    def _latest_checkpoint_folder(self) -> Iterator[Path | None]:
+        candidates: list[tuple[int, Path]] = []
+        if self.core.resume_from and ckpt.is_complete(Path(self.core.resume_from)):
+            candidates.append((ckpt.read_step(Path(self.core.resume_from)), Path(self.core.resume_from)))
+        with contextlib.ExitStack() as stack:
+            if self.core.mode == "ray":
+                import ray.train
+
+                ray_checkpoint = ray.train.get_checkpoint()
+                if ray_checkpoint is not None:
+                    folder = Path(stack.enter_context(ray_checkpoint.as_directory()))
+                    if ckpt.is_complete(folder):
+                        candidates.append((ckpt.read_step(folder), folder))
+            if self.core.mode != "ray":
+                latest = ckpt.latest_checkpoint(Path(self.core.run_dir)) if self.core.resume_from else None
+                if latest is not None:
+                    candidates.append((ckpt.read_step(latest), latest))
+            yield max(candidates, key=lambda item: item[0])[1] if candidates else None
+
+    def save(self, state: TrainState, metrics: dict[str, float] | None = None) -> None:
+        """Checkpoint ``state``. Every rank must call it (RNG states are gathered; on Ray it is a barrier)."""
+        rng_states = self._gather_rng_states()
+        name = ckpt.checkpoint_name(state.step)
+        metrics = {key: float(value) for key, value in (metrics or {}).items()}
+        if self.core.mode == "ray":
+            import ray.train
+
+            with tempfile.TemporaryDirectory(prefix="rlhfctl-ckpt-") as tmp:
+                checkpoint = None
+                if self.is_main:
+                    ckpt.write_checkpoint(state, Path(tmp), rng_states=rng_states, metrics=metrics)
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report({"step": state.step, **metrics}, checkpoint=checkpoint, checkpoint_dir_name=name)
+        elif self.is_main:
+            run_dir = Path(self.core.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            ckpt.write_checkpoint(state, tmp, rng_states=rng_states, metrics=metrics)
+            final = run_dir / name
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            self._prune_local_checkpoints(run_dir)
+        if self.is_main:
+            self._sender.send(CheckpointSaved(step=state.step, path=str(Path(self.core.run_dir) / name)))
+        self._maybe_inject_fault(state.step)
+
+    def _gather_rng_states(self) -> list[dict[str, Any]]:
+        own = ckpt.capture_rng_state()
+        if not self.distributed:
+            return [own]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, own)
+        return gathered
+
+    def _prune_local_checkpoints(self, run_dir: Path) -> None:
+        complete = sorted(
+            (ckpt.read_step(child), child) for child in run_dir.iterdir()
+            if child.is_dir() and child.name.startswith(ckpt.CHECKPOINT_PREFIX) and ckpt.is_complete(child)
+        )
+        for _, old in complete[: max(0, len(complete) - self.core.num_to_keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _maybe_inject_fault(self, step: int) -> None:
+        """Test hook: once (a marker file remembers), right after the checkpoint of ``after_step``, the last rank
+        kills its own process (``action="kill"``) or raises (``action="raise"``, for the in-process path)."""
+        fault = self.core.fault_injection
+        if not fault or step != fault.get("after_step") or self.rank != self.world_size - 1:
+            return
+        marker = Path(fault["marker"])
+        if marker.exists():
+            return
+        marker.write_text(f"fault injected on rank {self.rank} after step {step}\n", encoding="utf-8")
+        if fault.get("action", "kill") == "raise":
+            raise RuntimeError(f"injected fault after step {step}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # ------------------------------------------------------------------------------------------- export
+
+    def export(self, model, tokenizer, extra_files: dict[str, Any] | None = None) -> Path | None:
+        """Rank 0 writes the final model to ``checkpoint_dir`` in Hugging Face format (atomically)."""
+        if not self.is_main:
+            return None
+        from rlhfctl.training.export import export_hf
+
+        return export_hf(model, tokenizer, Path(self.core.checkpoint_dir), extra_files=extra_files)
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+def setup_worker(loop_config: dict[str, Any]) -> WorkerContext:
+    """Build this worker's context: rank/world size, device, per-rank seeds, torch threads = its CPU share."""
+    import torch
+
+    core = loop_config["_core"]
+    core = core if isinstance(core, CoreSettings) else CoreSettings(**core)
+    config = loop_config["config"]
+    payload = {key: value for key, value in loop_config.items() if key not in ("config", "_core")}
+    training = config.training
+
+    rank, world_size = 0, 1
+    device = torch.device("cuda" if training.use_gpu and torch.cuda.is_available() else "cpu")
+    if core.mode == "ray":
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        rank, world_size = context.get_world_rank(), context.get_world_size()
+        device = ray.train.torch.get_device()
+
+    cpu_share = max(1, int(math.floor(training.cpus_per_worker)) or 1)
+    torch.set_num_threads(cpu_share)
+    seed = int(config.general.seed) + rank
+    random.seed(seed)
+    torch.manual_seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+
+    grad_scaler = None
+    if training.mixed_precision == "fp16" and device.type == "cuda":
+        grad_scaler = torch.amp.GradScaler("cuda")
+    sender = ProgressSender(actor=core.progress_actor, local_channel_id=core.local_channel_id, enabled=rank == 0)
+    return WorkerContext(rank=rank, world_size=world_size, device=device, config=config, payload=payload,
+                         core=core, _sender=sender, _grad_scaler=grad_scaler)
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout probability to 0 (RL stages and reward models train deterministically)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+# ----------------------------------------------------------------------------------------------- optimizer
+
+
+def _no_decay(name: str, param) -> bool:
+    lowered = name.lower()
+    return param.ndim < 2 or lowered.endswith(".bias") or "norm" in lowered or lowered.startswith("ln_")
+
+
+def build_optimizer(model_or_named_params, training):
+    """The optimizer named in ``training.optimizer`` (allow-list, never a string lookup).
+
+    Weight decay applies to weight matrices only: biases and normalisation weights (and any 1-D parameter) go
+    into a group with ``weight_decay=0``. Accepts a module or an iterable of ``(name, parameter)``.
+    """
+    import torch
+
+    named: Iterable = (model_or_named_params.named_parameters() if isinstance(model_or_named_params, torch.nn.Module)
+                       else model_or_named_params)
+    decay, no_decay = [], []
+    for name, param in named:
+        if param.requires_grad:
+            (no_decay if _no_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": training.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [group for group in groups if group["params"]]
+    lr = training.learning_rate
+    if training.optimizer == "AdamW":
+        return torch.optim.AdamW(groups, lr=lr)
+    if training.optimizer == "Adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if training.optimizer == "SGD":
+        return torch.optim.SGD(groups, lr=lr)
+    raise ValueError(f"unsupported optimizer {training.optimizer!r}")  # unreachable: the schema validates it
+
+
+def warmup_steps(training, num_training_steps: int) -> int:
+    return int(math.ceil(training.warmup_ratio * num_training_steps))
+
+
+def build_scheduler(optimizer, training, num_training_steps: int):
+    """``transformers.get_scheduler(training.lr_scheduler)`` with ``warmup_ratio`` of the steps as warmup."""
+    from transformers import get_scheduler
+
+    return get_scheduler(training.lr_scheduler, optimizer=optimizer,
+                         num_warmup_steps=warmup_steps(training, num_training_steps),
+                         num_training_steps=max(1, num_training_steps))

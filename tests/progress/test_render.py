@@ -1,0 +1,77 @@
+"""Progress rendering: plain lines without a terminal, the live panel, quiet mode (rendered to a StringIO)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from rlhfctl.progress.events import CheckpointSaved, NullSink, RunFinished, RunStarted, SampleEvent, StepEvent
+from rlhfctl.progress.render import LiveSink, PlainSink, ProgressState, format_duration, make_sink
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _console(terminal: bool) -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=200, force_terminal=terminal, color_system=None), buffer
+
+
+def test_plain_sink_prints_start_throttled_steps_validation_and_rate():
+    console, buffer = _console(terminal=False)
+    clock = FakeClock()
+    sink = PlainSink(console, interval_s=5.0, clock=clock)
+    sink.handle(RunStarted(stage="rm", total_steps=10, start_step=0, world_size=2, samples_per_step=16))
+    for step in range(1, 11):
+        clock.now += 1.0
+        sink.handle(StepEvent(step=step, epoch=0, split="train", metrics={"loss": 1.0 / step, "accuracy": 0.5}))
+    sink.handle(StepEvent(step=10, epoch=0, split="validation", metrics={"accuracy": 0.95}))
+    lines = buffer.getvalue().splitlines()
+    assert lines[0] == "rm: 2 worker(s) running, starting at step 0 of 10"
+    step_lines = [line for line in lines if line.startswith("rm step")]
+    assert [line.split()[2] for line in step_lines] == ["1/10", "6/10", "10/10"]  # every 5 s + the last step
+    assert "loss=0.1 accuracy=0.5" in step_lines[-1]
+    assert "16.0 samples/s" in step_lines[-1]  # 9 steps x 16 samples in 9 s
+    assert lines[-1] == "rm validation step 10 epoch 0: accuracy=0.95"
+
+
+def test_live_sink_renders_metrics_checkpoint_and_samples():
+    console, buffer = _console(terminal=True)
+    sink = LiveSink(console, clock=FakeClock())
+    sink.handle(RunStarted(stage="ppo", total_steps=4, start_step=2, world_size=1, samples_per_step=8))
+    sink.handle(StepEvent(step=3, epoch=1, split="train", metrics={"score_mean": 1.25}))
+    sink.handle(CheckpointSaved(step=3, path="/x"))
+    sink.handle(SampleEvent(step=3, rows=[{"prompt": "hi", "response": "hello"}]))
+    sink.handle(RunFinished(steps=4, final_metrics={}))
+    sink.close()
+    text = buffer.getvalue()
+    assert "ppo  epoch 1  step 3/4" in text
+    assert "score_mean" in text and "1.25" in text
+    assert "checkpoint @ step 3" in text
+    assert "'hello'" in text
+
+
+def test_make_sink_picks_by_terminal_and_quiet():
+    plain_console, _ = _console(terminal=False)
+    assert isinstance(make_sink(plain_console), PlainSink)
+    assert isinstance(make_sink(plain_console, quiet=True), NullSink)
+    live_console, _ = _console(terminal=True)
+    live = make_sink(live_console)
+    assert isinstance(live, LiveSink)
+    live.close()
+
+
+def test_progress_state_rate_and_eta_after_a_restart():
+    state = ProgressState()
+    state.update(RunStarted(stage="rm", total_steps=100, start_step=40, world_size=2, samples_per_step=10), now=0.0)
+    state.update(StepEvent(step=41, epoch=0, split="train", metrics={}), now=1.0)
+    state.update(StepEvent(step=51, epoch=0, split="train", metrics={}), now=6.0)
+    assert state.samples_per_second() == 20.0  # 10 steps x 10 samples in 5 s
+    assert state.eta_seconds() == 24.5  # 49 steps left x 10 samples / 20 per s
+    assert format_duration(3725) == "1:02:05" and format_duration(None) == "--:--"

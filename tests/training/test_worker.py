@@ -1,0 +1,117 @@
+"""Worker-side pieces on the single-process path: optimizer groups, scheduler, context, progress, save/restore."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhfctl.config.schema import RMConfig
+from rlhfctl.progress.events import CheckpointSaved, RunStarted, StepEvent
+from rlhfctl.training.checkpoint import TrainState, checkpoint_name, latest_checkpoint
+from rlhfctl.training.progress_actor import LocalChannel
+from rlhfctl.training.worker import CoreSettings, build_optimizer, build_scheduler, disable_dropout, setup_worker
+
+
+def _config(tmp_path, **training) -> RMConfig:
+    return RMConfig.model_validate({
+        "general": {"base_model": "unused", "output_dir": str(tmp_path / "out"),
+                    "checkpoint_dir": str(tmp_path / "model"), "seed": 3},
+        "dataset": {"train_file": str(tmp_path / "rm.jsonl")},
+        "training": {"num_training_workers": 1, **training},
+    })
+
+
+def _loop_config(tmp_path, channel: LocalChannel, resume_from=None, **training) -> dict:
+    core = CoreSettings(stage="rm", mode="local", run_dir=str(tmp_path / "out" / "rm_run"),
+                        checkpoint_dir=str(tmp_path / "model"), total_steps=10, samples_per_step=4,
+                        resume_from=resume_from, local_channel_id=channel.channel_id)
+    return {"config": _config(tmp_path, **training), "rows": [1, 2, 3], "_core": core}
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.ln_f = torch.nn.LayerNorm(4)
+        self.norm = torch.nn.LayerNorm(4)
+        self.embed = torch.nn.Embedding(10, 4)
+        self.dropout = torch.nn.Dropout(0.3)
+        self.frozen = torch.nn.Linear(4, 4)
+        self.frozen.requires_grad_(False)
+
+
+def test_weight_decay_skips_biases_and_norms(tmp_path):
+    model = _Tiny()
+    optimizer = build_optimizer(model, _config(tmp_path, weight_decay=0.1, optimizer="AdamW").training)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(model.proj.weight), id(model.embed.weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(model.proj.bias), id(model.ln_f.weight), id(model.ln_f.bias),
+                                                    id(model.norm.weight), id(model.norm.bias)}
+    sgd = build_optimizer(model.named_parameters(), _config(tmp_path, optimizer="SGD").training)
+    assert isinstance(sgd, torch.optim.SGD)
+
+
+def test_scheduler_warms_up_then_decays(tmp_path):
+    training = _config(tmp_path, learning_rate=1.0, warmup_ratio=0.2, lr_scheduler="linear").training
+    optimizer = build_optimizer(_Tiny(), training)
+    scheduler = build_scheduler(optimizer, training, num_training_steps=10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])  # 2 warmup steps
+    assert lrs[3] == pytest.approx(7 / 8) and lrs[-1] == pytest.approx(1 / 8)
+
+
+def test_disable_dropout():
+    model = _Tiny()
+    disable_dropout(model)
+    assert model.dropout.p == 0.0
+
+
+def test_local_context_logs_saves_and_restores(tmp_path):
+    channel = LocalChannel()
+    ctx = setup_worker(_loop_config(tmp_path, channel, save_every_steps=2))
+    assert (ctx.rank, ctx.world_size, ctx.is_main) == (0, 1, True)
+    assert ctx.payload == {"rows": [1, 2, 3]}
+    assert torch.get_num_threads() == 1  # the worker's CPU share
+    assert ctx.all_reduce_mean({"loss": 2.0}) == {"loss": 2.0}
+    assert ctx.checkpoint_due(4) and not ctx.checkpoint_due(3)
+    assert sorted(ctx.shard(7, epoch=0)) == list(range(7))
+
+    model = torch.nn.Linear(3, 1)
+    optimizer = build_optimizer(model, ctx.training)
+    state = TrainState(models={"m": model}, optimizers={"m": optimizer})
+    assert ctx.restore(state) is None  # fresh run
+    ctx.log(1, {"loss": 0.5}, epoch=0)
+    state.step, state.batch_in_epoch = 2, 4
+    ctx.save(state, {"loss": 0.5})
+    events = channel.drain()
+    assert isinstance(events[0], RunStarted) and events[0].start_step == 0
+    assert events[1] == StepEvent(step=1, epoch=0, split="train", metrics={"loss": 0.5}, time=events[1].time)
+    assert isinstance(events[2], CheckpointSaved) and events[2].step == 2
+    saved = latest_checkpoint(tmp_path / "out" / "rm_run")
+    assert saved.name == checkpoint_name(2)
+
+    weights = model.weight.detach().clone()
+    resumed = setup_worker(_loop_config(tmp_path, channel, resume_from=str(saved), save_every_steps=2))
+    fresh = torch.nn.Linear(3, 1)
+    restored = resumed.restore(TrainState(models={"m": fresh}, optimizers={"m": build_optimizer(fresh, ctx.training)}))
+    assert (restored.step, restored.batch_in_epoch) == (2, 4)
+    assert torch.equal(fresh.weight, weights)
+    assert channel.drain()[0].start_step == 2
+    channel.close()
+
+
+def test_local_checkpoints_keep_the_latest_two(tmp_path):
+    channel = LocalChannel()
+    ctx = setup_worker(_loop_config(tmp_path, channel))
+    model = torch.nn.Linear(2, 1)
+    for step in (1, 2, 3):
+        ctx.save(TrainState(step=step, models={"m": model}))
+    names = sorted(path.name for path in (tmp_path / "out" / "rm_run").iterdir())
+    assert names == [checkpoint_name(2), checkpoint_name(3)]
+    channel.close()
