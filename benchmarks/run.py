@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"Comma-separated sections to run (default: all): {','.join(SECTIONS)}.")
     parser.add_argument("--repeats", type=int, help="Runs per tool and figure (default: 2 with --quick, else 3).")
+    parser.add_argument("--install-trl", action="store_true",
+                        help="Install TRL 1.12.0, current TRL and accelerate into benchmarks/.trl-* (pip --target, "
+                             "--no-deps: the project environment is never changed), then exit.")
     parser.add_argument("--work-dir", type=Path, default=BENCH_DIR / "results" / "work",
                         help="Where data, model kits and run folders go (re-used between invocations).")
     args = parser.parse_args(argv)
@@ -85,7 +88,9 @@ def build_context(args: argparse.Namespace) -> BenchContext:
     corpus = [data.rm_train, data.sft_train]
     models = {preset: workspace.build_model(work / "models", preset, corpus) for preset in ("tiny", "small")}
     repeats = args.repeats or (2 if args.quick else 3)
-    return BenchContext(quick=args.quick, repeats=repeats, work=work, data=data, models=models)
+    invocation = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return BenchContext(quick=args.quick, repeats=repeats, work=work, data=data, models=models,
+                        invocation=invocation)
 
 
 def run_sections(ctx: BenchContext, sections: list[str]) -> list:
@@ -99,15 +104,35 @@ def run_sections(ctx: BenchContext, sections: list[str]) -> list:
     for name in sections:
         started = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        load_before = os.getloadavg()[0]
         section = runners[name](ctx)
         section.details["section_seconds"] = time.perf_counter() - started
+        section.details["load_average_1min"] = {"start": load_before, "end": os.getloadavg()[0]}
         print(f"[bench] {name} done in {section.details['section_seconds']:.0f} s", file=sys.stderr, flush=True)
         results.append(section)
     return results
 
 
+def install_trl() -> int:
+    """pip-install the TRL versions the harness compares with into their own folders (never the project env)."""
+    import subprocess
+
+    from benchlib.tools import ACCELERATE_DIR, TRL_CURRENT_DIR, TRL_PPO_DIR
+
+    for target, requirement in ((TRL_PPO_DIR, "trl==1.12.0"), (TRL_CURRENT_DIR, "trl"),
+                                (ACCELERATE_DIR, "accelerate")):
+        command = [sys.executable, "-m", "pip", "install", "--no-deps", "--upgrade", "--target", str(target),
+                   requirement]
+        print("+ " + " ".join(command), file=sys.stderr)
+        if subprocess.run(command).returncode != 0:
+            return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.install_trl:
+        return install_trl()
     started = dt.datetime.now().astimezone()
     ctx = build_context(args)
     results = run_sections(ctx, args.sections)

@@ -70,12 +70,16 @@ def _carries_marker(process: psutil.Process, marker_value: str) -> bool:
 class TreePssSampler:
     """Samples the summed PSS of a process, its descendants and marker-carrying processes every ``interval_s``."""
 
-    def __init__(self, root_pid: int, marker_value: str | None = None, interval_s: float = 0.2,
-                 started_after: float | None = None) -> None:
+    def __init__(self, root_pid: int, marker_value: str | None = None, interval_s: float = 0.2) -> None:
         self.root_pid = root_pid
         self.marker_value = marker_value
         self.interval_s = interval_s
-        self.started_after = started_after if started_after is not None else time.time() - 1.0
+        # Processes older than the root cannot belong to the run. Compared on psutil's own clock (boot time +
+        # ticks, whole-second boot time), which can lag time.time() by up to a second.
+        try:
+            self.started_after = psutil.Process(root_pid).create_time() - 0.05
+        except psutil.NoSuchProcess:
+            self.started_after = time.time() - 2.0
         self.peak_pss_bytes = 0
         self.peak_processes = 0
         self.samples = 0
@@ -158,7 +162,6 @@ def run_measured(
     marker_value = uuid.uuid4().hex
     full_env = dict(os.environ if env is None else env)
     full_env[RUN_MARKER] = marker_value
-    started_after = time.time() - 0.5
     output_path = log_file
     if output_path is None:
         output_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"rlhfctl-bench-{marker_value}.log"
@@ -170,7 +173,7 @@ def run_measured(
         start = time.perf_counter()
         process = subprocess.Popen(list(command), env=full_env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-        with TreePssSampler(process.pid, marker_value, sample_interval_s, started_after) as sampler:
+        with TreePssSampler(process.pid, marker_value, sample_interval_s) as sampler:
             try:
                 returncode = process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -51,13 +51,14 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def steady_state_rate(
     step_end_times_s: Sequence[float], items_per_step: Sequence[float], warmup_fraction: float = 0.1,
-    min_warmup_steps: int = 2,
+    min_warmup_steps: int = 2, min_span_s: float = 0.0,
 ) -> float | None:
     """Items per second after warm-up, from the wall-clock end time of every step.
 
     The first ``max(min_warmup_steps, warmup_fraction * steps)`` steps are dropped (first-call allocations, lazy
     initialisation); the rate is the items of the remaining steps over the time from the end of the last warm-up
-    step to the end of the last step. ``None`` when fewer than two steps remain.
+    step to the end of the last step. ``None`` when fewer than two steps remain or the timed span is shorter
+    than ``min_span_s`` (for times with a coarse resolution, such as the arrival of a metrics line).
     """
     if len(step_end_times_s) != len(items_per_step):
         raise ValueError("step_end_times_s and items_per_step must have the same length")
@@ -66,7 +67,7 @@ def steady_state_rate(
     if steps - warmup < 2:
         return None
     elapsed_s = step_end_times_s[-1] - step_end_times_s[warmup - 1]
-    if elapsed_s <= 0:
+    if elapsed_s <= 0 or elapsed_s < min_span_s:
         return None
     return sum(items_per_step[warmup:]) / elapsed_s
 

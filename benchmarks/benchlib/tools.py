@@ -25,6 +25,10 @@ TRL_PPO_DIR = BENCH_DIR / ".trl-1.12.0"      # the last TRL with PPOTrainer (trl
 TRL_CURRENT_DIR = BENCH_DIR / ".trl-current"  # current TRL, for RLOO
 ACCELERATE_DIR = BENCH_DIR / ".trl-accelerate"
 
+# Without a per-record "time" field, a step's time is when its metrics line appeared (the driver polls its
+# progress channel every ~0.25 s); a rate over less than this span would be mostly polling jitter.
+MIN_ARRIVAL_SPAN_S = 3.0
+
 INSTALL_HINT = (
     "pip install --no-deps --target benchmarks/.trl-1.12.0 trl==1.12.0; "
     "pip install --no-deps --target benchmarks/.trl-current trl; "
@@ -42,6 +46,7 @@ class ToolRun:
     steady_rate: float | None = None            # items (pairs, rows, episodes) per second after warm-up
     phase_seconds: dict[str, float] = field(default_factory=dict)  # PPO: generate/score/train per update
     error: str | None = None
+    rate_note: str = ""             # why steady_rate is missing although the run succeeded
 
     @property
     def ok(self) -> bool:
@@ -60,7 +65,7 @@ class ToolRun:
             "tool": self.tool, "label": self.label, "ok": self.ok, "error": self.error,
             "steady_rate": self.steady_rate, "wall_time_s": self.wall_time_s, "peak_pss_gb": self.peak_pss_gb,
             "peak_processes": self.measured.peak_processes if self.measured else None,
-            "phase_seconds": self.phase_seconds,
+            "phase_seconds": self.phase_seconds, "rate_note": self.rate_note,
         }
 
 
@@ -74,12 +79,13 @@ class BenchContext:
     data: BenchData
     models: dict[str, Path]
     peak_gflops: dict[str, float] = field(default_factory=dict)  # "fp32@1", "fp32@2", "bf16@2" ...
+    invocation: str = "latest"      # sub-folder of work/runs for this harness invocation
     _run_counter: int = 0
 
     def run_dir(self, label: str) -> Path:
         self._run_counter += 1
         safe = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
-        path = self.work / "runs" / f"{self._run_counter:03d}-{safe}"
+        path = self.work / "runs" / self.invocation / f"{self._run_counter:03d}-{safe}"
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
@@ -134,23 +140,36 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
         run.error = _failure_reason(measured)
         return run
     train = [record for record in measured.metrics if record.split == "train"]
-    run.steady_rate = stats.steady_state_rate([rec.time for rec in train], [items_per_step] * len(train))
+    exact = bool(train) and all("time" in rec.record for rec in train)
+    run.steady_rate = stats.steady_state_rate([rec.time for rec in train], [items_per_step] * len(train),
+                                              min_span_s=0.0 if exact else MIN_ARRIVAL_SPAN_S)
+    if run.steady_rate is None:
+        run.rate_note = (f"{len(train)} steps logged; too short to time from metrics arrival "
+                         f"(needs >= {MIN_ARRIVAL_SPAN_S:.0f} s after warm-up)")
     run.phase_seconds = _rlhfctl_phase_seconds([rec.record for rec in train])
     return run
 
 
 def _rlhfctl_phase_seconds(records: list[dict]) -> dict[str, float]:
-    """Median seconds per step of each phase rlhfctl reports (keys naming generate/score/train and time)."""
-    phases: dict[str, list[float]] = {}
-    for record in records[1:]:  # the first iteration pays one-off costs
+    """Median seconds per update of generate / score / train from rlhfctl's ``time_*_s`` metrics.
+
+    ``score`` gathers every gradient-free forward after generation (``time_score_s`` and ``time_forward_s``:
+    old-policy, reference, value and reward passes), matching what the TRL side counts as scoring.
+    """
+    phase_of = {"generate": "generate", "score": "score", "forward": "score", "train": "train"}
+    per_update: list[dict[str, float]] = []
+    for record in records[1:]:  # the first update pays one-off costs
+        phases: dict[str, float] = {}
         for key, value in record.items():
-            lowered = key.lower()
-            if not isinstance(value, (int, float)) or not any(t in lowered for t in ("time", "_s", "seconds")):
+            if not (key.startswith("time_") and key.endswith("_s") and isinstance(value, (int, float))):
                 continue
-            for phase in ("generate", "score", "train"):
-                if phase in lowered and "per_second" not in lowered and "/s" not in lowered:
-                    phases.setdefault(phase, []).append(float(value))
-    return {phase: stats.median(values) for phase, values in phases.items()}
+            phase = phase_of.get(key[len("time_"):-len("_s")])
+            if phase:
+                phases[phase] = phases.get(phase, 0.0) + float(value)
+        if phases:
+            per_update.append(phases)
+    names = sorted({name for phases in per_update for name in phases})
+    return {name: stats.median(phases.get(name) for phases in per_update) for name in names}
 
 
 def _failure_reason(measured: MeasuredRun) -> str:

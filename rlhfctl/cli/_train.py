@@ -11,6 +11,7 @@ it is taken out of the overrides here.
 from __future__ import annotations
 
 import importlib
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -70,10 +71,15 @@ def run_train_command(stage: str, config_path: Path, overrides: list[str] | None
     sink = make_sink(progress_console or Console(stderr=True), quiet=quiet)
     try:
         summary = stage_module.run(config, resume=resume_mode, force=force, progress=sink,
-                                   config_path=str(config_path))
+                                   config_path=_command_arguments(config_path, overrides))
     finally:
         sink.close()
     render_summary(summary, console)
+
+
+def _command_arguments(config_path: Path, overrides: list[str]) -> str:
+    """The config path and overrides as they must be retyped (shell-quoted) in the printed ``--resume`` command."""
+    return " ".join(shlex.quote(str(part)) for part in (config_path, *overrides))
 
 
 def render_plan(plan, console: Console) -> None:

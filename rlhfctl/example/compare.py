@@ -14,7 +14,7 @@ the table shows exactly what a user would see running that command on both check
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 
@@ -43,7 +43,6 @@ class Comparison:
     sft_loss_before: float | None = None  # SFT held-out response loss before / after training
     sft_loss_after: float | None = None
     ppo_kl: float | None = None  # mean KL to the reference at PPO's last step
-    notes: list[str] = field(default_factory=list)
 
     @property
     def sft_mean_score(self) -> float:
@@ -52,6 +51,38 @@ class Comparison:
     @property
     def ppo_mean_score(self) -> float:
         return fmean(row.score for row in self.ppo) if self.ppo else float("nan")
+
+    def to_dict(self) -> dict:
+        """JSON-ready figures and samples (``comparison.json`` in the work folder)."""
+        return {
+            "rm_accuracy": self.rm_accuracy,
+            "sft_mean_score": self.sft_mean_score,
+            "ppo_mean_score": self.ppo_mean_score,
+            "ppo_win_rate": self.ppo_win_rate,
+            "sft_loss_before": self.sft_loss_before,
+            "sft_loss_after": self.sft_loss_after,
+            "ppo_kl": self.ppo_kl,
+            "samples": [
+                {"prompt": sft.prompt, "sft_response": sft.response, "sft_score": sft.score,
+                 "ppo_response": ppo.response, "ppo_score": ppo.score}
+                for sft, ppo in zip(self.sft, self.ppo)
+            ],
+        }
+
+    @property
+    def warnings(self) -> list[str]:
+        """What looks wrong in the figures (empty when every stage did its job)."""
+        found = []
+        if self.sft_loss_before is not None and self.sft_loss_after is not None \
+                and not self.sft_loss_after < self.sft_loss_before:
+            found.append("SFT did not lower the held-out loss: try more epochs or a larger learning rate.")
+        if not self.rm_accuracy >= 0.9:
+            found.append(f"The reward model is only {self.rm_accuracy:.0%} accurate on held-out pairs: PPO optimises "
+                         "a poor signal (train the RM longer).")
+        if not self.ppo_mean_score > self.sft_mean_score:
+            found.append("PPO did not raise the mean reward over the SFT policy: try more PPO epochs or a larger "
+                         "learning rate.")
+        return found
 
     @property
     def ppo_win_rate(self) -> float:
@@ -157,5 +188,5 @@ def comparison_renderable(comparison: Comparison, *, examples: int = 3) -> Group
             Text(f"{_one_line(ppo.response, 160)}\n") + Text(f"score {ppo.score:+.2f}", style="dim"),
         )
     parts = [figures, samples] if examples > 0 and comparison.sft else [figures]
-    parts += [Text(note, style="yellow") for note in comparison.notes]
+    parts += [Text(f"warning: {warning}", style="yellow") for warning in comparison.warnings]
     return Group(*parts)

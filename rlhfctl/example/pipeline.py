@@ -9,13 +9,14 @@
 3. ``sft train``, 4. ``rm train``, 5. ``ppo train`` with ``examples/configs/{sft,rm,ppo}.toml``, their paths
    overridden into the work folder (exactly what ``key=value`` arguments on the command line do);
 6. the comparison (:mod:`rlhfctl.example.compare`): RM held-out accuracy and the mean RM score of SFT vs PPO
-   responses on held-out prompts, with a few responses side by side.
+   responses on held-out prompts, with a few responses side by side (also written to ``comparison.json``).
 
 Ray is started once for the three training stages (the core reuses an initialised Ray) and shut down at the end.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from rich.console import Console
 
 from rlhfctl.errors import UserError
 from rlhfctl.example.compare import Comparison
+from rlhfctl.fileio import atomic_write_text
 
 MARKER_FILE = ".rlhfctl-example"
 KIT_SEED = 0
@@ -63,6 +65,10 @@ class ExamplePaths:
     @property
     def data_dir(self) -> Path:
         return self.workdir / "data"
+
+    @property
+    def comparison_file(self) -> Path:
+        return self.workdir / "comparison.json"
 
     @property
     def heldout_prompts(self) -> Path:
@@ -202,6 +208,7 @@ def run_example(
         ppo_config = config
         _heading(console, 6, "comparison", "SFT policy vs PPO policy on held-out prompts, scored by the RM")
         result.comparison = timed("compare", lambda: _compare(paths, result.summaries, ppo_config))
+    atomic_write_text(paths.comparison_file, json.dumps(result.comparison.to_dict(), indent=2) + "\n")
     result.wall_time_s = time.time() - started
     return result
 

@@ -68,7 +68,15 @@ class RunFinished:
     time: float = field(default_factory=time.time)
 
 
-ProgressEvent = RunStarted | StepEvent | SampleEvent | CheckpointSaved | RunFinished
+@dataclass(frozen=True)
+class Notice:
+    """A message for the person watching (e.g. the config changed since the checkpoint being resumed)."""
+
+    message: str
+    time: float = field(default_factory=time.time)
+
+
+ProgressEvent = RunStarted | StepEvent | SampleEvent | CheckpointSaved | RunFinished | Notice
 
 
 class ProgressSink(Protocol):

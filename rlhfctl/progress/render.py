@@ -17,6 +17,7 @@ from rich.text import Text
 
 from rlhfctl.progress.events import (
     CheckpointSaved,
+    Notice,
     NullSink,
     ProgressEvent,
     ProgressSink,
@@ -136,7 +137,9 @@ class PlainSink(_BaseSink):
     def handle(self, event: ProgressEvent) -> None:
         now = self.clock()
         self.state.update(event, now)
-        if isinstance(event, RunStarted):
+        if isinstance(event, Notice):
+            self.console.print(f"note: {event.message}", highlight=False, markup=False)
+        elif isinstance(event, RunStarted):
             where = "resuming at" if event.start_step else "starting at"
             self.console.print(f"{event.stage}: {event.world_size} worker(s) running, {where} step "
                                f"{event.start_step} of {event.total_steps}", highlight=False, markup=False)
@@ -189,6 +192,8 @@ class LiveSink(_BaseSink):
         return Group(*parts)
 
     def handle(self, event: ProgressEvent) -> None:
+        if isinstance(event, Notice):
+            self._live.console.print(f"note: {event.message}", highlight=False, markup=False)
         self.state.update(event, self.clock())
         self._live.update(self._render())
 

@@ -185,8 +185,8 @@ def build_job(ppo_plan: PPOPlan) -> "TrainingJob":
         plan_notes={
             "policy": config.policy_source,
             "reward model": config.reward_source,
-            "rollouts per step": f"{training.experience_batch_size} per worker, {training.ppo_epochs} PPO epochs "
-                                 f"x {training.num_mini_batches} mini-batches",
+            "rollouts per step": f"{training.experience_batch_size} per worker; {training.ppo_epochs} PPO epoch(s) "
+                                 f"of {training.num_mini_batches} mini-batch(es)",
             "response length": f"up to {generation.max_new_tokens} new tokens",
             "KL": f"{training.kl_estimator}, coef {training.kl_coeff}"
                   + (f" adapting toward {training.target_kl}" if training.target_kl else " (fixed)"),

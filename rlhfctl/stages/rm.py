@@ -76,6 +76,8 @@ def tokenize_pairs(rows: list[dict], tokenizer, max_length: int) -> list[Tokeniz
     from rlhfctl.data.prompting import format_prompt, has_chat_template
     from rlhfctl.stages.rm_math import truncate_keep_response_end
 
+    if not rows:
+        return []
     prompts = [format_prompt(row["prompt"], tokenizer) for row in rows]
     add_special = not has_chat_template(tokenizer)  # a chat template already wrote BOS and friends
     prompt_ids = tokenizer(prompts, add_special_tokens=add_special)["input_ids"]

@@ -86,11 +86,16 @@ def run(
     force: bool = False,
     progress: "ProgressSink | None" = None,
     config_path: str | None = None,
+    fault_injection: dict | None = None,
 ) -> "RunSummary":
-    """Train, validate and export; returns the core's run summary (final metrics, history, paths, wall time)."""
+    """Train, validate and export; returns the core's run summary (final metrics, history, paths, wall time).
+
+    ``fault_injection`` is the core's test hook (a worker dies or raises after a given checkpoint).
+    """
     from rlhfctl.training.launch import run_training
 
-    return run_training(build_job(config), resume=resume, force=force, progress=progress, config_path=config_path)
+    return run_training(build_job(config), resume=resume, force=force, progress=progress, config_path=config_path,
+                        fault_injection=fault_injection)
 
 
 # ----------------------------------------------------------------------------------------------- worker side
@@ -154,6 +159,9 @@ def train_loop(loop_config: dict) -> dict:
             ctx.log(state.step, validation, epoch=epoch, split="validation")
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         ctx.save(state, {**train_metrics, **{f"validation_{key}": value for key, value in validation.items()}})
+
+    if not validation and validation_examples:  # resumed a finished run: nothing trained, still report
+        validation = validate()
 
     # -- export: the Hugging Face folder PPO's general.model_pretrain points at
     ctx.export(_unwrap(model), tokenizer)

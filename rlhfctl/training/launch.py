@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
-from rlhfctl.progress.events import NullSink, ProgressSink, RunFinished
+from rlhfctl.progress.events import Notice, NullSink, ProgressSink, RunFinished
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training.metrics import METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR, MetricsRecorder
 from rlhfctl.training.worker import CoreSettings
 
 RAY_SNAPSHOT_GLOB = "checkpoint_manager_snapshot*"
+RESOLVED_CONFIG_FILE = "resolved_config.toml"
 POLL_INTERVAL_S = 0.25
 
 
@@ -128,6 +129,29 @@ def has_previous_run(job: TrainingJob) -> bool:
     return run_dir.is_dir() and (ckpt.latest_checkpoint(run_dir) is not None or any(run_dir.glob(RAY_SNAPSHOT_GLOB)))
 
 
+def changed_config_keys(previous_path: Path, config: Any) -> list[str]:
+    """Dotted keys whose value differs between the earlier run's resolved config and ``config``."""
+    from rlhfctl.config.loader import tomllib
+    from rlhfctl.config.render import config_to_dict
+
+    try:
+        previous = tomllib.loads(previous_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+
+    def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict) and key != "resources_per_worker":
+                flat.update(flatten(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        return flat
+
+    before, after = flatten(previous), flatten(config_to_dict(config))
+    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+
+
 def resume_command(job: TrainingJob, config_path: str | None = None) -> str:
     return f"rlhfctl {job.stage} train {config_path or '<config.toml>'} --resume"
 
@@ -135,14 +159,20 @@ def resume_command(job: TrainingJob, config_path: str | None = None) -> str:
 def prepare_run_directory(job: TrainingJob, *, resume: bool | str, force: bool) -> Path | None:
     """Apply the resume/force rules; return the checkpoint to resume from (None for a fresh start)."""
     output_dir = job.output_dir
+    output_dir_existed = output_dir.exists()
+    try:
+        job.checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create general.checkpoint_dir {job.checkpoint_dir}: {exc}") from None
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / ".rlhfctl-write-test"
         probe.write_text("ok", encoding="utf-8")
         probe.unlink()
-        job.checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot write to general.output_dir / general.checkpoint_dir: {exc}") from None
+        if not output_dir_existed:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise UserError(f"cannot write to general.output_dir {output_dir}: {exc}") from None
 
     previous = has_previous_run(job)
     if resume:
@@ -217,12 +247,23 @@ def run_training(
     once, right after the checkpoint of step N.
     """
     from rlhfctl.config.render import write_resolved_config
+    from rlhfctl.training.ray_cluster import ResourceRequest, check_fits_this_machine
 
     started = time.time()
     sink = progress or NullSink()
+    output_dir_existed = job.output_dir.exists()
+    if job.mode == "local":
+        check_fits_this_machine(ResourceRequest(job.config.training.num_training_workers,
+                                                dict(job.config.training.resources_per_worker)))
     resume_from = prepare_run_directory(job, resume=resume, force=force)
-    write_resolved_config(job.config, job.output_dir)
+    resumed_from_step = ckpt.read_step(resume_from) if resume_from else None  # read now: the run may prune it
     resuming = bool(resume) and has_previous_run(job)
+    if resuming:
+        changed = changed_config_keys(job.output_dir / RESOLVED_CONFIG_FILE, job.config)
+        if changed:
+            sink.handle(Notice(f"the config changed since the run being resumed ({', '.join(changed)}); "
+                               "the new values are used from here on"))
+    write_resolved_config(job.config, job.output_dir)
     recorder = MetricsRecorder(job.output_dir, sink, keep_existing=resuming)
     core = CoreSettings(
         stage=job.stage, mode=job.mode, run_dir=str(job.run_dir), checkpoint_dir=str(job.checkpoint_dir),
@@ -234,6 +275,11 @@ def run_training(
             final_metrics = _run_local(job, core, recorder, config_path)
         else:
             final_metrics = _run_on_ray(job, core, recorder, config_path)
+    except UserError:  # bad input found by the workers (model, tokenizer): leave no half-started run behind
+        recorder.close()
+        if not resuming and not has_previous_run(job):
+            _discard_fresh_run(job, remove_output_dir=not output_dir_existed)
+        raise
     finally:
         recorder.close()
     final_metrics = {key: float(value) for key, value in (final_metrics or {}).items()}
@@ -241,8 +287,19 @@ def run_training(
     return RunSummary(
         stage=job.stage, final_metrics=final_metrics, history=list(recorder.history), steps=recorder.last_step,
         output_dir=job.output_dir, checkpoint_dir=job.checkpoint_dir, wall_time_s=time.time() - started,
-        resumed_from_step=ckpt.read_step(resume_from) if resume_from else None,
+        resumed_from_step=resumed_from_step,
     )
+
+
+def _discard_fresh_run(job: TrainingJob, *, remove_output_dir: bool) -> None:
+    """Remove what a run that never wrote a checkpoint created (the whole output_dir when it made it)."""
+    if remove_output_dir:
+        shutil.rmtree(job.output_dir, ignore_errors=True)
+        return
+    shutil.rmtree(job.run_dir, ignore_errors=True)
+    shutil.rmtree(job.output_dir / TENSORBOARD_DIR, ignore_errors=True)
+    for name in (METRICS_FILE, SAMPLES_FILE, "resolved_config.toml"):
+        (job.output_dir / name).unlink(missing_ok=True)
 
 
 def _loop_config(job: TrainingJob, core: CoreSettings) -> dict[str, Any]:
@@ -260,6 +317,9 @@ def _failure_message(job: TrainingJob, what: str, config_path: str | None) -> Ru
 def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:
     from rlhfctl.training.progress_actor import LocalChannel
 
+    import torch  # the loop imports it anyway; here to give the process its thread count back afterwards
+
+    threads_before = torch.get_num_threads()
     channel = LocalChannel()
     core.local_channel_id = channel.channel_id
     poller = _Poller(channel.drain, recorder)
@@ -275,6 +335,7 @@ def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, 
     finally:
         poller.stop()
         channel.close()
+        torch.set_num_threads(threads_before)
 
 
 def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:

@@ -72,19 +72,32 @@ def check_fits(request: ResourceRequest) -> None:
     """Raise UserError (exit 2) with the numbers when the cluster cannot host the worker group."""
     import ray
 
-    totals = ray.cluster_resources()
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    _raise_if_unfit(request, ray.cluster_resources(), nodes, "the Ray cluster", "the largest node")
+
+
+def check_fits_this_machine(request: ResourceRequest) -> None:
+    """The single-process path (no Ray): the same check against this machine's CPUs and GPUs."""
+    import torch
+
+    machine = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    _raise_if_unfit(request, machine, None, "this machine", "")
+
+
+def _raise_if_unfit(request: ResourceRequest, totals: dict, nodes: list[dict] | None, where: str,
+                    largest_name: str) -> None:
+    """``nodes=None``: one machine, no per-node check."""
     problems = []
     for name, needed in request.total.items():
         have = float(totals.get(name, 0.0))
         if needed > have + 1e-9:
-            problems.append(f"{name}: {needed:g} requested in total, the cluster has {have:g}")
-    for name, each in request.per_worker.items():
+            problems.append(f"{name}: {needed:g} requested in total, {where} has {have:g}")
+    for name, each in request.per_worker.items() if nodes is not None else ():
         largest = max((float(node.get(name, 0.0)) for node in nodes), default=0.0)
         if each > largest + 1e-9:
-            problems.append(f"{name}: {each:g} per worker, the largest node has {largest:g}")
+            problems.append(f"{name}: {each:g} per worker, {largest_name} has {largest:g}")
     if problems:
         raise UserError(
-            f"the worker group does not fit the Ray cluster ({request.describe()}):\n  - " + "\n  - ".join(problems),
+            f"the worker group does not fit {where} ({request.describe()}):\n  - " + "\n  - ".join(problems),
             hint="Lower training.num_training_workers or training.resources_per_worker, or add nodes.",
         )

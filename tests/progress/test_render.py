@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from rlhfctl.progress.events import CheckpointSaved, NullSink, RunFinished, RunStarted, SampleEvent, StepEvent
+from rlhfctl.progress.events import CheckpointSaved, Notice, NullSink, RunFinished, RunStarted, SampleEvent, StepEvent
 from rlhfctl.progress.render import LiveSink, PlainSink, ProgressState, format_duration, make_sink
 
 
@@ -75,3 +75,9 @@ def test_progress_state_rate_and_eta_after_a_restart():
     assert state.samples_per_second() == 20.0  # 10 steps x 10 samples in 5 s
     assert state.eta_seconds() == 24.5  # 49 steps left x 10 samples / 20 per s
     assert format_duration(3725) == "1:02:05" and format_duration(None) == "--:--"
+
+
+def test_notices_are_printed():
+    console, buffer = _console(terminal=False)
+    PlainSink(console, clock=FakeClock()).handle(Notice("the config changed"))
+    assert buffer.getvalue() == "note: the config changed\n"

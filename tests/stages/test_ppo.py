@@ -228,7 +228,7 @@ def test_ppo_on_two_ray_workers_raises_heldout_reward_with_bounded_kl_and_resume
     killed = ray_config(tmp_path / "killed", trained_models)
     job = ppo.build_job(ppo.prepare(killed))
     with pytest.raises(RuntimeFailure):
-        run_training(job, fault_injection={"kill_after_step": 8, "marker": str(tmp_path / "killed.marker")})
+        run_training(job, fault_injection={"after_step": 8, "marker": str(tmp_path / "killed.marker")})
     resumed = ppo.run(killed, resume=True)
     assert resumed.resumed_from_step == 8
     assert without_timings(resumed.final_metrics) == pytest.approx(without_timings(metrics), rel=1e-6, abs=1e-9)

@@ -99,3 +99,28 @@ def test_sft_on_two_ray_workers_lowers_heldout_loss_and_exports(tmp_path, tiny_m
         output = model.generate(**inputs, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert reply.startswith((" Sure", " Of course", " No", " Ugh", " Figure")), reply
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_resume_after_a_failure_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir):
+    from rlhfctl.errors import RuntimeFailure
+
+    def config_in(folder: Path):
+        folder.mkdir()
+        # one worker: the in-process path (no Ray start-up); dropout is on, so RNG state must be restored too
+        return load_config(write_config(folder, tiny_model_dir, num_training_workers=1, epochs=2,
+                                        save_every_steps=10))
+
+    uninterrupted = sft.run(config_in(tmp_path / "a"))
+    interrupted_config = config_in(tmp_path / "b")
+    with pytest.raises(RuntimeFailure, match="step 10"):
+        sft.run(interrupted_config, fault_injection={"after_step": 10, "marker": str(tmp_path / "fault"),
+                                                     "action": "raise"})
+    resumed = sft.run(interrupted_config, resume=True)
+
+    assert resumed.resumed_from_step == 10
+    assert resumed.steps == uninterrupted.steps == 46
+    assert set(resumed.final_metrics) == set(uninterrupted.final_metrics)
+    for key, value in uninterrupted.final_metrics.items():
+        assert resumed.final_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

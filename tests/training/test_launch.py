@@ -8,7 +8,7 @@ import pytest
 
 from rlhfctl.config.schema import RMConfig
 from rlhfctl.errors import RuntimeFailure, UserError
-from rlhfctl.progress.events import RecordingSink, RunFinished, RunStarted, StepEvent
+from rlhfctl.progress.events import Notice, RecordingSink, RunFinished, RunStarted, StepEvent
 from rlhfctl.training.launch import TrainingJob, run_training
 
 
@@ -113,3 +113,12 @@ def test_unwritable_output_dir_is_a_user_error(tmp_path):
     job.config.general.output_dir = blocker / "out"
     with pytest.raises(UserError, match="cannot write"):
         run_training(job)
+
+
+def test_resume_with_a_changed_config_says_which_keys_changed(tmp_path):
+    run_training(_job(tmp_path))
+    sink = RecordingSink()
+    run_training(_job(tmp_path, learning_rate=0.01), resume=True, progress=sink)
+    notices = [event for event in sink.events if isinstance(event, Notice)]
+    assert len(notices) == 1
+    assert "training.learning_rate" in notices[0].message and "new values are used" in notices[0].message

@@ -21,7 +21,7 @@ def median_of(runs: list[ToolRun], attribute: str) -> float | None:
 
 
 def first_error(runs: list[ToolRun]) -> str:
-    return next((run.error for run in runs if run.error), "")
+    return next((run.error or run.rate_note for run in runs if run.error or run.rate_note), "")
 
 
 def samples_of(runs: list[ToolRun], attribute: str) -> list[float]:

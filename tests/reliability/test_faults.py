@@ -1,0 +1,246 @@
+"""Faults really injected into tiny RM runs on Ray (CPU): a worker killed, the driver interrupted or killed.
+
+Every faulty run is compared with one uninterrupted reference run of the same config (module fixture): the
+same step count, bit-identical final metrics and exported weights (the RNG states travel in the checkpoints).
+Runs use the session's shared 2-CPU Ray, except the signal tests, whose ``rlhfctl`` subprocess starts its own
+embedded Ray exactly as a user's does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from typer.testing import CliRunner
+
+from rlhfctl.cli.app import app
+
+from .conftest import EXAMPLE_RM_DATA, REPO_ROOT, kill_processes, subprocess_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+runner = CliRunner()
+
+ROWS = 64  # 58 training pairs: 2 workers x batch 4 -> 8 steps per epoch, 16 in all (checkpoint every 2)
+TRAINING = {"batch_size": 4, "epochs": 2, "learning_rate": 1e-3, "num_training_workers": 2,
+            "resources_per_worker": {"CPU": 1}, "save_every_steps": 2, "max_failures": 1}
+
+
+class Run(NamedTuple):
+    config: Path
+    output_dir: Path
+    export_dir: Path
+
+
+def make_run(root: Path, model_dir: Path, **training) -> Run:
+    """A 2-worker RM config over the first ROWS example pairs, in its own folder under ``root``."""
+    import tomli_w
+
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "rm.jsonl"
+    data.write_text("".join(EXAMPLE_RM_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:ROWS]),
+                    encoding="utf-8")
+    run = Run(root / "rm.toml", root / "out", root / "export")
+    run.config.write_text(tomli_w.dumps({
+        "stage": "rm",
+        "general": {"base_model": str(model_dir), "output_dir": str(run.output_dir),
+                    "checkpoint_dir": str(run.export_dir), "seed": 0},
+        "dataset": {"train_file": str(data), "validation_split_percentage": 10, "max_length": 64},
+        "training": {**TRAINING, **training},
+    }), encoding="utf-8")
+    return run
+
+
+def run_in_process(run: Run, **kwargs):
+    from rlhfctl.config import load_config
+    from rlhfctl.stages import rm
+
+    return rm.run(load_config(run.config), config_path=str(run.config), **kwargs)
+
+
+def train_steps(output_dir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [row["step"] for row in rows if row["split"] == "train"]
+
+
+def last_validation(output_dir: Path) -> dict:
+    rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [row for row in rows if row["split"] == "validation"][-1]
+
+
+def assert_same_weights(export_a: Path, export_b: Path) -> None:
+    from safetensors.torch import load_file
+
+    weights_a, weights_b = load_file(str(export_a / "model.safetensors")), load_file(str(export_b / "model.safetensors"))
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:
+        assert weights_a[name].equal(weights_b[name]), f"{name} differs from the uninterrupted run"
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, tmp_path_factory, ray_cluster):
+    run = make_run(tmp_path_factory.mktemp("reference"), tiny_model_dir)
+    summary = run_in_process(run)
+    assert summary.steps == 16
+    return run, summary
+
+
+# ----------------------------------------------------------------------------------------------- worker dies
+
+
+def test_killed_worker_is_restarted_from_the_checkpoint_and_finishes_identically(reference, tiny_model_dir,
+                                                                                 tmp_path, ray_cluster):
+    reference_run, reference_summary = reference
+    run = make_run(tmp_path, tiny_model_dir, max_failures=1)
+    marker = tmp_path / "fault-marker"
+    summary = run_in_process(run, fault_injection={"after_step": 4, "marker": str(marker), "action": "kill"})
+    assert marker.read_text(encoding="utf-8").startswith("fault injected on rank 1 after step 4")
+    assert summary.steps == reference_summary.steps
+    assert summary.final_metrics == reference_summary.final_metrics
+    assert train_steps(run.output_dir) == list(range(1, 17)), "replayed steps must not be duplicated"
+    assert_same_weights(run.export_dir, reference_run.export_dir)
+
+
+def test_killed_worker_without_retries_names_the_worker_and_the_checkpoint(tiny_model_dir, tmp_path, ray_cluster):
+    from rlhfctl.errors import RuntimeFailure
+
+    run = make_run(tmp_path, tiny_model_dir, max_failures=0)
+    with pytest.raises(RuntimeFailure) as failure:
+        run_in_process(run, fault_injection={"after_step": 4, "marker": str(tmp_path / "marker"), "action": "kill"})
+    message = failure.value.message
+    assert failure.value.exit_code == 1
+    assert "worker rank 1" in message, message
+    assert "checkpoint_00000004 (step 4)" in message, message
+    assert failure.value.hint == f"Continue with: rlhfctl rm train {run.config} --resume"
+    assert not run.export_dir.exists()
+
+
+# ----------------------------------------------------------------------------------------------- driver signals
+
+
+def _start_cli(run: Run, *extra: str) -> subprocess.Popen:
+    """``python -m rlhfctl rm train CONFIG ... --quiet`` in a new session (its own process group, like a shell job)."""
+    return subprocess.Popen([sys.executable, "-m", "rlhfctl", "rm", "train", str(run.config), *extra, "--quiet"],
+                            cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _wait_for_first_checkpoint(process: subprocess.Popen, run: Run, timeout_s: float = 150) -> None:
+    deadline = time.monotonic() + timeout_s
+    run_dir = run.output_dir / "rm_run"
+    while time.monotonic() < deadline:
+        if run_dir.is_dir() and any(run_dir.glob("checkpoint_*")):
+            return
+        if process.poll() is not None:
+            pytest.fail(f"rlhfctl exited ({process.returncode}) before its first checkpoint:\n{process.stdout.read()}")
+        time.sleep(0.05)
+    pytest.fail("no checkpoint within the time limit")
+
+
+def _process_tree(pid: int) -> list:
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _survivors(processes: list, grace_s: float) -> list:
+    import psutil
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def _describe(processes: list) -> list[str]:
+    described = []
+    for process in processes:
+        try:
+            described.append(f"{process.pid} {' '.join(process.cmdline())[:60]}")
+        except Exception:  # gone meanwhile
+            pass
+    return described
+
+
+def _resume_in_process(command: str) -> str:
+    """Run a printed ``rlhfctl ...`` command through the CLI in this process (on the shared Ray)."""
+    argv = shlex.split(command)
+    assert argv[0] == "rlhfctl"
+    result = runner.invoke(app, argv[1:] + ["--quiet"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_sigint_stops_within_seconds_prints_the_resume_command_and_resume_matches(reference, tiny_model_dir,
+                                                                                  tmp_path, ray_cluster):
+    reference_run, _ = reference
+    run = make_run(tmp_path / "with space", tiny_model_dir)
+    process = _start_cli(run, "general.seed=0")
+    tree: list = []
+    try:
+        _wait_for_first_checkpoint(process, run)
+        tree = _process_tree(process.pid)
+        assert any("raylet" in " ".join(p.cmdline()) for p in tree), "expected an embedded Ray under rlhfctl"
+        interrupted = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole foreground group
+        output, _ = process.communicate(timeout=60)
+        stop_seconds = time.monotonic() - interrupted
+    finally:
+        if process.poll() is None:
+            process.kill()
+        leftovers = _survivors(tree, grace_s=15)
+        kill_processes(leftovers)
+    assert process.returncode == 1, output
+    assert stop_seconds < 20, f"took {stop_seconds:.1f} s to stop"
+    assert "interrupted" in output and "Traceback" not in output, output
+    assert "The latest complete checkpoint is" in output and "checkpoint_0000" in output, output
+    expected = f"rlhfctl rm train {shlex.quote(str(run.config))} general.seed=0 --resume"
+    assert expected in output, output
+    assert not leftovers, f"Ray processes left after SIGINT: {_describe(leftovers)}"
+
+    resumed = _resume_in_process(expected)
+    assert "resumed from step" in resumed
+    assert train_steps(run.output_dir) == list(range(1, 17))
+    assert last_validation(run.output_dir) == last_validation(reference_run.output_dir)
+    assert_same_weights(run.export_dir, reference_run.export_dir)
+
+
+def test_sigkill_of_the_driver_then_resume_matches(reference, tiny_model_dir, tmp_path, ray_cluster):
+    """SIGKILL leaves rlhfctl no chance to clean up: the checkpoints on disk must still be enough to resume.
+
+    Ray ties its head daemons (gcs_server, raylet, workers) to the driver's life; its per-node agents are
+    orphaned and are killed here (only the processes of this test's own rlhfctl process tree).
+    """
+    reference_run, _ = reference
+    run = make_run(tmp_path, tiny_model_dir)
+    process = _start_cli(run)
+    tree: list = []
+    try:
+        _wait_for_first_checkpoint(process, run)
+        time.sleep(0.3)
+        tree = _process_tree(process.pid)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        leftovers = _survivors(tree, grace_s=10)
+        orphans = _describe(leftovers)
+        kill_processes(leftovers)
+    print(f"orphaned by SIGKILL (killed by this test): {orphans}")
+    names = " ".join(orphans)
+    assert "raylet" not in names and "gcs_server" not in names and "RayTrainWorker" not in names, names
+
+    _resume_in_process(f"rlhfctl rm train {shlex.quote(str(run.config))} --resume")
+    assert train_steps(run.output_dir) == list(range(1, 17))
+    assert last_validation(run.output_dir) == last_validation(reference_run.output_dir)
+    assert_same_weights(run.export_dir, reference_run.export_dir)
