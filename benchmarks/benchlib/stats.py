@@ -87,11 +87,6 @@ def forward_flops(parameters: int, tokens: float) -> float:
     return 2.0 * parameters * tokens
 
 
-def alternate(first: str, second: str, repeats: int) -> list[str]:
-    """The A B A B ... run order for two tools, so machine drift affects both alike."""
-    return [name for _ in range(repeats) for name in (first, second)]
-
-
 def format_value(value: float | None, unit: str = "") -> str:
     """A compact human-readable number: ``n/a`` for missing, 3 significant digits otherwise."""
     if value is None:

@@ -31,6 +31,10 @@ class RlhfctlGroup(TyperGroup):
             ctx.exit(exc.exit_code)
         except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):
             raise  # usage errors and exits: Typer prints them and picks the exit code
+        except BrokenPipeError:
+            # `rlhfctl rm score ... | head`: the reader went away; stop quietly like other Unix tools
+            _silence_stdout()
+            ctx.exit(0)
         except Exception as exc:
             if os.environ.get("RLHFCTL_DEBUG") == "1":
                 raise
@@ -77,6 +81,19 @@ def _register() -> None:
 
 
 _register()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush does not raise a second BrokenPipeError."""
+    import sys
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file descriptor (CliRunner): nothing to silence
+        pass
+    finally:
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> None:

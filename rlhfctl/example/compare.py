@@ -42,7 +42,7 @@ class Comparison:
     ppo: list[ScoredResponse]  # responses of the PPO policy to the same prompts, in the same order
     sft_loss_before: float | None = None  # SFT held-out response loss before / after training
     sft_loss_after: float | None = None
-    ppo_kl: float | None = None  # mean KL to the reference at PPO's last step
+    ppo_kl: float | None = None  # PPO's final KL to the reference (the SFT policy), nats per response
 
     @property
     def sft_mean_score(self) -> float:
@@ -174,7 +174,8 @@ def comparison_renderable(comparison: Comparison, *, examples: int = 3) -> Group
     figures.add_row("mean RM score, PPO policy", f"{comparison.ppo_mean_score:+.3f}",
                     f"{delta:+.3f} vs SFT; PPO wins {comparison.ppo_win_rate:.0%} of prompts")
     if comparison.ppo_kl is not None:
-        figures.add_row("KL(PPO ‖ SFT) at the last step", f"{comparison.ppo_kl:.3f}", "how far PPO moved")
+        figures.add_row("KL(PPO ‖ SFT) per response", f"{comparison.ppo_kl:.3f}",
+                        "how far PPO moved from the SFT policy (nats)")
 
     samples = Table(title="Responses side by side (held-out prompts)", title_justify="left", show_lines=True,
                     expand=True)

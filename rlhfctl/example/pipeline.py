@@ -36,10 +36,6 @@ KIT_SEED = 0
 COMPARISON_SEED = 1234
 
 
-def repository_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 @dataclass(frozen=True)
 class ExamplePaths:
     """Where everything of one example run lives."""
@@ -163,11 +159,12 @@ def run_example(
     ``progress_factory(stage)`` returns the progress sink of a stage (default: live display, or nothing with
     ``quiet``).
     """
+    from rlhfctl.example.kit import example_data_dir
     from rlhfctl.training.ray_cluster import ray_session
 
     started = time.time()
     console = console or Console(highlight=False)
-    examples_dir = Path(examples_dir) if examples_dir else repository_root() / "examples"
+    examples_dir = Path(examples_dir) if examples_dir else example_data_dir().parent
     paths = ExamplePaths(prepare_workdir(Path(workdir), force=force))
     result = ExampleResult(paths=paths)
     extra = {stage: list(values) for stage, values in (extra_overrides or {}).items()}

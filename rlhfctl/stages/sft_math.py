@@ -11,7 +11,7 @@ Everything here is a small function of lists or tensors, tested against hand-com
 position ``t`` scores token ``t + 1`` (the causal shift), so the first response token is predicted from the last
 prompt token and prompt tokens never contribute to the loss.
 
-Truncation to ``max_length`` (documented in the config reference): the prompt is cut **from the left** (its end,
+Truncation to ``max_length``: the prompt is cut **from the left** (its end,
 next to the response, is what the model needs most) and the response **from the right**. When both are too long
 each side is guaranteed up to half the window: the prompt keeps
 ``min(P, max(L - R, L // 2))`` tokens and the response the rest, where ``P``/``R`` are the prompt/response

@@ -19,6 +19,7 @@ latest complete checkpoint; ``"auto"`` = only if one exists) or ``force`` (wipe 
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -369,9 +370,10 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
                 checkpoint_config=CheckpointConfig(num_to_keep=core.num_to_keep),
             ),
         )
+        previous_sigint = signal.getsignal(signal.SIGINT)
         try:
             result = trainer.fit()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ray Train's own Ctrl-C handler aborts the run with sys.exit
             raise _failure_message(job, "interrupted", config_path) from None
         except Exception as exc:
             user_error = _user_error_inside(exc)
@@ -379,6 +381,8 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
                 raise user_error from None
             raise _failure_message(job, _describe_ray_failure(exc), config_path) from exc
         finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous_sigint)  # fit() leaves its handler installed
             poller.stop()
             ray.kill(actor)
         return result.return_value or {}

@@ -52,10 +52,6 @@ def test_flops_and_mfu_follow_6nd_and_2nd():
     assert stats.mfu(None, 100e9) is None
 
 
-def test_alternate_runs_tools_a_b_a_b():
-    assert stats.alternate("rlhfctl", "trl", 2) == ["rlhfctl", "trl", "rlhfctl", "trl"]
-
-
 def test_markdown_table_shows_values_ratio_and_missing_figures():
     rows = [
         stats.Row("RM tiny", "steady-state pairs/s", "pairs/s", 300.0, 150.0, "batch 8"),
@@ -141,3 +137,11 @@ def test_rlhfctl_phase_split_skips_the_first_update_and_counts_forwards_as_scori
          "episodes_per_s": 5.0},
     ]
     assert _rlhfctl_phase_seconds(records) == {"generate": 2.0, "score": 0.75, "train": 3.0}
+
+
+def test_parse_last_json_line_takes_the_figures_a_script_prints_last():
+    from benchlib.sections.cli import parse_last_json_line
+
+    assert parse_last_json_line('warming up\n{"rows_per_s": 10}\n[1, 2]\n{"rows_per_s": 52000}\n') == {
+        "rows_per_s": 52000}
+    assert parse_last_json_line("no json here") is None

@@ -8,7 +8,6 @@ SFT policy while its KL to the SFT policy stays bounded.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -8,6 +8,7 @@ when present, is run too and its own output kept in the JSON details.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 
@@ -83,13 +84,31 @@ def _convert_rows(ctx: BenchContext, details: dict) -> list[Row]:
         rows.append(Row("data convert", "HH transcripts -> RM rows", "rows/s", None, None,
                         f"exit {measured.returncode}: {measured.output_tail.strip()[-160:]}"))
     helper_script = BENCH_DIR / "bench_convert.py"
-    if helper_script.exists():
-        args = [sys.executable, str(helper_script)] + (["--quick"] if ctx.quick else [])
-        code, seconds, output = run_quiet(args, env=rlhfctl_env(), cwd=REPO_ROOT, timeout_s=900)
-        if code != 0 and ctx.quick:  # the script may not know --quick
-            code, seconds, output = run_quiet(args[:2], env=rlhfctl_env(), cwd=REPO_ROOT, timeout_s=900)
-        details["bench_convert"] = {"exit": code, "seconds": seconds, "output": output[-3000:]}
-    else:
+    if not helper_script.exists():
         details["bench_convert"] = {"note": "benchmarks/bench_convert.py not present"}
+        return rows
+    args = [sys.executable, str(helper_script)] + (["--quick"] if ctx.quick else [])
+    code, seconds, output = run_quiet(args, env=rlhfctl_env(), cwd=REPO_ROOT, timeout_s=900)
+    details["bench_convert"] = {"exit": code, "seconds": seconds, "output": output[-3000:]}
+    figures = parse_last_json_line(output) if code == 0 else None
+    if figures and figures.get("rows_per_s"):
+        rows.append(Row("data convert", f"conversion only, bench_convert.py ({figures.get('rows', 0):,} rows)",
+                        "rows/s", float(figures["rows_per_s"]), None,
+                        f"start-up excluded; peak RSS {figures.get('peak_rss_mb')} MB vs "
+                        f"{figures.get('peak_rss_mb_quarter_input')} MB on a quarter of the input"))
+    else:
+        rows.append(Row("data convert", "conversion only, bench_convert.py", "rows/s", None, None,
+                        f"bench_convert.py exit {code}"))
     return rows
 
+
+def parse_last_json_line(output: str) -> dict | None:
+    """The last line of ``output`` that parses as a JSON object (scripts print their figures last)."""
+    for line in reversed(output.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
