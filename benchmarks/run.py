@@ -105,6 +105,8 @@ def run_sections(ctx: BenchContext, sections: list[str]) -> list:
         started = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         load_before = os.getloadavg()[0]
+        if name in ("rm", "sft", "ppo", "scaling"):
+            machine.reprobe_fp32_peak(ctx)  # MFU uses the best peak seen so far
         section = runners[name](ctx)
         section.details["section_seconds"] = time.perf_counter() - started
         section.details["load_average_1min"] = {"start": load_before, "end": os.getloadavg()[0]}
@@ -137,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx = build_context(args)
     results = run_sections(ctx, args.sections)
     rows = [row for section in results for row in section.rows]
+    for threads in (1, 2):
+        best = ctx.peak_gflops.get(f"fp32@{threads}")
+        if best and any(section.name in ("rm", "sft", "ppo", "scaling") for section in results):
+            rows.append(stats.Row("machine", f"fp32 peak used for MFU, {threads} thread(s)", "GFLOP/s", best, None,
+                                  "best of every matmul probe in this run"))
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"rlhfctl benchmarks — {started:%Y-%m-%d %H:%M %Z}, {machine_description()['cpu']}, "
               f"{os.cpu_count()} logical CPUs — `{command.strip()}`")

@@ -36,7 +36,7 @@ def ray_cluster():
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2, log_to_driver=False,
                  configure_logging=False)
         started = True
     yield ray

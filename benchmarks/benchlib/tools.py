@@ -144,10 +144,30 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
     run.steady_rate = stats.steady_state_rate([rec.time for rec in train], [items_per_step] * len(train),
                                               min_span_s=0.0 if exact else MIN_ARRIVAL_SPAN_S)
     if run.steady_rate is None:
-        run.rate_note = (f"{len(train)} steps logged; too short to time from metrics arrival "
-                         f"(needs >= {MIN_ARRIVAL_SPAN_S:.0f} s after warm-up)")
+        run.steady_rate = rate_from_step_metrics([rec.record for rec in train], items_per_step)
+        if run.steady_rate is not None:
+            run.rate_note = "run too short to time from metrics arrival: rate from rlhfctl's per-step *_per_s metric"
+        else:
+            run.rate_note = (f"{len(train)} steps logged; too short to time from metrics arrival "
+                             f"(needs >= {MIN_ARRIVAL_SPAN_S:.0f} s after warm-up)")
     run.phase_seconds = _rlhfctl_phase_seconds([rec.record for rec in train])
     return run
+
+
+def rate_from_step_metrics(records: list[dict], items_per_step: int) -> float | None:
+    """Steady-state rate from a per-step rate metric the run logs itself (a key ending in ``_per_s``).
+
+    Each step's duration is ``items / rate``; the warm-up steps are dropped as in ``stats.steady_state_rate``.
+    """
+    durations = []
+    for record in records:
+        rates = [value for key, value in record.items()
+                 if key.endswith(("_per_s", "_per_second")) and isinstance(value, (int, float)) and value > 0]
+        if not rates:
+            return None
+        durations.append(items_per_step / rates[0])
+    ends = [sum(durations[: index + 1]) for index in range(len(durations))]
+    return stats.steady_state_rate(ends, [items_per_step] * len(ends)) if ends else None
 
 
 def _rlhfctl_phase_seconds(records: list[dict]) -> dict[str, float]:

@@ -100,13 +100,13 @@ def write_data(root: Path, rm_pairs: int, seed: int = 0) -> BenchData:
     """Write the RM, SFT and PPO files once (re-used when the same sizes were written before)."""
     root.mkdir(parents=True, exist_ok=True)
     data = BenchData(root / f"rm_train_{rm_pairs}.jsonl", root / "rm_validation.jsonl",
-                     root / "sft_train.jsonl", root / "ppo_prompts.jsonl")
+                     root / "sft_train_4096.jsonl", root / "ppo_prompts.jsonl")
     if not data.rm_train.exists():
         write_jsonl(data.rm_train, rm_rows(rm_pairs, seed))
     if not data.rm_validation.exists():
         write_jsonl(data.rm_validation, rm_rows(128, seed + 1))
     if not data.sft_train.exists():
-        write_jsonl(data.sft_train, sft_rows(1024, seed + 2))
+        write_jsonl(data.sft_train, sft_rows(4096, seed + 2))
     if not data.ppo_prompts.exists():
         write_jsonl(data.ppo_prompts, ppo_rows(512, seed + 3))
     return data

@@ -61,11 +61,14 @@ class _EventQueue:
 
 
 def create_progress_actor():
-    """Start the progress actor on the current Ray cluster (pinned to no CPU)."""
+    """Start the progress actor on the driver's node (reserving no CPU): it lives as long as the driver, so losing
+    a worker node mid-run does not lose the progress of the rest of the run."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor_class = ray.remote(num_cpus=0, max_restarts=0)(_EventQueue)
-    return actor_class.remote()
+    return actor_class.options(scheduling_strategy=driver_node).remote()
 
 
 class ProgressSender:

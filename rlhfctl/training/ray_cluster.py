@@ -55,8 +55,9 @@ def ray_session(address: str | None) -> Iterator[bool]:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         if address is None:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
-                     log_to_driver=False, configure_logging=False)
+            # address="local": always a new instance, never a cluster some other process left running
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:

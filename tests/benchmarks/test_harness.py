@@ -145,3 +145,12 @@ def test_parse_last_json_line_takes_the_figures_a_script_prints_last():
     assert parse_last_json_line('warming up\n{"rows_per_s": 10}\n[1, 2]\n{"rows_per_s": 52000}\n') == {
         "rows_per_s": 52000}
     assert parse_last_json_line("no json here") is None
+
+
+def test_rate_from_step_metrics_uses_the_runs_own_per_step_rate():
+    from benchlib.tools import rate_from_step_metrics
+
+    # 8 items per step at 2, 4, 4, 4, 4 items/s: steps take 4, 2, 2, 2, 2 s; warm-up = 2 steps -> 24 items / 6 s.
+    records = [{"step": i + 1, "episodes_per_s": rate} for i, rate in enumerate([2.0, 4.0, 4.0, 4.0, 4.0])]
+    assert rate_from_step_metrics(records, 8) == pytest.approx(4.0)
+    assert rate_from_step_metrics([{"step": 1, "loss": 1.0}], 8) is None

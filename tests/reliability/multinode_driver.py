@@ -40,7 +40,10 @@ def main(config_path: str, result_path: str) -> None:
 
     def note(what: str) -> None:
         report["events"].append(f"{time.monotonic() - started:6.1f} s  {what}")
+        Path(result_path).write_text(json.dumps(report, indent=2), encoding="utf-8")  # readable even after a kill
 
+    # Cluster start-up and node changes install signal handlers: they stay on the main thread; training runs
+    # on a second thread (as a notebook would run it).
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         nodes = {"a": cluster.add_node(num_cpus=1), "b": cluster.add_node(num_cpus=1)}
@@ -49,32 +52,35 @@ def main(config_path: str, result_path: str) -> None:
         config = load_config(Path(config_path), overrides=[f"general.ray_address={cluster.address}"])
         run_dir = Path(config.general.output_dir).resolve() / "rm_run"
 
-        def lose_a_node() -> None:
-            while not (run_dir.is_dir() and any(run_dir.glob("checkpoint_*"))):
-                time.sleep(0.05)
-            report["workers_per_node_before"] = _worker_nodes(nodes)
-            note(f"first checkpoint; workers per node {report['workers_per_node_before']}; removing node b")
-            cluster.remove_node(nodes.pop("b"))
-            nodes["c"] = cluster.add_node(num_cpus=1)
-            note("node b removed, replacement node c added")
-            for _ in range(600):
-                counts = _worker_nodes(nodes)
-                if sum(counts.values()) == 2:
-                    report["workers_per_node_after"] = counts
-                    note(f"worker group restarted: {counts}")
-                    return
-                time.sleep(0.1)
+        def train() -> None:
+            try:
+                summary = rm.run(config, config_path=config_path)
+                report.update(steps=summary.steps, final_metrics=summary.final_metrics)
+                note(f"finished: {summary.steps} steps")
+            except BaseException as exc:  # reported to the test
+                report["error"] = f"{type(exc).__name__}: {exc}"
+                note("training failed")
 
-        watcher = threading.Thread(target=lose_a_node, daemon=True)
-        watcher.start()
-        summary = rm.run(config, config_path=config_path)
-        note(f"finished: {summary.steps} steps")
-        report.update(steps=summary.steps, final_metrics=summary.final_metrics)
-    except BaseException as exc:  # report whatever happened to the test
+        trainer = threading.Thread(target=train, daemon=True)
+        trainer.start()
+        while not (run_dir.is_dir() and any(run_dir.glob("checkpoint_*"))) and trainer.is_alive():
+            time.sleep(0.05)
+        report["workers_per_node_before"] = _worker_nodes(nodes)
+        note(f"first checkpoint; workers per node {report['workers_per_node_before']}; removing node b")
+        cluster.remove_node(nodes.pop("b"))
+        nodes["c"] = cluster.add_node(num_cpus=1)
+        note("node b removed, replacement node c added")
+        while trainer.is_alive():
+            counts = _worker_nodes(nodes)
+            if sum(counts.values()) == 2 and "workers_per_node_after" not in report:
+                report["workers_per_node_after"] = counts
+                note(f"worker group restarted: {counts}")
+            time.sleep(0.1)
+    except BaseException as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
     finally:
+        note("shutting the cluster down")
         cluster.shutdown()
-        Path(result_path).write_text(json.dumps(report, indent=2), encoding="utf-8")
 
 
 if __name__ == "__main__":

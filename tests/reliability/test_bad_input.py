@@ -140,7 +140,7 @@ DATA_CASES = [
          lambda ws: ["rm.jsonl", "empty"]),
     Case("blank-lines-only-dataset",
          lambda ws: (ws.data.write_text("\n\n  \n", encoding="utf-8"), _train_dry(ws))[1],
-         lambda ws: ["rm.jsonl"]),
+         lambda ws: ["rm.jsonl", "empty"]),
     Case("row-missing-chosen",
          lambda ws: (_broken_data(ws, {6: json.dumps(_row(chosen=None))}), _train_dry(ws))[1],
          lambda ws: ["rm.jsonl:6", "chosen"]),
@@ -169,7 +169,7 @@ DATA_CASES = [
 CONVERT_CASES = [
     Case("convert-all-rows-skipped",
          lambda ws: _convert(ws, [_row(chosen=""), _row(rejected="   "), _row(chosen=" same", rejected=" same")]),
-         lambda ws: ["raw.jsonl"]),
+         lambda ws: ["raw.jsonl", "no rows converted", "all 3 rows read were skipped", "identical-pair"]),
     Case("convert-output-equals-input",
          lambda ws: _convert(ws, [_row()], output="raw.jsonl", extra=["--force"]),
          lambda ws: ["raw.jsonl"],

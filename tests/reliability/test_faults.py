@@ -8,6 +8,7 @@ embedded Ray exactly as a user's does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -262,10 +263,27 @@ def test_two_nodes_one_lost_mid_run_recovers_to_the_same_result(reference, tiny_
     _, reference_summary = reference
     run = make_run(tmp_path, tiny_model_dir, max_failures=2)
     result_path = tmp_path / "multinode.json"
-    completed = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("multinode_driver.py")), str(run.config), str(result_path)],
-        cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=280)
-    assert result_path.exists(), completed.stdout[-3000:] + completed.stderr[-3000:]
+    log_path = tmp_path / "multinode.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("multinode_driver.py")), str(run.config), str(result_path)],
+            cwd=REPO_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+    tree: dict = {}
+    try:
+        deadline = time.monotonic() + 240
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # the cluster's processes, to clean up after a hang
+                tree.update((child.pid, child) for child in _process_tree(process.pid))
+            time.sleep(1)
+        timed_out = process.poll() is None
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        kill_processes(_survivors(list(tree.values()), grace_s=5))
+    output = log_path.read_text(encoding="utf-8", errors="replace")
+    assert result_path.exists(), output[-3000:]
+    assert not timed_out, f"hung:\n{result_path.read_text(encoding='utf-8')}\n{output[-3000:]}"
     report = json.loads(result_path.read_text(encoding="utf-8"))
     print("\n".join(report["events"]))
     assert "error" not in report, report

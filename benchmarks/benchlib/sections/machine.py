@@ -32,9 +32,19 @@ def run(ctx: BenchContext) -> SectionResult:
                 result.rows.append(Row("machine", f"{dtype} matmul, {threads} thread(s)", "GFLOP/s", None, None,
                                        f"{dtype} matmul failed"))
                 continue
-            ctx.peak_gflops[f"{dtype}@{threads}"] = probe["gflops_best"]
+            key = f"{dtype}@{threads}"
+            ctx.peak_gflops[key] = max(ctx.peak_gflops.get(key, 0.0), probe["gflops_best"])
             result.rows.append(Row("machine", f"{dtype} matmul peak, {threads} thread(s)", "GFLOP/s",
                                    probe["gflops_best"], None,
                                    f"1024x1024, best of {probe['repeats']}; mean {probe['gflops_mean']:.0f}"))
             result.details[f"{dtype}@{threads}"] = probe
     return result
+
+
+def reprobe_fp32_peak(ctx: BenchContext) -> None:
+    """Re-measure the fp32 peak briefly and keep the best seen: a busy moment must not pass for the limit."""
+    for threads in (1, 2):
+        probe = measure(threads, "fp32", 1024, 0.5)
+        if probe is not None:
+            key = f"fp32@{threads}"
+            ctx.peak_gflops[key] = max(ctx.peak_gflops.get(key, 0.0), probe["gflops_best"])

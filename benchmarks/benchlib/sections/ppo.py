@@ -65,7 +65,7 @@ def flops_per_episode(model_dir: Path, prompts: Path) -> float:
 
 def run(ctx: BenchContext) -> SectionResult:
     result = SectionResult("ppo")
-    sizes = [("tiny", 64 if ctx.quick else 256, ctx.repeats)]
+    sizes = [("tiny", 128 if ctx.quick else 256, ctx.repeats)]
     if not ctx.quick:
         sizes.append(("small", 64, ctx.repeats))
     available, reason = rlhfctl_available("ppo", "train")
