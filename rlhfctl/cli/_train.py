@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rlhfctl.cli._overrides import load_with_overrides
+from rlhfctl.cli._overrides import ConfigArg, OverridesArg, load_with_overrides
 from rlhfctl.errors import UserError
 
 ResumeOption = Annotated[
@@ -39,6 +40,23 @@ ForceOption = Annotated[
 
 def _stdout() -> Console:
     return Console(highlight=False, soft_wrap=True)
+
+
+def add_train_command(app: typer.Typer, stage: str, *, summary: str, examples: Sequence[str]) -> None:
+    """Register ``rlhfctl <stage> train`` on ``app``: every stage's train command takes the same arguments."""
+
+    def train(
+        config: ConfigArg,
+        overrides: OverridesArg = None,
+        resume: ResumeOption = False,
+        dry_run: DryRunOption = False,
+        quiet: QuietOption = False,
+        force: ForceOption = False,
+    ) -> None:
+        run_train_command(stage, config, overrides, resume=resume, dry_run=dry_run, quiet=quiet, force=force)
+
+    epilog = "Examples:\n\n" + "\n\n".join(f"  {example}" for example in examples)
+    app.command("train", help=summary, epilog=epilog)(train)
 
 
 def split_resume_auto(overrides: list[str] | None, resume: bool) -> tuple[list[str], bool | str]:

@@ -8,27 +8,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlhfctl.cli._overrides import ConfigArg, OverridesArg
-from rlhfctl.cli._train import DryRunOption, ForceOption, QuietOption, ResumeOption, run_train_command
+from rlhfctl.cli._train import add_train_command
 from rlhfctl.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="PPO: train a policy against a reward model; sample and compare.")
 
 
-@app.command(epilog="Examples:\n\n"
-                    "  rlhfctl ppo train examples/configs/ppo.toml\n\n"
-                    "  rlhfctl ppo train ppo.toml training.kl_coeff=0.1 generation.max_new_tokens=48 --dry-run\n\n"
-                    "  rlhfctl ppo train ppo.toml --resume")
-def train(
-    config: ConfigArg,
-    overrides: OverridesArg = None,
-    resume: ResumeOption = False,
-    dry_run: DryRunOption = False,
-    quiet: QuietOption = False,
-    force: ForceOption = False,
-) -> None:
-    """Train the policy with PPO (KL-penalised reward, clipped updates, a value model) on Ray Train workers."""
-    run_train_command("ppo", config, overrides, resume=resume, dry_run=dry_run, quiet=quiet, force=force)
+add_train_command(
+    app,
+    "ppo",
+    summary="Train the policy with PPO (KL-penalised reward, clipped updates, a value model) on Ray Train workers.",
+    examples=[
+        "rlhfctl ppo train examples/configs/ppo.toml",
+        "rlhfctl ppo train ppo.toml training.kl_coeff=0.1 generation.max_new_tokens=48 --dry-run",
+        "rlhfctl ppo train ppo.toml --resume",
+    ],
+)
 
 
 @app.command(epilog="Examples:\n\n"

@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rlhfctl.cli._overrides import ConfigArg, OverridesArg
-from rlhfctl.cli._train import DryRunOption, ForceOption, QuietOption, ResumeOption, run_train_command
+from rlhfctl.cli._train import add_train_command
 from rlhfctl.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, help="Reward model: train on preference pairs, evaluate, score texts.")
@@ -24,20 +23,16 @@ MaxLengthOption = Annotated[Optional[int], typer.Option(
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Rows scored at once.")]
 
 
-@app.command(epilog="Examples:\n\n"
-                    "  rlhfctl rm train examples/configs/rm.toml\n\n"
-                    "  rlhfctl rm train rm.toml training.learning_rate=2e-5 --dry-run\n\n"
-                    "  rlhfctl rm train rm.toml --resume auto")
-def train(
-    config: ConfigArg,
-    overrides: OverridesArg = None,
-    resume: ResumeOption = False,
-    dry_run: DryRunOption = False,
-    quiet: QuietOption = False,
-    force: ForceOption = False,
-) -> None:
-    """Train a reward model (pairwise loss, chosen vs rejected) on Ray Train workers."""
-    run_train_command("rm", config, overrides, resume=resume, dry_run=dry_run, quiet=quiet, force=force)
+add_train_command(
+    app,
+    "rm",
+    summary="Train a reward model (pairwise loss, chosen vs rejected) on Ray Train workers.",
+    examples=[
+        "rlhfctl rm train examples/configs/rm.toml",
+        "rlhfctl rm train rm.toml training.learning_rate=2e-5 --dry-run",
+        "rlhfctl rm train rm.toml --resume auto",
+    ],
+)
 
 
 @app.command("eval", epilog="Examples:\n\n"
