@@ -299,7 +299,7 @@ def _discard_fresh_run(job: TrainingJob, *, remove_output_dir: bool) -> None:
         return
     shutil.rmtree(job.run_dir, ignore_errors=True)
     shutil.rmtree(job.output_dir / TENSORBOARD_DIR, ignore_errors=True)
-    for name in (METRICS_FILE, SAMPLES_FILE, "resolved_config.toml"):
+    for name in (METRICS_FILE, SAMPLES_FILE, RESOLVED_CONFIG_FILE):
         (job.output_dir / name).unlink(missing_ok=True)
 
 
