@@ -9,11 +9,12 @@ Use them as type annotations so every command spells and documents them the same
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 
-from rlhfctl.config.schema import StageConfig
+if TYPE_CHECKING:  # the schema imports pydantic: only commands that load a config pay for it
+    from rlhfctl.config.schema import StageConfig
 
 ConfigArg = Annotated[
     Path,

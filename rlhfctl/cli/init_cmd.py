@@ -10,16 +10,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Protocol
+from typing import TYPE_CHECKING, Annotated, Literal, Optional, Protocol
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rlhfctl.config.schema import STAGES
-from rlhfctl.config.wizard import PPO_ONLY, InitAnswers
 from rlhfctl.errors import UserError
+
+if TYPE_CHECKING:  # the wizard pulls in the config schema (pydantic): imported when `init` runs, not at --help
+    from rlhfctl.config.wizard import InitAnswers
 
 Validator = Callable[[str], Optional[str]]  # returns an error message, or None when the text is acceptable
 
@@ -202,6 +203,9 @@ def init(
                                                           show_default=False)] = None,
 ) -> None:
     """Write a commented TOML config for a stage: a wizard at a terminal, flags and --defaults anywhere."""
+    from rlhfctl.config.schema import STAGES
+    from rlhfctl.config.wizard import PPO_ONLY, InitAnswers
+
     from rlhfctl.config.wizard import render_config
     from rlhfctl.fileio import atomic_write_text, refuse_to_clobber
 
