@@ -254,8 +254,13 @@ def init(
 def _print_templates() -> None:
     from rlhfctl.config.templates import list_templates
 
-    table = Table("stage", "template", "what it configures", box=None, padding=(0, 2))
-    for info in list_templates():
+    templates = list_templates()
+    table = Table(box=None, padding=(0, 2))
+    table.add_column("stage")
+    # paths are printed whole (people copy them); the description wraps instead
+    table.add_column("template", no_wrap=True, min_width=max(len(str(info.path)) for info in templates))
+    table.add_column("what it configures")
+    for info in templates:
         table.add_row(info.stage, escape(str(info.path)), escape(info.summary))
     Console(highlight=False).print(table)
 

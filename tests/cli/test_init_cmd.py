@@ -199,7 +199,7 @@ def test_flag_errors(tmp_path: Path) -> None:
 
 
 def test_list_shows_the_templates() -> None:
-    result = runner.invoke(app, ["init", "--list"], terminal_width=200)
+    result = runner.invoke(app, ["init", "--list"], terminal_width=200, env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for stage in STAGES:
         assert f"templates/{stage}.toml" in result.stdout
