@@ -7,6 +7,7 @@ kept exactly: nothing is stripped, a reply's leading space survives.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from rlhfctl.data.formats.base import (
     ConvertOptions,
@@ -173,6 +174,20 @@ HH_RLHF = SourceFormat(
 )
 
 
+def _pair_converters(pair_of: Callable[[dict, ConvertOptions], "tuple[str, str, str] | Skip"]):
+    """The rm and sft converters of a format whose rows reduce to (prompt, chosen, rejected), or a Skip."""
+
+    def to_rm(record: object, options: ConvertOptions) -> list:
+        pair = pair_of(record, options)
+        return [pair] if isinstance(pair, Skip) else preference_row(*pair)
+
+    def to_sft(record: object, options: ConvertOptions) -> list:
+        pair = pair_of(record, options)
+        return [pair] if isinstance(pair, Skip) else sft_row(pair[0], pair[1])
+
+    return to_rm, to_sft
+
+
 # ----------------------------------------------------------------------------------------------- SHP
 
 
@@ -194,14 +209,7 @@ def _shp_pair(record: dict, options: ConvertOptions) -> tuple[str, str, str] | S
     return (history, ref_a, ref_b) if label == 1 else (history, ref_b, ref_a)
 
 
-def shp_to_rm(record: object, options: ConvertOptions) -> list:
-    pair = _shp_pair(record, options)
-    return [pair] if isinstance(pair, Skip) else preference_row(*pair)
-
-
-def shp_to_sft(record: object, options: ConvertOptions) -> list:
-    pair = _shp_pair(record, options)
-    return [pair] if isinstance(pair, Skip) else sft_row(pair[0], pair[1])
+shp_to_rm, shp_to_sft = _pair_converters(_shp_pair)
 
 
 def shp_to_ppo(record: object, options: ConvertOptions) -> list:
@@ -235,14 +243,7 @@ def _pku_pair(record: dict, options: ConvertOptions) -> tuple[str, str, str] | S
     return (prompt, first, second) if choice == 0 else (prompt, second, first)
 
 
-def pku_to_rm(record: object, options: ConvertOptions) -> list:
-    pair = _pku_pair(record, options)
-    return [pair] if isinstance(pair, Skip) else preference_row(*pair)
-
-
-def pku_to_sft(record: object, options: ConvertOptions) -> list:
-    pair = _pku_pair(record, options)
-    return [pair] if isinstance(pair, Skip) else sft_row(pair[0], pair[1])
+pku_to_rm, pku_to_sft = _pair_converters(_pku_pair)
 
 
 PKU_SAFE_RLHF = SourceFormat(
