@@ -6,6 +6,7 @@ the project environment is never changed for them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -18,6 +19,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def trainer_parser(description: str | None) -> argparse.ArgumentParser:
+    """Arguments of the supervised reference scripts (RM, SFT): model, data, batch and schedule, outputs."""
+    parser = _parser_with_outputs(description)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    return parser
+
+
+def rollout_parser(description: str | None) -> argparse.ArgumentParser:
+    """Arguments of the on-policy reference scripts (PPO, RLOO): models, prompts, sampling, outputs."""
+    parser = _parser_with_outputs(description)
+    parser.add_argument("--policy", required=True)
+    parser.add_argument("--reward-model", required=True)
+    parser.add_argument("--prompts", required=True)
+    parser.add_argument("--episodes", type=int, default=128)
+    parser.add_argument("--response-length", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--learning-rate", type=float, default=1e-6)
+    return parser
+
+
+def _parser_with_outputs(description: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", required=True, help="the trainer's output_dir")
+    parser.add_argument("--result", required=True, help="JSON file the measured figures are written to")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    return parser
 
 
 def quiet_transformers() -> None:

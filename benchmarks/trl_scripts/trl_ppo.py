@@ -8,7 +8,6 @@ so this script wraps the trainer module's ``batch_generation`` (generate), ``for
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections import defaultdict
 
@@ -36,22 +35,12 @@ def _install_phase_timers(module, phase_seconds: dict[str, float]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--policy", required=True)
-    parser.add_argument("--reward-model", required=True)
-    parser.add_argument("--prompts", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--episodes", type=int, default=128)
+    parser = common.rollout_parser(__doc__)
     parser.add_argument("--rollouts-per-update", type=int, default=8)
     parser.add_argument("--num-mini-batches", type=int, default=1)
     parser.add_argument("--ppo-epochs", type=int, default=4)
-    parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--max-prompt-length", type=int, default=96)
-    parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--kl-coef", type=float, default=0.05)
-    parser.add_argument("--learning-rate", type=float, default=1e-6)
-    parser.add_argument("--threads", type=int)
     args = parser.parse_args()
 
     started = time.perf_counter()

@@ -7,27 +7,16 @@ its episodes/s tells users what a living TRL trainer does on the same policy, re
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import _trl_common as common
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--policy", required=True)
-    parser.add_argument("--reward-model", required=True)
-    parser.add_argument("--prompts", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--episodes", type=int, default=128)
+    parser = common.rollout_parser(__doc__)
     parser.add_argument("--completions-per-step", type=int, default=8)
     parser.add_argument("--num-generations", type=int, default=2)
-    parser.add_argument("--response-length", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--beta", type=float, default=0.05)
-    parser.add_argument("--learning-rate", type=float, default=1e-6)
-    parser.add_argument("--threads", type=int)
     args = parser.parse_args()
 
     started = time.perf_counter()

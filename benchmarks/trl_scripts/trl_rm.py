@@ -7,24 +7,14 @@ rlhfctl run. Writes the step end times so the harness computes the steady-state 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import _trl_common as common
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--train", required=True)
+    parser = common.trainer_parser(__doc__)
     parser.add_argument("--validation")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--threads", type=int)
     args = parser.parse_args()
 
     started = time.perf_counter()

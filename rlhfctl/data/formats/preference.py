@@ -135,25 +135,26 @@ def hh_to_rm(record: object, options: ConvertOptions) -> list:
     return [{"instruction": prompt, "chosen": chosen_reply, "rejected": rejected_reply}]
 
 
-def hh_to_ppo(record: object, options: ConvertOptions) -> list:
+def _hh_chosen_turn(record: object) -> tuple[str, str] | Skip:
+    """The chosen transcript split after its last ``"\\n\\nAssistant:"``: (prompt, reply)."""
     chosen = text_field(record, "chosen")
     if isinstance(chosen, Skip):
-        return [chosen]
+        return chosen
     cut = chosen.rfind(HH_ASSISTANT)
     if cut < 0:
-        return [Skip("no-assistant-turn", "chosen has no '\\n\\nAssistant:'")]
-    return prompt_row(chosen[:cut + len(HH_ASSISTANT)])
+        return Skip("no-assistant-turn", "chosen has no '\\n\\nAssistant:'")
+    end = cut + len(HH_ASSISTANT)
+    return chosen[:end], chosen[end:]
+
+
+def hh_to_ppo(record: object, options: ConvertOptions) -> list:
+    turn = _hh_chosen_turn(record)
+    return [turn] if isinstance(turn, Skip) else prompt_row(turn[0])
 
 
 def hh_to_sft(record: object, options: ConvertOptions) -> list:
-    chosen = text_field(record, "chosen")
-    if isinstance(chosen, Skip):
-        return [chosen]
-    cut = chosen.rfind(HH_ASSISTANT)
-    if cut < 0:
-        return [Skip("no-assistant-turn", "chosen has no '\\n\\nAssistant:'")]
-    end = cut + len(HH_ASSISTANT)
-    return sft_row(chosen[:end], chosen[end:])
+    turn = _hh_chosen_turn(record)
+    return [turn] if isinstance(turn, Skip) else sft_row(*turn)
 
 
 def _is_hh(record: object) -> bool:
