@@ -34,11 +34,12 @@ class StepEvent:
     epoch: int
     split: Split
     metrics: dict[str, float]
-    time: float = field(default_factory=time.time)
+    time: float = field(default_factory=time.time)  # when rank 0 logged it (Unix seconds, the worker's clock)
 
     def to_record(self) -> dict[str, Any]:
-        """The line written to ``metrics.jsonl``: step, epoch, split and the values."""
-        return {"step": self.step, "epoch": self.epoch, "split": self.split, **self.metrics}
+        """The line written to ``metrics.jsonl``: step, epoch, split, the worker's ``time`` and the values."""
+        return {"step": self.step, "epoch": self.epoch, "split": self.split, "time": round(self.time, 4),
+                **self.metrics}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Driver side: turns progress events into ``metrics.jsonl``, ``samples.jsonl``, TensorBoard and the live display.
 
-``metrics.jsonl`` holds one JSON object per line: ``step``, ``epoch``, ``split`` and the metric values. When a
+``metrics.jsonl`` holds one JSON object per line: ``step``, ``epoch``, ``split``, ``time`` (when rank 0 logged
+the step: Unix seconds on the worker's clock, so step durations can be read from the file) and the metric values. When a
 run restarts from a checkpoint (a worker died, or ``--resume``), lines after the checkpoint's step are dropped
 before the replayed steps are appended, so the file always describes one consistent run.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -39,6 +41,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _summary_writer_class():
+    """``tensorboardX.SummaryWriter`` (``None`` when the ``tensorboard`` extra is not installed).
+
+    tensorboardX imports torch, when it is installed, only to accept torch tensors as values; the driver of a Ray
+    run logs plain floats and otherwise never imports torch (~140 MB of memory), so the import is blocked while
+    tensorboardX loads if torch is not loaded yet (a ``None`` entry in ``sys.modules`` makes ``import torch``
+    raise ImportError, which tensorboardX handles).
+    """
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    finally:
+        if blocked and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsRecorder:
     """Receives every event on the driver, keeps the history, writes the files, forwards to the sink."""
 
@@ -56,9 +79,8 @@ class MetricsRecorder:
         self._tensorboard = self._open_tensorboard()
 
     def _open_tensorboard(self):
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
+        SummaryWriter = _summary_writer_class()
+        if SummaryWriter is None:
             return None
         return SummaryWriter(str(self.output_dir / TENSORBOARD_DIR), flush_secs=10)
 

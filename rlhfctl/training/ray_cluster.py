@@ -51,8 +51,12 @@ def ray_session(address: str | None) -> Iterator[bool]:
         yield False
         return
     if address is None:
-        # Our own single-user, local-only cluster: no token to manage (and no warning about it).
+        # Our own single-user, local-only cluster: no token to manage (and no warning about it), no preemption to
+        # watch (Ray Train's watcher is one more ~120 MB actor process polling node drain state) and no Prometheus
+        # metrics export (there is no dashboard to read them).
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     try:
         if address is None:
             # address="local": always a new instance, never a cluster some other process left running

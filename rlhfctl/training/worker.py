@@ -107,7 +107,8 @@ class WorkerContext:
         if self.core.mode == "ray" and self.world_size > 1 and ddp:
             from ray.train.torch import prepare_model
 
-            return prepare_model(model, parallel_strategy="ddp")
+            return prepare_model(model, parallel_strategy="ddp",
+                                 parallel_strategy_kwargs={"gradient_as_bucket_view": True})
         return model.to(self.device)
 
     def autocast(self):

@@ -69,7 +69,9 @@ def test_local_run_writes_metrics_resolved_config_and_sends_events(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in lines if row["split"] == "train"] == list(range(1, 9))
     assert [row["step"] for row in lines if row["split"] == "validation"] == [4, 8]
-    assert set(lines[0]) == {"step", "epoch", "split", "loss"}
+    assert set(lines[0]) == {"step", "epoch", "split", "time", "loss"}
+    times = [row["time"] for row in lines]
+    assert times == sorted(times) and times[-1] - times[0] < 60  # when each step was logged, in order
     assert (tmp_path / "run" / "resolved_config.toml").read_text().startswith('stage = "rm"')
     assert isinstance(sink.events[0], RunStarted) and isinstance(sink.events[-1], RunFinished)
     assert sum(isinstance(event, StepEvent) for event in sink.events) == 10
@@ -103,7 +105,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert resumed.resumed_from_step == 6
     assert resumed.steps == reference.steps
     assert resumed.final_metrics == reference.final_metrics  # bit-identical on CPU
-    assert resumed.history == reference.history  # metrics.jsonl: replayed steps are not duplicated
+    without_time = [[{k: v for k, v in row.items() if k != "time"} for row in run.history] for run in (resumed, reference)]
+    assert without_time[0] == without_time[1]  # metrics.jsonl: replayed steps are not duplicated
 
 
 def test_unwritable_output_dir_is_a_user_error(tmp_path):
