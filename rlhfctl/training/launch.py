@@ -8,7 +8,8 @@ summary = run_training(job, resume="auto", progress=sink)     # RunSummary
 
 Modes: several workers (or any ``general.ray_address``) run on Ray Train (V2) as ``TorchTrainer`` does —
 ``DataParallelTrainer`` with a torch process-group backend (:mod:`rlhfctl.training.torch_backend`, which keeps
-``import torch`` out of the driver and Ray Train's controller): gloo on CPU, nccl on GPU, ``FailureConfig(max_failures)``, checkpoints reported to ``RunConfig(storage_path=output_dir,
+``import torch`` out of the driver and Ray Train's controller) and without helper actors a run never uses
+(:mod:`rlhfctl.training.ray_trainer`): gloo on CPU, nccl on GPU, ``FailureConfig(max_failures)``, checkpoints reported to ``RunConfig(storage_path=output_dir,
 name=<stage>_run)``. One worker with no cluster address runs the loop in this process (what Ray Train's local
 mode, ``ScalingConfig(num_workers=0)``, does too) without paying for Ray's start-up; checkpoints and resume work
 the same, only worker-restart fault tolerance needs the Ray path.
@@ -345,13 +346,13 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
 
     training = job.config.training
     request = ResourceRequest(training.num_training_workers, dict(training.resources_per_worker))
-    with ray_session(job.config.general.ray_address):
+    with ray_session(job.config.general.ray_address) as owns_cluster:
         check_fits(request)
         import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
         from rlhfctl.training.progress_actor import create_progress_actor
+        from rlhfctl.training.ray_trainer import LeanTrainer
         from rlhfctl.training.torch_backend import TorchBackendConfig
 
         actor = create_progress_actor()
@@ -359,8 +360,9 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
         poller = _Poller(lambda: ray.get(actor.drain.remote(), timeout=30), recorder)
         poller.start()
         per_worker = {name: amount for name, amount in request.per_worker.items() if name != "GPU"}
-        trainer = DataParallelTrainer(  # = TorchTrainer, without importing torch here or in the controller
+        trainer = LeanTrainer(  # = TorchTrainer without torch in this process or the controller, fewer helper actors
             job.train_loop,
+            owns_cluster=owns_cluster,
             train_loop_config=_loop_config(job, core),
             backend_config=TorchBackendConfig(backend="nccl" if training.use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=training.num_training_workers, use_gpu=training.use_gpu,

@@ -16,6 +16,10 @@ OBJECT_STORE_BYTES = 128 * 1024**2
 HEALTH_CHECK_INTERVAL_S = "0.5"
 
 
+# Process state, not configuration: True while an embedded Ray started by ray_session(None) is running.
+_embedded_running = False
+
+
 @dataclass(frozen=True)
 class ResourceRequest:
     workers: int
@@ -38,17 +42,20 @@ def _prepare_environment() -> None:
 
 @contextlib.contextmanager
 def ray_session(address: str | None) -> Iterator[bool]:
-    """Make sure Ray is initialised for the duration of the block; yields True when this call started it.
+    """Make sure Ray is initialised for the duration of the block.
 
     ``address=None``: an embedded local Ray (dashboard off, modest object store, all of this machine's CPUs),
     shut down at the end. ``"auto"``/``"ray://..."``/``"host:port"``: join that cluster (left running).
-    An already initialised Ray in this process (tests, notebooks) is reused and left running.
+    An already initialised Ray in this process (tests, notebooks, the example pipeline) is reused and left running.
+    Yields True when the Ray in use is an embedded one that rlhfctl started in this process (this call or an
+    enclosing one): it lives and dies with this process, so nothing has to outlive a run on it.
     """
+    global _embedded_running
     _prepare_environment()
     import ray
 
     if ray.is_initialized():
-        yield False
+        yield _embedded_running
         return
     if address is None:
         # Our own single-user, local-only cluster: no token to manage (and no warning about it), no preemption to
@@ -67,9 +74,11 @@ def ray_session(address: str | None) -> Iterator[bool]:
     except ConnectionError as exc:
         raise UserError(f"cannot connect to the Ray cluster at general.ray_address = {address!r}: {exc}",
                         hint="Start one with `ray start --head`, or leave ray_address out for a local Ray.") from None
+    _embedded_running = address is None
     try:
-        yield True
+        yield _embedded_running
     finally:
+        _embedded_running = False
         ray.shutdown()
 
 

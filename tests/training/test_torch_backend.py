@@ -42,3 +42,24 @@ def test_backend_config_and_metrics_recorder_do_not_import_torch(tmp_path: Path)
     if importlib.util.find_spec("tensorboardX") is not None:  # the tensorboard extra still writes its events
         assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 0.5
+
+
+@pytest.mark.parametrize("owns_cluster, expected_missing", [
+    (True, {"DatasetsCallback", "PlacementGroupCleanerCallback"}),
+    (False, {"DatasetsCallback"}),
+])
+def test_lean_trainer_leaves_out_helpers_a_run_never_uses(owns_cluster, expected_missing):
+    from ray.train import ScalingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from rlhfctl.training.ray_trainer import LeanTrainer
+    from rlhfctl.training.torch_backend import TorchBackendConfig
+
+    def kinds(trainer) -> set[str]:
+        return {type(callback).__name__ for callback in trainer._create_default_callbacks()}
+
+    arguments = {"backend_config": TorchBackendConfig(), "scaling_config": ScalingConfig(num_workers=2)}
+    stock = kinds(DataParallelTrainer(lambda: None, **arguments))
+    lean = kinds(LeanTrainer(lambda: None, owns_cluster=owns_cluster, **arguments))
+    assert expected_missing <= stock  # what Ray starts by default (a renamed callback would fail here first)
+    assert stock - lean == expected_missing
