@@ -16,6 +16,8 @@ OBJECT_STORE_BYTES = 128 * 1024**2
 HEALTH_CHECK_INTERVAL_S = "0.5"
 
 
+EMBEDDED_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                            "RAY_TRAIN_METRICS_ENABLED": "0"}
 # Process state, not configuration: True while an embedded Ray started by ray_session(None) is running.
 _embedded_running = False
 
@@ -57,13 +59,15 @@ def ray_session(address: str | None) -> Iterator[bool]:
     if ray.is_initialized():
         yield _embedded_running
         return
+    embedded_only: list[str] = []  # set here for the embedded instance only: unset again when it stops
     if address is None:
         # Our own single-user, local-only cluster: no token to manage (and no warning about it), no preemption to
         # watch (Ray Train's watcher is one more ~120 MB actor process polling node drain state) and no Prometheus
         # metrics export (there is no dashboard to read them).
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+        for name, value in EMBEDDED_RAY_ENVIRONMENT.items():
+            if name not in os.environ:
+                os.environ[name] = value
+                embedded_only.append(name)
     try:
         if address is None:
             # address="local": always a new instance, never a cluster some other process left running
@@ -80,6 +84,8 @@ def ray_session(address: str | None) -> Iterator[bool]:
     finally:
         _embedded_running = False
         ray.shutdown()
+        for name in embedded_only:  # a later session in this process may join a cluster: Ray Train propagates these
+            os.environ.pop(name, None)
 
 
 def check_fits(request: ResourceRequest) -> None:

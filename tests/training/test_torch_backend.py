@@ -63,3 +63,27 @@ def test_lean_trainer_leaves_out_helpers_a_run_never_uses(owns_cluster, expected
     lean = kinds(LeanTrainer(lambda: None, owns_cluster=owns_cluster, **arguments))
     assert expected_missing <= stock  # what Ray starts by default (a renamed callback would fail here first)
     assert stock - lean == expected_missing
+
+
+EMBEDDED_SESSION = """
+import json, os
+from rlhfctl.training.ray_cluster import ray_session
+os.environ["RAY_TRAIN_METRICS_ENABLED"] = "1"  # a user's own setting is kept
+with ray_session(None) as embedded:
+    with ray_session(None) as reused:  # nested (the example pipeline): the same embedded instance
+        inside = {name: os.environ.get(name) for name in ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
+                                                           "RAY_TRAIN_METRICS_ENABLED")}
+after = {name: os.environ.get(name) for name in inside}
+print("@@" + json.dumps({"embedded": embedded, "reused": reused, "inside": inside, "after": after}))
+"""
+
+
+@pytest.mark.slow
+def test_embedded_ray_settings_last_as_long_as_the_embedded_instance(tmp_path: Path):
+    completed = subprocess.run([sys.executable, "-c", EMBEDDED_SESSION], capture_output=True, text=True, timeout=180,
+                               stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout.rsplit("@@", 1)[1])
+    assert report["embedded"] is True and report["reused"] is True
+    assert report["inside"] == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "1"}
+    assert report["after"] == {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": None, "RAY_TRAIN_METRICS_ENABLED": "1"}
