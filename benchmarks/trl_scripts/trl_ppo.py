@@ -83,14 +83,7 @@ def main() -> None:
         stop_token="eos",
         learning_rate=args.learning_rate,
         num_sample_generations=0,
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10_000,
-        disable_tqdm=True,
-        seed=0,
+        **common.CPU_FAIR_ARGS,
     )
     update_end_times: list[float] = []
     phase_marks: list[dict[str, float]] = []

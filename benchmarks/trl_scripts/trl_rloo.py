@@ -43,14 +43,7 @@ def main() -> None:
         beta=args.beta,
         learning_rate=args.learning_rate,
         max_steps=steps,
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10_000,
-        disable_tqdm=True,
-        seed=0,
+        **common.CPU_FAIR_ARGS,
     )
     step_end_times: list[float] = []
     trainer = RLOOTrainer(

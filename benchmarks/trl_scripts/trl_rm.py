@@ -44,16 +44,9 @@ def main() -> None:
         weight_decay=0.0,
         max_grad_norm=1.0,
         max_length=args.max_length,
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
+        **common.CPU_FAIR_ARGS,
         eval_strategy="epoch" if args.validation else "no",
-        logging_steps=10_000,
-        disable_tqdm=True,
         dataloader_num_workers=0,
-        seed=0,
     )
     step_end_times: list[float] = []
     trainer = RewardTrainer(

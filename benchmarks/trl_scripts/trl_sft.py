@@ -36,15 +36,8 @@ def main() -> None:
         max_length=args.max_length,
         completion_only_loss=True,
         packing=False,
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10_000,
-        disable_tqdm=True,
+        **common.CPU_FAIR_ARGS,
         dataloader_num_workers=0,
-        seed=0,
     )
     step_end_times: list[float] = []
     trainer = SFTTrainer(model=model, args=config, processing_class=tokenizer, train_dataset=dataset,
