@@ -144,7 +144,8 @@ def make_scorer(model):
     """
     import torch
 
-    from rlhfctl.stages.rm_math import gather_last_token
+    from rlhfctl.stages._last_position import final_block_at_last_tokens
+    from rlhfctl.stages.rm_math import gather_last_token, last_token_index
 
     class LastTokenScorer(torch.nn.Module):
         def __init__(self, model) -> None:
@@ -158,9 +159,12 @@ def make_scorer(model):
             backbone = self.model.base_model
             # Positions count real tokens only, so left and right padding give the same scores.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
-            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=position_ids).last_hidden_state  # (batch, seq, hidden)
-            last_hidden = gather_last_token(hidden, attention_mask)  # (batch, hidden)
+            last_index = last_token_index(attention_mask)  # (batch,)
+            no_cache = {"use_cache": False} if getattr(backbone.config, "use_cache", False) else {}
+            with final_block_at_last_tokens(backbone, attention_mask, last_index):  # nothing else of it is read
+                hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  **no_cache).last_hidden_state  # (batch, seq, hidden)
+            last_hidden = gather_last_token(hidden, attention_mask, last_index)  # (batch, hidden)
             return head(last_hidden).squeeze(-1).float()
 
     return LastTokenScorer(model)

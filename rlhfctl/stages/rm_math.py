@@ -61,11 +61,12 @@ def last_token_index(attention_mask):
     return (attention_mask.long() * positions).argmax(dim=-1)
 
 
-def gather_last_token(values, attention_mask):
-    """``values[b, last_token_index[b]]``: ``(batch, seq, ...) -> (batch, ...)``."""
+def gather_last_token(values, attention_mask, index=None):
+    """``values[b, last_token_index[b]]``: ``(batch, seq, ...) -> (batch, ...)`` (``index``: that, precomputed)."""
     import torch
 
-    index = last_token_index(attention_mask)
+    if index is None:
+        index = last_token_index(attention_mask)
     return values[torch.arange(values.shape[0], device=values.device), index]
 
 

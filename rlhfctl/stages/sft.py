@@ -221,7 +221,8 @@ def _accumulate_gradients(ctx, model, group, examples, pad_token_id) -> tuple[fl
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with ctx.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               use_cache=False).logits  # no KV cache to build: nothing is generated
             token_loss = masked_token_nll(logits, batch["labels"])  # logits (batch, seq, vocab)
             ctx.backward(mean_token_loss(token_loss))
         loss_sum += token_loss.nll_sum.item()
@@ -243,7 +244,8 @@ def _validation_metrics(ctx, model, examples, pad_token_id, batch_size) -> dict[
             batch = collate([examples[i] for i in my_rows[start:start + batch_size]], pad_token_id)
             batch = {key: value.to(ctx.device) for key, value in batch.items()}
             with ctx.autocast():
-                logits = _unwrap(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = _unwrap(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                        use_cache=False).logits
             token_loss = masked_token_nll(logits, batch["labels"])
             loss_sum += token_loss.nll_sum.item()
             token_count += int(token_loss.num_tokens.item())
