@@ -33,7 +33,8 @@ def final_block_at_last_tokens(backbone, attention_mask, last_index) -> Iterator
     """Within the block, ``backbone``'s final block computes only at each row's last real token.
 
     ``attention_mask`` is the ``(batch, seq)`` 0/1 mask the backbone is called with (right or left padding),
-    ``last_index`` its ``rm_math.last_token_index`` ``(batch,)``. The backbone must be called without a KV cache
+    ``last_index`` ``(batch,)`` the position read in each row (``rm_math.last_token_index``, or any position: its
+    query attends causally, as in the full forward). The backbone must be called without a KV cache
     (``use_cache=False``). Yields whether the shortcut is in place (``False``: an unsupported block, which then
     runs its normal forward).
     """
@@ -42,7 +43,11 @@ def final_block_at_last_tokens(backbone, attention_mask, last_index) -> Iterator
     if shortcut is None:
         yield False
         return
-    block.forward = functools.partial(shortcut, block, last_index, attention_mask.bool())
+    import torch
+
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    key_mask = attention_mask.bool() & (positions <= last_index[:, None])  # (B, T): what the query may attend
+    block.forward = functools.partial(shortcut, block, last_index, key_mask)
     try:
         yield True
     finally:
@@ -97,7 +102,7 @@ def _attend_last(attn, query, key, value, key_mask, dropout: float):
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: every query head reads its key/value head
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    mask = key_mask[:, None, None, :]  # (B, 1, 1, T); no key lies after the last real token
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, T)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
                                           scale=attn.scaling)  # (B, H, 1, D)
 

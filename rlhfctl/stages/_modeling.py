@@ -144,8 +144,7 @@ def make_scorer(model):
     """
     import torch
 
-    from rlhfctl.stages._last_position import final_block_at_last_tokens
-    from rlhfctl.stages.rm_math import gather_last_token, last_token_index
+    from rlhfctl.stages.rm_math import last_token_index
 
     class LastTokenScorer(torch.nn.Module):
         def __init__(self, model) -> None:
@@ -153,18 +152,25 @@ def make_scorer(model):
             self.model = model
 
         def forward(self, input_ids, attention_mask):  # (batch, seq), (batch, seq) -> (batch,)
-            head = reward_head(self.model)
-            if head is None:  # unusual architecture: let transformers pool (it uses pad_token_id)
+            if reward_head(self.model) is None:  # unusual architecture: let transformers pool (it uses pad_token_id)
                 return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
-            backbone = self.model.base_model
             # Positions count real tokens only, so left and right padding give the same scores.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
-            last_index = last_token_index(attention_mask)  # (batch,)
-            no_cache = {"use_cache": False} if getattr(backbone.config, "use_cache", False) else {}
-            with final_block_at_last_tokens(backbone, attention_mask, last_index):  # nothing else of it is read
-                hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  **no_cache).last_hidden_state  # (batch, seq, hidden)
-            last_hidden = gather_last_token(hidden, attention_mask, last_index)  # (batch, hidden)
-            return head(last_hidden).squeeze(-1).float()
+            return scores_at(self.model, input_ids, attention_mask, position_ids, last_token_index(attention_mask))
 
     return LastTokenScorer(model)
+
+
+def scores_at(model, input_ids, attention_mask, position_ids, index):
+    """The score head of ``model`` on its final hidden state at one position per row: ``index`` ``(batch,)`` ->
+    ``(batch,)`` fp32 scores. The final block computes only there (``_last_position``); the values are those of
+    the full forward read at ``index``."""
+    from rlhfctl.stages._last_position import final_block_at_last_tokens
+    from rlhfctl.stages.rm_math import gather_last_token
+
+    backbone = model.base_model
+    no_cache = {"use_cache": False} if getattr(backbone.config, "use_cache", False) else {}
+    with final_block_at_last_tokens(backbone, attention_mask, index):
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          **no_cache).last_hidden_state  # (batch, seq, hidden)
+    return reward_head(model)(gather_last_token(hidden, attention_mask, index)).squeeze(-1).float()

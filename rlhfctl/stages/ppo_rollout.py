@@ -58,6 +58,15 @@ class TokenScoreModel(nn.Module):
         ).last_hidden_state  # (batch, seq, hidden)
         return reward_head(self.model)(hidden).squeeze(-1).float()  # (batch, seq)
 
+    def score_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """The score at one position per row, ``index`` ``(batch,)`` -> ``(batch,)``; the final block computes
+        only there (``_last_position``), the same values as ``forward(...)[rows, index]``."""
+        from rlhfctl.stages._modeling import scores_at
+
+        return scores_at(self.model, input_ids, attention_mask, position_ids, index)
+
 
 class PPOModels(NamedTuple):
     """The four models of a PPO run, on the worker's device, plus the shared tokenizer."""
@@ -299,11 +308,13 @@ def response_values(
 @torch.no_grad()
 def reward_scores(reward_model: TokenScoreModel, generation: Generation) -> torch.Tensor:
     """Raw reward-model scores ``(batch,)`` read at each sequence's last real response token."""
-    scores = reward_model(
-        generation.query_responses, generation.attention_mask, position_ids_from_mask(generation.attention_mask)
-    )  # (batch, seq)
     last_index = generation.prompt_len + generation.truncated.lengths - 1  # (batch,)
-    return scores[torch.arange(scores.shape[0]), last_index]
+    return reward_model.score_at(
+        generation.query_responses,
+        generation.attention_mask,
+        position_ids_from_mask(generation.attention_mask),
+        last_index,
+    )
 
 
 @dataclass(frozen=True)

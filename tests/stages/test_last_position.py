@@ -114,3 +114,19 @@ def test_an_exception_inside_leaves_the_block_unchanged():
         with final_block_at_last_tokens(model.base_model, attention_mask, attention_mask.sum(-1) - 1):
             raise RuntimeError("boom")
     assert "forward" not in vars(block)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_any_position_reads_what_the_full_forward_gives_there(kind):
+    """PPO reads the reward at the last response token, which real tokens may follow: the query stays causal."""
+    from rlhfctl.stages.ppo_rollout import TokenScoreModel
+
+    model = _classifier(kind).eval()
+    input_ids, attention_mask = _batch("left")
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    index = torch.tensor([5, 9, 11, 11])  # mid-sequence for rows 0 and 1
+    score_model = TokenScoreModel(model)
+    with torch.no_grad():
+        expected = score_model(input_ids, attention_mask, position_ids)[torch.arange(4), index]
+        got = score_model.score_at(input_ids, attention_mask, position_ids, index)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
