@@ -1,15 +1,16 @@
-"""A reward model's final block, computed only where the reward is read: the last real token of each row.
+"""A reward model's final block, computed only where rewards are read (the last real token of a sequence).
 
-A reward is the score head applied to the final hidden state at one position per row. Every block but the last
-must run on all positions (later positions attend to them), and in the final block so must the keys and values;
-but its queries, attention output, output projection, MLP and residuals are needed at that one position only.
-For a GPT-2 or Llama block that is about three quarters of the block's FLOPs: 9 % of a training step of the
+A reward is the score head applied to the final hidden state at one position per sequence. Every block but the
+last must run on all positions (later positions attend to them), and in the final block so must the keys and
+values; but its queries, attention output, output projection, MLP and residuals are needed at the read positions
+only. For a GPT-2 or Llama block that is about three quarters of the block's FLOPs: 9 % of a training step of the
 benchmark's 8-layer model, a third of the 2-layer one (benchmarks/README.md). It is the same function, with the
 same weights and formula, evaluated where it is read; tests compare scores and gradients with the full forward.
 
-Inside :func:`final_block_at_last_tokens` the final block's output has every position of a row set to the value
-at that row's last real token (an expanded view), so anything that reads ``last_hidden_state`` at the last real
-token, as :func:`rlhfctl.stages._modeling.make_scorer` does, gets exactly what the full forward gives.
+Inside :func:`final_block_at` the final block's output holds the full forward's values at the read positions (and
+zeros elsewhere), so reading ``last_hidden_state`` there, as :func:`rlhfctl.stages._modeling.scores_at` does,
+gives exactly what the full forward gives. A row may have several read positions (a chosen and a rejected reply
+packed behind their shared prompt, :mod:`rlhfctl.stages.rm_packing`).
 
 Supported (transformers 5): ``GPT2Block`` (self-attention, without ``reorder_and_upcast_attn``),
 ``LlamaDecoderLayer`` and ``Qwen2DecoderLayer`` (without a sliding window). Any other block runs its own forward.
@@ -29,12 +30,12 @@ _ROPE_LAYERS = {("transformers.models.llama.modeling_llama", "LlamaDecoderLayer"
 
 
 @contextlib.contextmanager
-def final_block_at_last_tokens(backbone, attention_mask, last_index) -> Iterator[bool]:
-    """Within the block, ``backbone``'s final block computes only at each row's last real token.
+def final_block_at(backbone, read_index, key_mask) -> Iterator[bool]:
+    """Within the block, ``backbone``'s final block computes only at the positions that will be read.
 
-    ``attention_mask`` is the ``(batch, seq)`` 0/1 mask the backbone is called with (right or left padding),
-    ``last_index`` ``(batch,)`` the position read in each row (``rm_math.last_token_index``, or any position: its
-    query attends causally, as in the full forward). The backbone must be called without a KV cache
+    ``read_index`` ``(batch, reads)``: the positions read in each row; ``key_mask`` ``(batch, reads, seq)`` bool:
+    the keys each of those queries attends in the full forward (:func:`read_key_mask`). The final block's output
+    holds the right values at those positions and zeros elsewhere. The backbone must be called without a KV cache
     (``use_cache=False``). Yields whether the shortcut is in place (``False``: an unsupported block, which then
     runs its normal forward).
     """
@@ -43,15 +44,26 @@ def final_block_at_last_tokens(backbone, attention_mask, last_index) -> Iterator
     if shortcut is None:
         yield False
         return
-    import torch
-
-    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-    key_mask = attention_mask.bool() & (positions <= last_index[:, None])  # (B, T): what the query may attend
-    block.forward = functools.partial(shortcut, block, last_index, key_mask)
+    block.forward = functools.partial(shortcut, block, read_index, key_mask)
     try:
         yield True
     finally:
         del block.forward  # back to the class's forward
+
+
+def read_key_mask(attention_mask, read_index):
+    """The keys the queries at ``read_index`` ``(B, Q)`` attend: ``(B, Q, T)`` bool.
+
+    ``attention_mask`` is what the backbone gets: a ``(B, T)`` 0/1 padding mask (causal attention implied) or a
+    ``(B, 1, T, T)`` boolean mask (``True`` = attend), whose rows at the read positions are taken as they are.
+    """
+    import torch
+
+    rows = torch.arange(read_index.shape[0], device=read_index.device)[:, None]  # (B, 1)
+    if attention_mask.dim() == 4:
+        return attention_mask[rows, 0, read_index]  # (B, Q, T)
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return attention_mask.bool()[:, None, :] & (positions <= read_index[:, :, None])
 
 
 def final_block(backbone):
@@ -63,6 +75,11 @@ def final_block(backbone):
         if isinstance(blocks, torch.nn.ModuleList) and len(blocks):
             return blocks[-1]
     return None
+
+
+def has_read_shortcut(block) -> bool:
+    """Whether :func:`final_block_at` computes ``block`` at read positions only (else it runs in full)."""
+    return _shortcut_for(block) is not None
 
 
 def _shortcut_for(block) -> Callable[..., Any] | None:
@@ -90,66 +107,78 @@ def _check_plain_call(block, past_key_values, kwargs) -> None:
                            "cross-attention (use_cache=False)")
 
 
-def _broadcast_rows(last_hidden, seq_len: int):
-    """``(batch, hidden)`` -> ``(batch, seq, hidden)``, every position holding its row's value (a view)."""
-    return last_hidden[:, None, :].expand(-1, seq_len, -1)
-
-
-def _attend_last(attn, query, key, value, key_mask, dropout: float):
-    """One query per row over that row's real tokens: query ``(B, H, 1, D)``, key/value ``(B, H_kv, T, D)``."""
+def _attend_reads(attn, query, key, value, key_mask, dropout: float):
+    """The read queries over their keys: query ``(B, H, Q, D)``, key/value ``(B, H_kv, T, D)`` -> ``(B, H, Q, D)``."""
     import torch.nn.functional as F
 
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: every query head reads its key/value head
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    mask = key_mask[:, None, None, :]  # (B, 1, 1, T)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout,
-                                          scale=attn.scaling)  # (B, H, 1, D)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask[:, None], dropout_p=dropout,
+                                          scale=attn.scaling)
 
 
-def _gpt2_block_at(block, last_index, key_mask, hidden_states, past_key_values=None, attention_mask=None,
+def _scatter_reads(read_hidden, read_index, seq_len: int):
+    """``(B, Q, d)`` values at ``read_index`` ``(B, Q)`` -> ``(B, T, d)``, zeros at the positions nobody reads.
+
+    A position read twice in a row (identical chosen and rejected replies) is written once, so the gradient of
+    both reads reaches the block once, as in the full forward.
+    """
+    import torch
+
+    batch, reads, width = read_hidden.shape
+    rows = torch.arange(batch, device=read_hidden.device)[:, None].expand(-1, reads)  # (B, Q)
+    order = torch.arange(reads, device=read_hidden.device)
+    earlier_same = (read_index[:, :, None] == read_index[:, None, :]) & (order[None, None, :] < order[None, :, None])
+    first = ~earlier_same.any(dim=-1)  # (B, Q): this read's position was not read before in its row
+    scattered = read_hidden.new_zeros(batch, seq_len, width)
+    return scattered.index_put((rows[first], read_index[first]), read_hidden[first])
+
+
+def _gpt2_block_at(block, read_index, key_mask, hidden_states, past_key_values=None, attention_mask=None,
                    *args, **kwargs):
-    """``GPT2Block.forward`` at the last real tokens only. hidden_states ``(B, T, d)``."""
+    """``GPT2Block.forward`` at the read positions only. hidden_states ``(B, T, d)``, read_index ``(B, Q)``."""
     _check_plain_call(block, past_key_values, {"encoder_hidden_states": args[0] if args else None, **kwargs})
     import torch
 
     attn = block.attn
     batch, seq_len, width = hidden_states.shape
-    rows = torch.arange(batch, device=hidden_states.device)
-    qkv = attn.c_attn(block.ln_1(hidden_states))  # (B, T, 3d)
-    query, key, value = qkv.split(attn.split_size, dim=2)
+    rows = torch.arange(batch, device=hidden_states.device)[:, None]  # (B, 1)
+    reads = read_index.shape[1]
+    query, key, value = attn.c_attn(block.ln_1(hidden_states)).split(attn.split_size, dim=2)  # (B, T, d) each
     heads = (batch, -1, attn.num_heads, attn.head_dim)
-    query = query[rows, last_index].view(batch, 1, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, H, 1, D)
+    query = query[rows, read_index].view(heads).transpose(1, 2)  # (B, H, Q, D)
     key, value = key.view(heads).transpose(1, 2), value.view(heads).transpose(1, 2)  # (B, H, T, D)
     dropout = attn.attn_dropout.p if attn.training else 0.0
-    attended = _attend_last(attn, query, key, value, key_mask, dropout).reshape(batch, width)
-    hidden = hidden_states[rows, last_index] + attn.resid_dropout(attn.c_proj(attended))  # (B, d)
+    attended = _attend_reads(attn, query, key, value, key_mask, dropout).transpose(1, 2).reshape(batch, reads, width)
+    hidden = hidden_states[rows, read_index] + attn.resid_dropout(attn.c_proj(attended))  # (B, Q, d)
     hidden = hidden + block.mlp(block.ln_2(hidden))
-    return _broadcast_rows(hidden, seq_len)
+    return _scatter_reads(hidden, read_index, seq_len)
 
 
-def _rope_block_at(block, last_index, key_mask, hidden_states, attention_mask=None, position_ids=None,
+def _rope_block_at(block, read_index, key_mask, hidden_states, attention_mask=None, position_ids=None,
                    past_key_values=None, use_cache=False, position_embeddings=None, **kwargs):
-    """``LlamaDecoderLayer.forward`` (and Qwen2's) at the last real tokens only. hidden_states ``(B, T, d)``."""
+    """``LlamaDecoderLayer.forward`` (and Qwen2's) at the read positions only. hidden_states ``(B, T, d)``."""
     _check_plain_call(block, past_key_values, kwargs)
     import torch
 
     attn = block.self_attn
     batch, seq_len, _ = hidden_states.shape
-    rows = torch.arange(batch, device=hidden_states.device)
+    rows = torch.arange(batch, device=hidden_states.device)[:, None]  # (B, 1)
+    reads = read_index.shape[1]
     normed = block.input_layernorm(hidden_states)  # (B, T, d)
-    query = attn.q_proj(normed[rows, last_index]).view(batch, 1, -1, attn.head_dim).transpose(1, 2)  # (B, H, 1, D)
+    query = attn.q_proj(normed[rows, read_index]).view(batch, reads, -1, attn.head_dim).transpose(1, 2)  # (B, H, Q, D)
     kv_shape = (batch, seq_len, -1, attn.head_dim)
     key = attn.k_proj(normed).view(kv_shape).transpose(1, 2)  # (B, H_kv, T, D)
     value = attn.v_proj(normed).view(kv_shape).transpose(1, 2)
     cos, sin = (part.expand(batch, -1, -1) for part in position_embeddings)  # (B, T, D) each
     rotate_half = sys.modules[type(block).__module__].rotate_half  # the model's own RoPE helper
-    # apply_rotary_pos_emb's formula; the query at its own position, the keys at theirs.
-    cos_last, sin_last = cos[rows, last_index][:, None, None], sin[rows, last_index][:, None, None]  # (B, 1, 1, D)
-    query = query * cos_last + rotate_half(query) * sin_last
+    # apply_rotary_pos_emb's formula: each query at its own position, the keys at theirs.
+    cos_read, sin_read = cos[rows, read_index][:, None], sin[rows, read_index][:, None]  # (B, 1, Q, D)
+    query = query * cos_read + rotate_half(query) * sin_read
     key = key * cos[:, None] + rotate_half(key) * sin[:, None]
     dropout = attn.attention_dropout if attn.training else 0.0
-    attended = _attend_last(attn, query, key, value, key_mask, dropout).reshape(batch, -1)
-    hidden = hidden_states[rows, last_index] + attn.o_proj(attended)  # (B, d)
+    attended = _attend_reads(attn, query, key, value, key_mask, dropout).transpose(1, 2).reshape(batch, reads, -1)
+    hidden = hidden_states[rows, read_index] + attn.o_proj(attended)  # (B, Q, d)
     hidden = hidden + block.mlp(block.post_attention_layernorm(hidden))
-    return _broadcast_rows(hidden, seq_len)
+    return _scatter_reads(hidden, read_index, seq_len)

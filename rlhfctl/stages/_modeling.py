@@ -145,13 +145,19 @@ def make_scorer(model):
     import torch
 
     from rlhfctl.stages.rm_math import last_token_index
+    from rlhfctl.stages.rm_packing import packing_supported
 
     class LastTokenScorer(torch.nn.Module):
         def __init__(self, model) -> None:
             super().__init__()
             self.model = model
+            self.packs_pairs = reward_head(model) is not None and packing_supported(model)
 
-        def forward(self, input_ids, attention_mask):  # (batch, seq), (batch, seq) -> (batch,)
+        def forward(self, input_ids, attention_mask, position_ids=None, read_index=None):
+            """``(batch, seq)`` ids and padding mask -> ``(batch,)`` rewards at each row's last real token; or, for
+            packed pairs (``rm_packing``), a 4-D mask, position ids and ``read_index`` ``(batch, 2)`` -> ``(batch, 2)``."""
+            if read_index is not None:
+                return scores_at(self.model, input_ids, attention_mask, position_ids, read_index)
             if reward_head(self.model) is None:  # unusual architecture: let transformers pool (it uses pad_token_id)
                 return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
             # Positions count real tokens only, so left and right padding give the same scores.
@@ -162,15 +168,22 @@ def make_scorer(model):
 
 
 def scores_at(model, input_ids, attention_mask, position_ids, index):
-    """The score head of ``model`` on its final hidden state at one position per row: ``index`` ``(batch,)`` ->
-    ``(batch,)`` fp32 scores. The final block computes only there (``_last_position``); the values are those of
-    the full forward read at ``index``."""
-    from rlhfctl.stages._last_position import final_block_at_last_tokens
-    from rlhfctl.stages.rm_math import gather_last_token
+    """The score head of ``model`` on its final hidden state at the read positions: ``index`` ``(batch,)`` or
+    ``(batch, reads)`` -> fp32 scores of the same shape.
 
+    ``attention_mask`` is a ``(batch, seq)`` padding mask or a ``(batch, 1, seq, seq)`` boolean mask. The final
+    block computes only at the read positions (``_last_position``); the values are the full forward's there.
+    """
+    import torch
+
+    from rlhfctl.stages._last_position import final_block_at, read_key_mask
+
+    read_index = index if index.dim() == 2 else index[:, None]  # (batch, reads)
     backbone = model.base_model
     no_cache = {"use_cache": False} if getattr(backbone.config, "use_cache", False) else {}
-    with final_block_at_last_tokens(backbone, attention_mask, index):
+    with final_block_at(backbone, read_index, read_key_mask(attention_mask, read_index)):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           **no_cache).last_hidden_state  # (batch, seq, hidden)
-    return reward_head(model)(gather_last_token(hidden, attention_mask, index)).squeeze(-1).float()
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    scores = reward_head(model)(hidden[rows, read_index]).squeeze(-1).float()  # (batch, reads)
+    return scores if index.dim() == 2 else scores[:, 0]

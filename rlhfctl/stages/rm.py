@@ -7,7 +7,8 @@ per-row ``margin``, ``center_rewards_coefficient``, gradient accumulation, clipp
 Recipe, top to bottom:
     driver:  build_job  -> load + validate data (before Ray), count steps        (plan / run call it)
     worker:  train_loop -> tokenizer, model, tokenized pairs -> optimizer, scheduler -> restore
-                           -> per epoch: length-bucketed batches, chosen+rejected in ONE forward, pairwise loss
+                           -> per epoch: length-bucketed batches, chosen+rejected in ONE forward (packed
+                              behind their shared prompt where the model allows), pairwise loss
                            -> validation every epoch -> checkpoint -> export with reward_stats.json
 Texts are ``format_prompt(prompt) + response + EOS``; a text longer than ``dataset.max_length`` loses tokens from
 the **left of the prompt**, so the response end, where the reward is read, is always kept.
@@ -107,8 +108,19 @@ def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int, device) -> dict
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "margin": margin.to(device)}
 
 
+def collate_for(scorer):
+    """The batch layout ``scorer`` takes: packed pairs (``rm_packing``: the shared prompt computed once) where its
+    model supports them, else :func:`collate_pairs`. Both give the same rewards."""
+    from rlhfctl.stages.rm_packing import collate_packed_pairs
+
+    return collate_packed_pairs if getattr(scorer, "module", scorer).packs_pairs else collate_pairs
+
+
 def score_pairs(scorer, batch: dict[str, Any]):
     """One forward over chosen and rejected together -> (chosen_rewards, rejected_rewards), each ``(B,)``."""
+    if "read_index" in batch:  # packed: one row per pair
+        rewards = scorer(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["read_index"])
+        return rewards[:, 0], rewards[:, 1]  # (B, 2) -> chosen, rejected
     rewards = scorer(batch["input_ids"], batch["attention_mask"])  # (2B,)
     half = rewards.shape[0] // 2
     return rewards[:half], rewards[half:]
@@ -144,6 +156,7 @@ def train_loop(loop_config: dict) -> dict[str, float]:
                        schedulers={"reward_model": scheduler})
     ctx.restore(state)
 
+    collate = collate_for(scorer)
     accumulation = training.gradient_accumulation_steps
     micro_per_epoch = micro_batches_per_epoch(len(train_pairs), ctx.world_size, training.batch_size)
     train_metrics: dict[str, float] = {}
@@ -155,7 +168,7 @@ def train_loop(loop_config: dict) -> dict[str, float]:
                                           seed=ctx.seed * 7919 + epoch + 1000 * ctx.rank)
         window: list[dict[str, float]] = []
         for micro_index in range(state.batch_in_epoch, micro_per_epoch):
-            batch = collate_pairs([train_pairs[i] for i in batches[micro_index]], tokenizer.pad_token_id, ctx.device)
+            batch = collate([train_pairs[i] for i in batches[micro_index]], tokenizer.pad_token_id, ctx.device)
             with ctx.autocast():
                 chosen, rejected = score_pairs(scorer, batch)
             stats = pairwise_loss(chosen.float(), rejected.float(), batch["margin"],
@@ -210,12 +223,13 @@ def score_all(scorer, pairs: list[TokenizedPair], pad_token_id: int, batch_size:
 
     order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)))
     results: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
+    collate = collate_for(scorer)
     was_training = scorer.training
     scorer.eval()
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             indices = order[start:start + batch_size]
-            chosen, rejected = score_pairs(scorer, collate_pairs([pairs[i] for i in indices], pad_token_id, device))
+            chosen, rejected = score_pairs(scorer, collate([pairs[i] for i in indices], pad_token_id, device))
             for index, c, r in zip(indices, chosen.tolist(), rejected.tolist()):
                 results[index] = (c, r)
     scorer.train(was_training)

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rlhfctl.stages._last_position import final_block, final_block_at_last_tokens  # noqa: E402
+from rlhfctl.stages._last_position import final_block, final_block_at, read_key_mask  # noqa: E402
 from rlhfctl.stages._modeling import make_scorer  # noqa: E402
 from rlhfctl.stages.rm_math import gather_last_token  # noqa: E402
 
@@ -15,23 +15,6 @@ if int(transformers.__version__.split(".")[0]) < 5:
     pytest.skip("the last-token shortcut needs transformers 5", allow_module_level=True)
 
 PAD = 0
-
-
-def _classifier(kind: str, **overrides):
-    torch.manual_seed(0)
-    common = {"vocab_size": 50, "num_labels": 1, "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 2}
-    if kind == "gpt2":
-        config = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=64, resid_pdrop=0.0,
-                                         embd_pdrop=0.0, attn_pdrop=0.0, **common, **overrides)
-    elif kind == "llama":  # grouped-query attention: 4 query heads share 2 key/value heads
-        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                          num_attention_heads=4, num_key_value_heads=2,
-                                          max_position_embeddings=64, **common, **overrides)
-    else:
-        config = transformers.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                          num_attention_heads=4, num_key_value_heads=2,
-                                          max_position_embeddings=64, **common, **overrides)
-    return transformers.AutoModelForSequenceClassification.from_config(config).double()
 
 
 def _batch(padding: str):
@@ -65,8 +48,8 @@ def _scores_and_grads(forward, model):
 
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2"])
-def test_scores_and_gradients_match_the_full_forward(kind, padding):
-    model = _classifier(kind).train()  # train mode: the training path (dropout is 0 in these configs)
+def test_scores_and_gradients_match_the_full_forward(tiny_classifier, kind, padding):
+    model = tiny_classifier(kind).train()  # train mode: the training path (dropout is 0 in these configs)
     input_ids, attention_mask = _batch(padding)
     scorer = make_scorer(model)
     expected, expected_grads = _scores_and_grads(lambda: _full_forward_scores(model, input_ids, attention_mask), model)
@@ -78,50 +61,58 @@ def test_scores_and_gradients_match_the_full_forward(kind, padding):
         assert torch.allclose(got_grads[name], grad, atol=1e-10, rtol=1e-8), name
 
 
+def _in_shortcut(backbone, attention_mask, read_index):
+    return final_block_at(backbone, read_index, read_key_mask(attention_mask, read_index))
+
+
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2"])
-def test_the_shortcut_is_in_place_only_inside_the_block(kind):
-    model = _classifier(kind)
+def test_the_shortcut_is_in_place_only_inside_the_block(tiny_classifier, kind):
+    model = tiny_classifier(kind)
     backbone = model.base_model
     block = final_block(backbone)
     input_ids, attention_mask = _batch("right")
-    last_index = attention_mask.sum(-1) - 1
-    with final_block_at_last_tokens(backbone, attention_mask, last_index) as engaged:
+    read_index = (attention_mask.sum(-1) - 1)[:, None]
+    with _in_shortcut(backbone, attention_mask, read_index) as engaged:
         assert engaged and "forward" in vars(block)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     assert "forward" not in vars(block)  # the class's forward again: other callers see the full model
-    # Every position of a row carries the value at its last real token (an expanded view, nothing else computed).
-    assert torch.equal(hidden, gather_last_token(hidden, attention_mask)[:, None].expand_as(hidden))
+    # Only the read positions were computed: the final block left zeros elsewhere (then the final norm ran).
+    read = torch.zeros(attention_mask.shape, dtype=torch.bool)
+    read[torch.arange(4)[:, None], read_index] = True
+    final_norm = backbone.ln_f if kind == "gpt2" else backbone.norm
+    unread = final_norm(torch.zeros(1, backbone.config.hidden_size, dtype=torch.float64))
+    assert torch.equal(hidden.detach()[~read], unread.expand(int((~read).sum()), -1))
 
 
 @pytest.mark.parametrize("kind, overrides", [("gpt2", {"reorder_and_upcast_attn": True}),
                                              ("qwen2", {"use_sliding_window": True, "sliding_window": 4,
                                                         "max_window_layers": 0})])
-def test_blocks_it_does_not_model_exactly_run_their_own_forward(kind, overrides):
-    model = _classifier(kind, **overrides)
+def test_blocks_it_does_not_model_exactly_run_their_own_forward(tiny_classifier, kind, overrides):
+    model = tiny_classifier(kind, **overrides)
     input_ids, attention_mask = _batch("right")
-    with final_block_at_last_tokens(model.base_model, attention_mask, attention_mask.sum(-1) - 1) as engaged:
+    with _in_shortcut(model.base_model, attention_mask, (attention_mask.sum(-1) - 1)[:, None]) as engaged:
         assert not engaged
     scorer = make_scorer(model)
     assert torch.allclose(scorer(input_ids, attention_mask),
                           _full_forward_scores(model, input_ids, attention_mask).float(), atol=1e-6)
 
 
-def test_an_exception_inside_leaves_the_block_unchanged():
-    model = _classifier("gpt2")
+def test_an_exception_inside_leaves_the_block_unchanged(tiny_classifier):
+    model = tiny_classifier("gpt2")
     block = final_block(model.base_model)
     _, attention_mask = _batch("right")
     with pytest.raises(RuntimeError, match="boom"):
-        with final_block_at_last_tokens(model.base_model, attention_mask, attention_mask.sum(-1) - 1):
+        with _in_shortcut(model.base_model, attention_mask, (attention_mask.sum(-1) - 1)[:, None]):
             raise RuntimeError("boom")
     assert "forward" not in vars(block)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_any_position_reads_what_the_full_forward_gives_there(kind):
+def test_any_position_reads_what_the_full_forward_gives_there(tiny_classifier, kind):
     """PPO reads the reward at the last response token, which real tokens may follow: the query stays causal."""
     from rlhfctl.stages.ppo_rollout import TokenScoreModel
 
-    model = _classifier(kind).eval()
+    model = tiny_classifier(kind).eval()
     input_ids, attention_mask = _batch("left")
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     index = torch.tensor([5, 9, 11, 11])  # mid-sequence for rows 0 and 1

@@ -46,7 +46,7 @@ def train_subset(ctx: BenchContext, pairs: int) -> Path:
 
 def run(ctx: BenchContext) -> SectionResult:
     result = SectionResult("rm")
-    sizes = [("tiny", 2048, ctx.repeats), ("small", 128 if ctx.quick else 512, 1 if ctx.quick else ctx.repeats)]
+    sizes = [("tiny", 2048, ctx.repeats), ("small", 128 if ctx.quick else 512, ctx.repeats)]
     available, reason = rlhfctl_available("rm", "train")
     for preset, pairs, repeats in sizes:
         model_dir = ctx.models[preset]

@@ -26,8 +26,7 @@ def run(ctx: BenchContext) -> SectionResult:
     flops_per_pair = stats.training_flops(params.scalar_head_flop_params, tokens_per_pair)
     available, reason = rlhfctl_available("rm", "train")
     runs: dict[int, list[ToolRun]] = {1: [], 2: []}
-    repeats = 1 if ctx.quick else ctx.repeats
-    for _ in range(repeats):
+    for _ in range(ctx.repeats):  # 1 worker, 2 workers, 1 worker, ...: drift affects both alike
         for workers in (1, 2):
             if not available:
                 runs[workers].append(ToolRun("rlhfctl", f"{workers} workers", None, error=reason))
