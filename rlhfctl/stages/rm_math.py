@@ -61,15 +61,6 @@ def last_token_index(attention_mask):
     return (attention_mask.long() * positions).argmax(dim=-1)
 
 
-def gather_last_token(values, attention_mask, index=None):
-    """``values[b, last_token_index[b]]``: ``(batch, seq, ...) -> (batch, ...)`` (``index``: that, precomputed)."""
-    import torch
-
-    if index is None:
-        index = last_token_index(attention_mask)
-    return values[torch.arange(values.shape[0], device=values.device), index]
-
-
 def truncate_keep_response_end(prompt_ids: Sequence[int], response_ids: Sequence[int], max_length: int) -> list[int]:
     """Join prompt and response token ids into at most ``max_length`` ids, cutting the **prompt from the left**.
 

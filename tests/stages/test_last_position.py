@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from rlhfctl.stages._last_position import final_block, final_block_at, read_key_mask  # noqa: E402
 from rlhfctl.stages._modeling import make_scorer  # noqa: E402
-from rlhfctl.stages.rm_math import gather_last_token  # noqa: E402
+from rlhfctl.stages.rm_math import last_token_index  # noqa: E402
 
 if int(transformers.__version__.split(".")[0]) < 5:
     pytest.skip("the last-token shortcut needs transformers 5", allow_module_level=True)
@@ -30,12 +30,16 @@ def _batch(padding: str):
     return input_ids, attention_mask
 
 
+def _at_last_token(values, attention_mask):
+    return values[torch.arange(values.shape[0]), last_token_index(attention_mask)]
+
+
 def _full_forward_scores(model, input_ids, attention_mask):
     """What the scorer computed before the shortcut: every block at every position, then the last real token."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                               use_cache=False).last_hidden_state
-    return model.score(gather_last_token(hidden, attention_mask)).squeeze(-1)
+    return model.score(_at_last_token(hidden, attention_mask)).squeeze(-1)
 
 
 def _scores_and_grads(forward, model):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from rlhfctl.stages.rm_math import (
-    gather_last_token,
     last_token_index,
     metrics_from_sums,
     pair_sums,
@@ -62,14 +61,6 @@ def test_last_token_index_right_and_left_padding():
     left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
     assert last_token_index(right).tolist() == [2, 4, 0]
     assert last_token_index(left).tolist() == [4, 4, 4]
-
-
-def test_gather_last_token_reads_the_score_at_the_last_real_token():
-    values = torch.arange(10.0).reshape(2, 5)  # (batch, seq)
-    mask = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]])
-    assert gather_last_token(values, mask).tolist() == [1.0, 9.0]
-    hidden = torch.arange(20.0).reshape(2, 5, 2)  # (batch, seq, hidden)
-    assert gather_last_token(hidden, mask).tolist() == [[2.0, 3.0], [18.0, 19.0]]
 
 
 def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_response_end():
