@@ -21,7 +21,12 @@ from typing import Any, NamedTuple
 from rlhfctl.config.schema import RMConfig
 from rlhfctl.errors import DataError
 from rlhfctl.progress.events import ProgressSink
-from rlhfctl.training.batching import length_bucketed_batches, micro_batches_per_epoch, steps_per_epoch
+from rlhfctl.training.batching import (
+    balanced_shares,
+    length_bucketed_batches,
+    micro_batches_per_epoch,
+    steps_per_epoch,
+)
 from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan, run_training
 
 STAGE = "rm"
@@ -147,7 +152,7 @@ def train_loop(loop_config: dict) -> dict[str, float]:
     disable_dropout(model)
     train_pairs = tokenize_pairs(ctx.payload["train_rows"], tokenizer, config.dataset.max_length)
     validation_pairs = tokenize_pairs(ctx.payload["validation_rows"], tokenizer, config.dataset.max_length)
-    lengths = [max(len(pair.chosen_ids), len(pair.rejected_ids)) for pair in train_pairs]
+    lengths = pair_cost_lengths(train_pairs, packed=False)  # bucketing key: the longer sequence of a pair
 
     scorer = ctx.prepare_model(make_scorer(model))
     optimizer = build_optimizer(scorer, training)
@@ -157,32 +162,39 @@ def train_loop(loop_config: dict) -> dict[str, float]:
     ctx.restore(state)
 
     collate = collate_for(scorer)
+    cost_lengths = pair_cost_lengths(train_pairs, packed=collate is not collate_pairs)
     accumulation = training.gradient_accumulation_steps
     micro_per_epoch = micro_batches_per_epoch(len(train_pairs), ctx.world_size, training.batch_size)
     train_metrics: dict[str, float] = {}
     validation_metrics: dict[str, float] | None = None
     scorer.train()
     for epoch in range(state.epoch, training.epochs):
-        shard = ctx.shard(len(train_pairs), epoch)
-        batches = length_bucketed_batches(shard, lengths, training.batch_size,
-                                          seed=ctx.seed * 7919 + epoch + 1000 * ctx.rank)
-        window: list[dict[str, float]] = []
+        # Every worker's length-bucketed batches (each worker computes all of them, from the seed).
+        batches_by_rank = [length_bucketed_batches(ctx.shard(len(train_pairs), epoch, rank=rank), lengths,
+                                                   training.batch_size, seed=ctx.seed * 7919 + epoch + 1000 * rank)
+                           for rank in range(ctx.world_size)]
+        window: list[tuple[dict[str, float], int]] = []  # (metrics, pairs) per micro-batch
         for micro_index in range(state.batch_in_epoch, micro_per_epoch):
-            batch = collate([train_pairs[i] for i in batches[micro_index]], tokenizer.pad_token_id, ctx.device)
+            # A micro-step trains on the workers' batches together; they are re-cut into shares of even padded
+            # cost so no worker waits for a longer one. Weighting each share's mean loss by its size keeps the
+            # averaged gradient the mean over every pair of the step.
+            step_rows = [row for batches in batches_by_rank for row in batches[micro_index]]
+            share = balanced_shares(step_rows, cost_lengths, ctx.world_size)[ctx.rank]
+            batch = collate([train_pairs[i] for i in share], tokenizer.pad_token_id, ctx.device)
             with ctx.autocast():
                 chosen, rejected = score_pairs(scorer, batch)
             stats = pairwise_loss(chosen.float(), rejected.float(), batch["margin"],
                                   training.center_rewards_coefficient)
-            ctx.backward(stats.loss)
-            window.append(stats.metrics())
+            ctx.backward(stats.loss * (len(share) * ctx.world_size / len(step_rows)))
+            window.append((stats.metrics(), len(share)))
             last_of_epoch = micro_index + 1 == micro_per_epoch
             if (micro_index + 1) % accumulation and not last_of_epoch:
                 continue
             grad_norm = ctx.step(optimizer, scheduler, scorer)
             state.step += 1
             state.batch_in_epoch = micro_index + 1
-            local = {key: sum(m[key] for m in window) / len(window) for key in window[0]}
-            train_metrics = ctx.all_reduce_mean({**local, "grad_norm": grad_norm})
+            train_metrics = pair_weighted_mean(ctx, window)
+            train_metrics["grad_norm"] = grad_norm  # the same on every worker after the gradient all-reduce
             train_metrics["lr"] = scheduler.get_last_lr()[0]
             ctx.log(state.step, train_metrics, epoch=epoch)
             window = []
@@ -206,6 +218,24 @@ def train_loop(loop_config: dict) -> dict[str, float]:
     final.update({f"train_{key}": value for key, value in train_metrics.items()})
     final["steps"] = float(state.step)
     return final
+
+
+def pair_cost_lengths(pairs: list[TokenizedPair], *, packed: bool) -> list[int]:
+    """The padded width each pair gives its batch: its packed row (the shared prefix once) or its longer sequence."""
+    from rlhfctl.stages.rm_packing import shared_prefix_length
+
+    if packed:
+        return [len(p.chosen_ids) + len(p.rejected_ids) - shared_prefix_length(p.chosen_ids, p.rejected_ids)
+                for p in pairs]
+    return [max(len(pair.chosen_ids), len(pair.rejected_ids)) for pair in pairs]
+
+
+def pair_weighted_mean(ctx, window: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Per-pair means of one step's micro-batch metrics over every worker (each micro-batch weighted by its pairs)."""
+    keys = list(window[0][0])
+    sums = {key: sum(metrics[key] * pairs for metrics, pairs in window) for key in keys}
+    totals = ctx.all_reduce_sum({**sums, "pairs": float(sum(pairs for _, pairs in window))})
+    return {key: totals[key] / totals["pairs"] for key in keys}
 
 
 def evaluate(ctx, scorer, pairs: list[TokenizedPair], pad_token_id: int, batch_size: int) -> dict[str, float]:

@@ -55,3 +55,49 @@ def length_bucketed_batches(
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     random.Random(seed).shuffle(batches)
     return batches
+
+
+def balanced_shares(rows: Sequence[int], lengths: Sequence[int], parts: int) -> list[list[int]]:
+    """Cut one global step's ``rows`` into ``parts`` shares (one per worker) whose padded costs are as even as can be.
+
+    A share's cost is ``len(share) * max(lengths[i] for i in share)``: what a padded forward of it computes. Rows
+    are sorted by length and cut into contiguous runs, so each share stays length-homogeneous; the cut minimises
+    the largest share's cost (every share gets at least one row, ``len(rows) >= parts``). Which rows are in the
+    step is unchanged, only who computes which: with the loss of each share weighted by its size (``len(share) *
+    parts / len(rows)``), the averaged gradient is the mean over all rows, exactly as with equal shares, but no
+    worker waits for one whose batch happens to be longer. Deterministic, so every worker computes the same cut.
+    """
+    if len(rows) < parts:
+        raise ValueError(f"{len(rows)} rows cannot be shared by {parts} workers")
+    if parts == 1:
+        return [list(rows)]
+    ordered = sorted(rows, key=lambda row: (lengths[row], row))
+    sizes = [lengths[row] for row in ordered]
+
+    def cut(limit: int) -> list[int] | None:
+        """Greedy: the longest runs whose cost stays within ``limit``; their end offsets, or None past ``parts``."""
+        ends, start = [], 0
+        while start < len(sizes):
+            end = start + 1
+            while end < len(sizes) and (end + 1 - start) * sizes[end] <= limit:
+                end += 1
+            ends.append(end)
+            if len(ends) > parts:
+                return None
+            start = end
+        return ends
+
+    low, high = max(sizes), len(sizes) * sizes[-1]  # the largest single row .. everything in one share
+    while low < high:
+        middle = (low + high) // 2
+        if cut(middle) is None:
+            low = middle + 1
+        else:
+            high = middle
+    ends = cut(low)
+    while len(ends) < parts:  # fewer runs than workers: split the longest run (costs only go down)
+        widest = max(range(len(ends)), key=lambda i: ends[i] - (ends[i - 1] if i else 0))
+        start = ends[widest - 1] if widest else 0
+        ends.insert(widest, start + (ends[widest] - start) // 2)
+    starts = [0] + ends[:-1]
+    return [ordered[start:end] for start, end in zip(starts, ends)]

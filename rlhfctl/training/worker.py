@@ -98,9 +98,11 @@ class WorkerContext:
 
         return self.world_size > 1 and dist.is_available() and dist.is_initialized()
 
-    def shard(self, num_rows: int, epoch: int | None) -> list[int]:
-        """This rank's row indices for ``epoch`` (reshuffled per epoch from the seed; ``None``: in order)."""
-        return shard_indices(num_rows, rank=self.rank, world_size=self.world_size, seed=self.seed, epoch=epoch)
+    def shard(self, num_rows: int, epoch: int | None, rank: int | None = None) -> list[int]:
+        """This rank's (or ``rank``'s) row indices for ``epoch`` (reshuffled per epoch from the seed; ``None``: in
+        order)."""
+        rank = self.rank if rank is None else rank
+        return shard_indices(num_rows, rank=rank, world_size=self.world_size, seed=self.seed, epoch=epoch)
 
     def prepare_model(self, model, *, ddp: bool = True):
         """Move to this worker's device; wrap in DistributedDataParallel when training on several workers."""

@@ -70,3 +70,26 @@ def test_models_without_the_shortcut_keep_two_rows(tiny_classifier):
     model = tiny_classifier("gpt2", reorder_and_upcast_attn=True)
     assert not packing_supported(model)
     assert rm.collate_for(make_scorer(model)) is rm.collate_pairs
+
+
+def test_size_weighted_shares_give_the_gradient_of_the_whole_step(tiny_classifier):
+    """rm.train_loop re-cuts a step's pairs into even-cost shares; weighting each share's mean loss by
+    ``len(share) * workers / len(step)`` makes the workers' averaged gradient the mean over the whole step."""
+    from rlhfctl.stages.rm_math import pairwise_loss
+    from rlhfctl.training.batching import balanced_shares
+
+    model = tiny_classifier("gpt2").train()
+    scorer = make_scorer(model)
+    step = list(range(len(PAIRS)))
+    shares = balanced_shares(step, rm.pair_cost_lengths(PAIRS, packed=True), 2)
+
+    def gradient(rows, weight):
+        model.zero_grad()
+        chosen, rejected = rm.score_pairs(scorer, collate_packed_pairs([PAIRS[i] for i in rows], 0, "cpu"))
+        (pairwise_loss(chosen, rejected, torch.tensor([PAIRS[i].margin for i in rows])).loss * weight).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    whole = gradient(step, 1.0)
+    averaged = sum(gradient(share, len(share) * 2 / len(step)) for share in shares) / 2  # what DDP averages
+    assert len(shares[0]) != len(shares[1])  # uneven shares: the weighting is what makes this hold
+    assert torch.allclose(averaged, whole, atol=1e-6, rtol=1e-6)

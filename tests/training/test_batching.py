@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from rlhfctl.training.batching import length_bucketed_batches, shard_indices, steps_per_epoch
+import itertools
+import random
+
+import pytest
+
+from rlhfctl.training.batching import balanced_shares, length_bucketed_batches, shard_indices, steps_per_epoch
 
 
 def test_shards_do_not_overlap_have_equal_sizes_and_reshuffle_per_epoch():
@@ -31,3 +36,37 @@ def test_bucketed_batches_cover_every_row_once_and_group_similar_lengths():
     unsorted = sum(max(lengths[r] for r in indices[i:i + 8]) * len(indices[i:i + 8]) for i in range(0, 100, 8))
     assert padded < 0.7 * unsorted  # far less padding than batching in file order
     assert batches == length_bucketed_batches(indices, lengths, 8, seed=1, chunk_batches=100)
+
+
+def _cost(share, lengths):
+    return len(share) * max(lengths[row] for row in share)
+
+
+def test_balanced_shares_even_out_padded_cost():
+    lengths = {0: 10, 1: 10, 2: 50, 3: 50, 4: 12, 5: 11, 6: 48, 7: 49}  # a short and a long worker batch
+    shares = balanced_shares([0, 1, 4, 5, 2, 3, 6, 7], lengths, 2)
+    assert shares == [[0, 1, 5, 4], [6, 7, 2, 3]]  # 4 x 12 and 4 x 50: sorted, cut where the max is least
+    uneven = {0: 10, 1: 10, 2: 10, 3: 10, 4: 10, 5: 10, 6: 80, 7: 80}
+    shares = balanced_shares(list(uneven), uneven, 2)
+    assert shares == [[0, 1, 2, 3, 4, 5], [6, 7]]  # 6 x 10 vs 2 x 80 instead of 4 x 10 vs 4 x 80
+    assert balanced_shares([3, 1, 2], {1: 5, 2: 1, 3: 9}, 1) == [[3, 1, 2]]  # one worker: untouched
+
+
+def test_balanced_shares_is_the_best_contiguous_cut_and_keeps_every_row_once():
+    rng = random.Random(0)
+    for _ in range(500):
+        rows = rng.sample(range(100), rng.randint(2, 14))
+        lengths = {row: rng.randint(1, 128) for row in rows}
+        parts = rng.randint(2, min(len(rows), 4))
+        shares = balanced_shares(rows, lengths, parts)
+        assert len(shares) == parts and all(shares)
+        assert sorted(row for share in shares for row in share) == sorted(rows)
+        ordered = sorted(rows, key=lambda row: (lengths[row], row))
+        best = min(max(_cost(ordered[a:b], lengths) for a, b in zip((0, *cuts), (*cuts, len(rows))))
+                   for cuts in itertools.combinations(range(1, len(rows)), parts - 1))
+        assert max(_cost(share, lengths) for share in shares) == best
+
+
+def test_balanced_shares_needs_a_row_per_worker():
+    with pytest.raises(ValueError, match="2 rows cannot be shared by 3 workers"):
+        balanced_shares([0, 1], [5, 5], 3)
