@@ -251,7 +251,8 @@ def score_all(scorer, pairs: list[TokenizedPair], pad_token_id: int, batch_size:
     """(chosen, rejected) rewards of every pair, in order, without gradients (batches sorted by length)."""
     import torch
 
-    order = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)))
+    lengths = pair_cost_lengths(pairs, packed=False)
+    order = sorted(range(len(pairs)), key=lengths.__getitem__)
     results: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
     collate = collate_for(scorer)
     was_training = scorer.training
