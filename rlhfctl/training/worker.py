@@ -105,12 +105,20 @@ class WorkerContext:
         return shard_indices(num_rows, rank=rank, world_size=self.world_size, seed=self.seed, epoch=epoch)
 
     def prepare_model(self, model, *, ddp: bool = True):
-        """Move to this worker's device; wrap in DistributedDataParallel when training on several workers."""
+        """Move to this worker's device; wrap in DistributedDataParallel when training on several workers.
+
+        Workers on one machine's CPU average their gradients through shared memory (:mod:`shm_allreduce`);
+        otherwise DDP's own all-reduce (gloo, or nccl on GPUs) does it.
+        """
         if self.core.mode == "ray" and self.world_size > 1 and ddp:
             from ray.train.torch import prepare_model
 
-            return prepare_model(model, parallel_strategy="ddp",
-                                 parallel_strategy_kwargs={"gradient_as_bucket_view": True})
+            from rlhfctl.training import shm_allreduce
+
+            wrapped = prepare_model(model, parallel_strategy="ddp",
+                                    parallel_strategy_kwargs={"gradient_as_bucket_view": True})
+            shm_allreduce.attach(wrapped)
+            return wrapped
         return model.to(self.device)
 
     def autocast(self):
