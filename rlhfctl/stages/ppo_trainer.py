@@ -121,8 +121,6 @@ class PPOTrainer:
 
     def _update(self, rollout, advantages, returns, step: int) -> dict[str, float]:
         """``ppo_epochs`` passes over the rollouts in ``num_mini_batches`` clipped updates; returns mean stats."""
-        import contextlib
-
         import torch
 
         from rlhfctl.stages import ppo_math as pm
@@ -142,12 +140,8 @@ class PPOTrainer:
                 nonfinite = False
                 for chunk_number, idx in enumerate(micro_chunks):
                     mask = rollout.response_mask[idx]
-                    last = chunk_number == len(micro_chunks) - 1
-                    with contextlib.ExitStack() as no_sync:
-                        if not last:  # gradients are all-reduced once per mini-batch, on its last micro-batch
-                            for model in (self.policy, self.value_model):
-                                if hasattr(model, "no_sync"):
-                                    no_sync.enter_context(model.no_sync())
+                    last = chunk_number == len(micro_chunks) - 1  # all-reduce once per mini-batch, on its last
+                    with ctx.gradient_sync(self.policy, self.value_model, sync=last):
                         with ctx.autocast():
                             logprobs, entropy = policy_logprobs(
                                 self.policy, rollout.query_responses[idx], rollout.attention_mask[idx],

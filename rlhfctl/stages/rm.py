@@ -181,14 +181,16 @@ def train_loop(loop_config: dict) -> dict[str, float]:
             step_rows = [row for batches in batches_by_rank for row in batches[micro_index]]
             share = balanced_shares(step_rows, cost_lengths, ctx.world_size)[ctx.rank]
             batch = collate([train_pairs[i] for i in share], tokenizer.pad_token_id, ctx.device)
-            with ctx.autocast():
-                chosen, rejected = score_pairs(scorer, batch)
-            stats = pairwise_loss(chosen.float(), rejected.float(), batch["margin"],
-                                  training.center_rewards_coefficient)
-            ctx.backward(stats.loss * (len(share) * ctx.world_size / len(step_rows)))
-            window.append((stats.metrics(), len(share)))
             last_of_epoch = micro_index + 1 == micro_per_epoch
-            if (micro_index + 1) % accumulation and not last_of_epoch:
+            steps_now = last_of_epoch or (micro_index + 1) % accumulation == 0
+            with ctx.gradient_sync(scorer, sync=steps_now):  # all-reduce once per optimizer step
+                with ctx.autocast():
+                    chosen, rejected = score_pairs(scorer, batch)
+                stats = pairwise_loss(chosen.float(), rejected.float(), batch["margin"],
+                                      training.center_rewards_coefficient)
+                ctx.backward(stats.loss * (len(share) * ctx.world_size / len(step_rows)))
+            window.append((stats.metrics(), len(share)))
+            if not steps_now:
                 continue
             grad_norm = ctx.step(optimizer, scheduler, scorer)
             state.step += 1

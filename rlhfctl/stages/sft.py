@@ -209,17 +209,13 @@ def _epoch_batches(ctx, lengths: list[int], epoch: int, batch_size: int, micro_b
 def _accumulate_gradients(ctx, model, group, examples, pad_token_id) -> tuple[float, float]:
     """Forward/backward over the micro-batches of one accumulation ``group`` (gradients all-reduced once, on
     the last). Each micro-batch contributes its mean per-token NLL; returns (summed NLL, scored tokens)."""
-    import contextlib
-
     from rlhfctl.stages.sft_math import collate, masked_token_nll, mean_token_loss
 
     loss_sum, token_count = 0.0, 0
     for index, batch_indices in enumerate(group):
         batch = collate([examples[i] for i in batch_indices], pad_token_id)
         batch = {key: value.to(ctx.device) for key, value in batch.items()}
-        last = index == len(group) - 1
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
+        with ctx.gradient_sync(model, sync=index == len(group) - 1):
             with ctx.autocast():
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                use_cache=False).logits  # no KV cache to build: nothing is generated

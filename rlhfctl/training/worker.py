@@ -8,7 +8,8 @@ def train_loop(loop_config: dict) -> dict:
     scheduler = build_scheduler(optimizer, ctx.config.training, ctx.total_steps)
     state = TrainState(models={"model": model}, optimizers={"model": optimizer}, schedulers={"model": scheduler})
     ctx.restore(state)                               # in place; state.step/epoch/batch_in_epoch updated
-    ... for each batch: with ctx.autocast(): loss = ...; ctx.backward(loss); ctx.step(optimizer, scheduler, model)
+    ... for each micro-batch: with ctx.gradient_sync(model, sync=last_of_group), ctx.autocast(): loss = ...
+                              ctx.backward(loss); after a group's last: ctx.step(optimizer, scheduler, model)
         ctx.log(step, ctx.all_reduce_mean({...}), epoch=epoch)
         if ctx.checkpoint_due(step): ctx.save(state)
     ctx.export(model, tokenizer, extra_files={...})
@@ -132,6 +133,16 @@ class WorkerContext:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------------------------------- optimisation
+
+    def gradient_sync(self, *models, sync: bool):
+        """Around one micro-batch's forward and backward: with ``sync=False`` the models' DDP gradient all-reduce
+        is skipped, so gradients accumulate locally until the accumulation group's last micro-batch."""
+        stack = contextlib.ExitStack()
+        if not sync:
+            for model in models:
+                if hasattr(model, "no_sync"):
+                    stack.enter_context(model.no_sync())
+        return stack
 
     def backward(self, loss) -> None:
         """``loss.backward()`` scaled for gradient accumulation (and fp16 loss scaling on GPU)."""

@@ -115,3 +115,32 @@ def test_local_checkpoints_keep_the_latest_two(tmp_path):
     names = sorted(path.name for path in (tmp_path / "out" / "rm_run").iterdir())
     assert names == [checkpoint_name(2), checkpoint_name(3)]
     channel.close()
+
+
+def test_gradient_sync_skips_the_all_reduce_only_when_asked(tmp_path):
+    channel = LocalChannel()
+    ctx = setup_worker(_loop_config(tmp_path, channel))
+    entered: list[str] = []
+
+    class Wrapped(torch.nn.Linear):  # stands in for a DistributedDataParallel model
+        def __init__(self, name):
+            super().__init__(1, 1)
+            self.name = name
+
+        def no_sync(self):
+            import contextlib
+
+            @contextlib.contextmanager
+            def recording():
+                entered.append(self.name)
+                yield
+
+            return recording()
+
+    policy, value, bare = Wrapped("policy"), Wrapped("value"), torch.nn.Linear(1, 1)
+    with ctx.gradient_sync(policy, value, bare, sync=True):
+        pass
+    assert entered == []
+    with ctx.gradient_sync(policy, value, bare, sync=False):
+        assert entered == ["policy", "value"]  # the plain model has nothing to skip
+    channel.close()
