@@ -124,8 +124,13 @@ def rlhfctl_env() -> dict[str, str]:
 
 
 def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *, items_per_step: int,
-                      timeout_s: float = 1800) -> ToolRun:
-    """Write ``config`` as TOML, run ``rlhfctl STAGE train CONFIG --quiet``, measure it, read its metrics."""
+                      timeout_s: float = 1800, pss_interval_s: float = 0.2) -> ToolRun:
+    """Write ``config`` as TOML, run ``rlhfctl STAGE train CONFIG --quiet``, measure it, read its metrics.
+
+    ``pss_interval_s``: how often the process tree's PSS is sampled. One sample of a Ray run (~14 processes)
+    costs ~57 ms of CPU, so a run that reports no memory figure samples rarely: at 0.2 s the sampler takes
+    ~20 % of a core, which on 2 cores comes out of the workers' time when they use both.
+    """
     run_dir = ctx.run_dir(label)
     config = json.loads(json.dumps(config, default=str))
     config.setdefault("general", {})
@@ -134,7 +139,8 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
     config_path = write_toml(run_dir / f"{stage}.toml", config)
     command = rlhfctl_command(stage, "train", str(config_path), "--quiet")
     measured = run_measured(command, env=rlhfctl_env(), cwd=REPO_ROOT, timeout_s=timeout_s,
-                            log_file=run_dir / "log.txt", watch_metrics=run_dir / "output" / "metrics.jsonl")
+                            log_file=run_dir / "log.txt", watch_metrics=run_dir / "output" / "metrics.jsonl",
+                            sample_interval_s=pss_interval_s)
     run = ToolRun("rlhfctl", label, measured)
     if not measured.ok:
         run.error = _failure_reason(measured)
