@@ -166,6 +166,12 @@ class TrainingCommon(_Section):
     max_failures: NonNegativeInt = Field(
         1, description="Times Ray Train restarts the worker group from the latest checkpoint after a failure."
     )
+    resource_wait_minutes: float = Field(
+        10.0, ge=0, description="How long starting (or restarting) the workers may wait for their resources, e.g. "
+        "for an autoscaler to replace a lost node, before the run stops with an error (continue it later with "
+        "--resume). Counted in Ray Train's start attempts of RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s) each, "
+        "at least one."
+    )
 
     @field_validator("lr_scheduler")
     @classmethod

@@ -9,7 +9,8 @@ summary = run_training(job, resume="auto", progress=sink)     # RunSummary
 Modes: several workers (or any ``general.ray_address``) run on Ray Train (V2) as ``TorchTrainer`` does —
 ``DataParallelTrainer`` with a torch process-group backend (:mod:`rlhfctl.training.torch_backend`, which keeps
 ``import torch`` out of the driver and Ray Train's controller) and without helper actors a run never uses
-(:mod:`rlhfctl.training.ray_trainer`): gloo on CPU, nccl on GPU, ``FailureConfig(max_failures)``, checkpoints reported to ``RunConfig(storage_path=output_dir,
+(:mod:`rlhfctl.training.ray_trainer`): gloo on CPU, nccl on GPU, ``FailureConfig(max_failures)`` with worker-group
+starts bounded by ``training.resource_wait_minutes``, checkpoints reported to ``RunConfig(storage_path=output_dir,
 name=<stage>_run)``. One worker with no cluster address runs the loop in this process (what Ray Train's local
 mode, ``ScalingConfig(num_workers=0)``, does too) without paying for Ray's start-up; checkpoints and resume work
 the same, only worker-restart fault tolerance needs the Ray path.
@@ -342,7 +343,7 @@ def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, 
 
 
 def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:
-    from rlhfctl.training.ray_cluster import ResourceRequest, check_fits, ray_session
+    from rlhfctl.training.ray_cluster import ResourceRequest, check_fits, ray_session, worker_start_retries
 
     training = job.config.training
     request = ResourceRequest(training.num_training_workers, dict(training.resources_per_worker))
@@ -370,7 +371,9 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
                                              {"GPU": training.gpus_per_worker} if training.use_gpu else {})),
             run_config=RunConfig(
                 name=job.run_name, storage_path=str(job.output_dir),
-                failure_config=FailureConfig(max_failures=training.max_failures),
+                failure_config=FailureConfig(
+                    max_failures=training.max_failures,
+                    controller_failure_limit=worker_start_retries(training.resource_wait_minutes)),
                 checkpoint_config=CheckpointConfig(num_to_keep=core.num_to_keep),
             ),
         )
@@ -383,7 +386,8 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
             user_error = _user_error_inside(exc)
             if user_error is not None:
                 raise user_error from None
-            raise _failure_message(job, _describe_ray_failure(exc), config_path) from exc
+            raise _failure_message(job, _describe_ray_failure(exc, request, training.resource_wait_minutes),
+                                   config_path) from exc
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous_sigint)  # fit() leaves its handler installed
@@ -404,7 +408,13 @@ def _user_error_inside(exc: BaseException) -> RlhfctlError | None:
     return None
 
 
-def _describe_ray_failure(exc: BaseException) -> str:
+def _describe_ray_failure(exc: BaseException, request, wait_minutes: float) -> str:
+    controller_failure = getattr(exc, "controller_failure", None)
+    if type(controller_failure).__name__ == "WorkerGroupStartupTimeoutError":
+        return (f"Ray could not start the {request.describe()} within training.resource_wait_minutes = "
+                f"{wait_minutes:g}: the cluster does not have those resources free (a node lost and not "
+                "replaced, or taken by other jobs). Add capacity, or ask for fewer workers or resources, then "
+                "continue from the latest checkpoint")
     failures = getattr(exc, "worker_failures", None)
     if failures:
         parts = []

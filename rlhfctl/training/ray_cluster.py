@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,11 @@ OBJECT_STORE_BYTES = 128 * 1024**2
 # ray.train.report waits for that tick. We report only at checkpoints, but 0.5 s still cuts each checkpoint's
 # wait without making the controller busy. A value set by the user is kept.
 HEALTH_CHECK_INTERVAL_S = "0.5"
+
+
+# Ray Train's controller gives each start of the worker group this long to get its resources, then retries.
+WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+DEFAULT_WORKER_START_TIMEOUT_S = 60.0  # Ray Train's own default
 
 
 EMBEDDED_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -34,6 +40,20 @@ class ResourceRequest:
     def describe(self) -> str:
         each = ", ".join(f"{amount:g} {name}" for name, amount in sorted(self.per_worker.items()))
         return f"{self.workers} worker{'s' if self.workers != 1 else ''} x {{{each}}}"
+
+
+def worker_start_retries(wait_minutes: float) -> int:
+    """Ray Train's ``controller_failure_limit`` for ``training.resource_wait_minutes``: the retries of a timed-out
+    worker-group start that fit in that time (each attempt waits ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``), so
+    the run stops with an error instead of waiting forever for resources that never come (Ray's default: -1)."""
+    try:
+        timeout_s = float(os.environ.get(WORKER_START_TIMEOUT_ENV, DEFAULT_WORKER_START_TIMEOUT_S))
+    except ValueError:
+        timeout_s = DEFAULT_WORKER_START_TIMEOUT_S
+    if timeout_s <= 0:
+        timeout_s = DEFAULT_WORKER_START_TIMEOUT_S
+    attempts = max(1, math.ceil(wait_minutes * 60 / timeout_s - 1e-9))
+    return attempts - 1
 
 
 def _prepare_environment() -> None:

@@ -1,11 +1,13 @@
 """Run by test_faults.py in a subprocess: a real multi-node Ray cluster on this machine, an ``rm train`` across it,
 and a node lost mid-run.
 
-Usage: ``python multinode_driver.py CONFIG.toml RESULT.json``. The config's ``general.ray_address`` is replaced by
-the new cluster's address. The cluster: a head with no CPUs (it hosts only Ray Train's controller and the progress
-actor) and two 1-CPU nodes, so the 2 workers must sit on different nodes. After the first checkpoint one worker
-node is removed (its raylet and worker die, as when a machine is lost) and a replacement node joins, as an
-autoscaler would provide; Ray Train restarts the worker group from the latest checkpoint.
+Usage: ``python multinode_driver.py CONFIG.toml RESULT.json [replace|no-replacement]``. The config's
+``general.ray_address`` is replaced by the new cluster's address. The cluster: a head with no CPUs (it hosts only
+Ray Train's controller and the progress actor) and two 1-CPU nodes, so the 2 workers must sit on different nodes.
+After the first checkpoint one worker node is removed (its raylet and worker die, as when a machine is lost) and,
+with ``replace`` (the default), a replacement node joins, as an autoscaler would provide; Ray Train restarts the
+worker group from the latest checkpoint. With ``no-replacement`` nothing joins: the run must stop with an error
+once ``training.resource_wait_minutes`` is spent.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _worker_nodes(nodes: dict) -> dict[str, int]:
     return counts
 
 
-def main(config_path: str, result_path: str) -> None:
+def main(config_path: str, result_path: str, mode: str = "replace") -> None:
     from ray.cluster_utils import Cluster
 
     from rlhfctl.config import load_config
@@ -68,8 +70,11 @@ def main(config_path: str, result_path: str) -> None:
         report["workers_per_node_before"] = _worker_nodes(nodes)
         note(f"first checkpoint; workers per node {report['workers_per_node_before']}; removing node b")
         cluster.remove_node(nodes.pop("b"))
-        nodes["c"] = cluster.add_node(num_cpus=1)
-        note("node b removed, replacement node c added")
+        if mode == "replace":
+            nodes["c"] = cluster.add_node(num_cpus=1)
+            note("node b removed, replacement node c added")
+        else:
+            note("node b removed, nothing replaces it")
         while trainer.is_alive():
             counts = _worker_nodes(nodes)
             if sum(counts.values()) == 2 and "workers_per_node_after" not in report:
@@ -84,4 +89,4 @@ def main(config_path: str, result_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -263,12 +263,38 @@ def test_two_nodes_one_lost_mid_run_recovers_to_the_same_result(reference, tiny_
     the run restarts from the checkpoint and ends exactly like the single-node reference."""
     _, reference_summary = reference
     run = make_run(tmp_path, tiny_model_dir, max_failures=2)
+    report = _run_on_two_nodes(run, tmp_path, "replace")
+    assert "error" not in report, report
+    assert report["workers_per_node_before"] == {"a": 1, "b": 1}
+    assert report["workers_per_node_after"] == {"a": 1, "c": 1}
+    assert report["steps"] == reference_summary.steps
+    assert report["final_metrics"] == reference_summary.final_metrics
+    assert train_steps(run.output_dir) == list(range(1, 17))
+
+
+def test_a_lost_node_that_nothing_replaces_stops_the_run_after_the_wait(tiny_model_dir, tmp_path):
+    """As above, but no node joins: instead of waiting forever (Ray Train's default), the run stops once
+    training.resource_wait_minutes is spent (here 6 s in 2-s start attempts) and names what it could not get."""
+    run = make_run(tmp_path, tiny_model_dir, max_failures=2, resource_wait_minutes=0.1)
+    report = _run_on_two_nodes(run, tmp_path, "no-replacement", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="2")
+    assert report["workers_per_node_before"] == {"a": 1, "b": 1}
+    error = report.get("error", "")
+    assert error.startswith("RuntimeFailure: rm training failed: Ray could not start the 2 workers x {1 CPU} within "
+                            "training.resource_wait_minutes = 0.1"), report
+    assert "The latest complete checkpoint is" in error
+    seconds = {what: float(when) for when, what in (event.split(" s  ", 1) for event in report["events"])}
+    waited = seconds["training failed"] - seconds["node b removed, nothing replaces it"]
+    assert waited < 90, report  # the wait, one failed restart and Ray's teardown; never the open-ended default
+
+
+def _run_on_two_nodes(run: Run, tmp_path: Path, mode: str, **env: str) -> dict:
+    """``multinode_driver.py`` in a subprocess (one Ray per process); returns its report, after a hang too."""
     result_path = tmp_path / "multinode.json"
     log_path = tmp_path / "multinode.log"
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("multinode_driver.py")), str(run.config), str(result_path)],
-            cwd=REPO_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, str(Path(__file__).with_name("multinode_driver.py")), str(run.config), str(result_path),
+             mode], cwd=REPO_ROOT, env=subprocess_env(**env), stdout=log, stderr=subprocess.STDOUT)
     tree: dict = {}
     try:
         deadline = time.monotonic() + 240
@@ -287,9 +313,4 @@ def test_two_nodes_one_lost_mid_run_recovers_to_the_same_result(reference, tiny_
     assert not timed_out, f"hung:\n{result_path.read_text(encoding='utf-8')}\n{output[-3000:]}"
     report = json.loads(result_path.read_text(encoding="utf-8"))
     print("\n".join(report["events"]))
-    assert "error" not in report, report
-    assert report["workers_per_node_before"] == {"a": 1, "b": 1}
-    assert report["workers_per_node_after"] == {"a": 1, "c": 1}
-    assert report["steps"] == reference_summary.steps
-    assert report["final_metrics"] == reference_summary.final_metrics
-    assert train_steps(run.output_dir) == list(range(1, 17))
+    return report
