@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from rlhfctl.config.schema import PPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import ConfigError, ConfigIssue, DataError
-from rlhfctl.stages.ppo_trainer import PPOTrainer, unwrap_model
+from rlhfctl.stages.ppo_trainer import PPOTrainer
+from rlhfctl.training.checkpoint import unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from rlhfctl.progress.events import ProgressSink

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from rlhfctl.errors import RuntimeFailure
+from rlhfctl.training.checkpoint import unwrap_model
 
 VALUE_MODEL_DIR = "value_model"
 SAMPLES_PER_LOG = 4
@@ -226,11 +227,6 @@ class PPOTrainer:
             from rlhfctl.training.export import export_hf
 
             export_hf(unwrap_model(self.value_model).model, self.models.tokenizer, Path(exported) / VALUE_MODEL_DIR)
-
-
-def unwrap_model(model):
-    """The bare module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
-    return getattr(model, "module", model)
 
 
 def nonfinite_loss_error(step: int) -> RuntimeFailure:

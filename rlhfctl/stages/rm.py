@@ -27,6 +27,7 @@ from rlhfctl.training.batching import (
     micro_batches_per_epoch,
     steps_per_epoch,
 )
+from rlhfctl.training.checkpoint import unwrap_model
 from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan, run_training
 
 STAGE = "rm"
@@ -118,7 +119,7 @@ def collate_for(scorer):
     model supports them, else :func:`collate_pairs`. Both give the same rewards."""
     from rlhfctl.stages.rm_packing import collate_packed_pairs
 
-    return collate_packed_pairs if getattr(scorer, "module", scorer).packs_pairs else collate_pairs
+    return collate_packed_pairs if unwrap_model(scorer).packs_pairs else collate_pairs
 
 
 def score_pairs(scorer, batch: dict[str, Any]):
@@ -215,7 +216,7 @@ def train_loop(loop_config: dict) -> dict[str, float]:
                     "count": int(validation_metrics["pairs"] * 2),
                     "source": "validation" if validation_pairs else "train",
                     "max_length": config.dataset.max_length}
-    ctx.export(getattr(scorer, "module", scorer).model, tokenizer, extra_files={REWARD_STATS_FILE: reward_stats})
+    ctx.export(unwrap_model(scorer).model, tokenizer, extra_files={REWARD_STATS_FILE: reward_stats})
     final = {f"validation_{key}": value for key, value in validation_metrics.items()}
     final.update({f"train_{key}": value for key, value in train_metrics.items()})
     final["steps"] = float(state.step)
@@ -244,7 +245,7 @@ def evaluate(ctx, scorer, pairs: list[TokenizedPair], pad_token_id: int, batch_s
     """Exact metrics over all ``pairs``: each rank scores its own rows, then the sums are all-reduced."""
     from rlhfctl.stages.rm_math import metrics_from_sums, pair_sums
 
-    rewards = score_all(getattr(scorer, "module", scorer), pairs[ctx.rank::ctx.world_size], pad_token_id,
+    rewards = score_all(unwrap_model(scorer), pairs[ctx.rank::ctx.world_size], pad_token_id,
                         batch_size, ctx.device)
     return metrics_from_sums(ctx.all_reduce_sum(pair_sums(rewards)))
 

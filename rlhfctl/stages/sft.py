@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 from rlhfctl.config.schema import SFTConfig
 from rlhfctl.data.loading import load_training_data
 from rlhfctl.errors import DataError
+from rlhfctl.training.checkpoint import unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
     from rlhfctl.progress.events import ProgressSink
@@ -120,7 +121,7 @@ def train_loop(loop_config: dict) -> dict:
     model = ctx.prepare_model(model)
     optimizer = build_optimizer(model, training)
     scheduler = build_scheduler(optimizer, training, ctx.total_steps)
-    state = TrainState(models={"model": _unwrap(model)}, optimizers={"model": optimizer},
+    state = TrainState(models={"model": unwrap_model(model)}, optimizers={"model": optimizer},
                        schedulers={"model": scheduler})
     ctx.restore(state)
     start_epoch, start_batch = state.epoch, state.batch_in_epoch
@@ -164,7 +165,7 @@ def train_loop(loop_config: dict) -> dict:
         validation = validate()
 
     # -- export: the Hugging Face folder PPO's general.model_pretrain points at
-    ctx.export(_unwrap(model), tokenizer)
+    ctx.export(unwrap_model(model), tokenizer)
     final = {f"train_{key}": value for key, value in train_metrics.items() if key != "grad_norm"}
     final.update({f"validation_{key}": value for key, value in validation.items()})
     if "initial_validation_loss" in state.extra:
@@ -179,10 +180,6 @@ def _build_model_and_tokenizer(config: SFTConfig, device):
     tokenizer = load_tokenizer(general.base_model, trust_remote_code=general.trust_remote_code)
     model = load_model("AutoModelForCausalLM", general.base_model, trust_remote_code=general.trust_remote_code)
     return model.to(device), tokenizer
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)
 
 
 def _tokenize(rows: list[dict], tokenizer, config: SFTConfig) -> list:
@@ -240,7 +237,7 @@ def _validation_metrics(ctx, model, examples, pad_token_id, batch_size) -> dict[
             batch = collate([examples[i] for i in my_rows[start:start + batch_size]], pad_token_id)
             batch = {key: value.to(ctx.device) for key, value in batch.items()}
             with ctx.autocast():
-                logits = _unwrap(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                logits = unwrap_model(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                         use_cache=False).logits
             token_loss = masked_token_nll(logits, batch["labels"])
             loss_sum += token_loss.nll_sum.item()

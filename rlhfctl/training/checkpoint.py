@@ -150,7 +150,7 @@ def write_checkpoint(
     manifest: dict[str, int] = {}
     for name, model in state.models.items():
         file_name = f"model.{name}.safetensors"
-        save_model(_unwrap(model), str(folder / file_name))
+        save_model(unwrap_model(model), str(folder / file_name))
         manifest[file_name] = (folder / file_name).stat().st_size
     optimizer_rest: dict[str, Any] = {}
     for name, optimizer in state.optimizers.items():
@@ -227,7 +227,7 @@ def read_checkpoint(folder: Path, into: TrainState | None = None, *, rank: int =
         if into is None:
             state.models[name] = load_file(path)
         elif name in into.models:
-            load_model(_unwrap(into.models[name]), path, strict=True)
+            load_model(unwrap_model(into.models[name]), path, strict=True)
     for name, rest in document.get("optimizers", {}).items():
         full = _join_optimizer_state(load_file(str(folder / f"optim.{name}.safetensors")), rest)
         if into is None:
@@ -245,6 +245,6 @@ def read_checkpoint(folder: Path, into: TrainState | None = None, *, rank: int =
     return state
 
 
-def _unwrap(model):
-    """The plain module inside a DistributedDataParallel (or similar) wrapper."""
+def unwrap_model(model):
+    """The plain module inside a DistributedDataParallel (or similar) wrapper (the model itself otherwise)."""
     return getattr(model, "module", model)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.fileio import atomic_directory
+from rlhfctl.training.checkpoint import unwrap_model
 
 
 def export_hf(model, tokenizer, target: Path, *, extra_files: dict[str, Any] | None = None) -> Path:
@@ -14,7 +15,7 @@ def export_hf(model, tokenizer, target: Path, *, extra_files: dict[str, Any] | N
 
     The folder is assembled beside ``target`` and renamed into place, so a reader never sees half an export.
     """
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    model = unwrap_model(model)
     if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     with atomic_directory(Path(target), force=True) as tmp:
