@@ -1,6 +1,6 @@
 """Shared glue of the ``<stage> train`` commands: load the config, dry-run or run the stage, render the result.
 
-Every stage module (``rlhfctl.stages.<stage>``) provides ``plan(config) -> TrainingPlan`` and
+Every stage module (``rlhfctl.recipes.<stage>``) provides ``plan(config) -> TrainingPlan`` and
 ``run(config, *, resume, force, progress, config_path) -> RunSummary``; this module never imports torch or Ray
 itself (the stage does, when it runs).
 
@@ -79,7 +79,7 @@ def run_train_command(stage: str, config_path: Path, overrides: list[str] | None
     if config.stage != stage:
         raise UserError(f"{config_path} configures the {config.stage} stage, not {stage}",
                         hint=f"Run `rlhfctl {config.stage} train {config_path}` instead.")
-    stage_module = importlib.import_module(f"rlhfctl.stages.{stage}")
+    stage_module = importlib.import_module(f"rlhfctl.recipes.{stage}")
     console = console or _stdout()
     if dry_run:
         render_plan(stage_module.plan(config), console)

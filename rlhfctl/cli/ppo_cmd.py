@@ -46,7 +46,7 @@ def sample(
 ) -> None:
     """Generate (and score) responses, one JSON object per line; the mean score goes to stderr."""
     from rlhfctl.data.loading import load_rows
-    from rlhfctl.stages.ppo_rollout import sample_responses
+    from rlhfctl.models.sampling import sample_responses
 
     if temperature <= 0:
         raise UserError(f"--temperature must be > 0, got {temperature}")

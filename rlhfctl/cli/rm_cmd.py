@@ -47,7 +47,7 @@ def eval_command(
     batch_size: BatchSizeOption = 16,
 ) -> None:
     """Accuracy, margin, loss and reward statistics of a reward model on preference data."""
-    from rlhfctl.stages.rm_eval import evaluate_file, load_checkpoint
+    from rlhfctl.models.reward_model import evaluate_file, load_checkpoint
 
     if not data.exists():
         raise UserError(f"data file not found: {data}")
@@ -77,7 +77,7 @@ def score(
     batch_size: BatchSizeOption = 16,
 ) -> None:
     """Reward of each text or row (one JSON object per row on stdout; a bare number for --text)."""
-    from rlhfctl.stages.rm_eval import load_checkpoint, read_score_rows, score_texts
+    from rlhfctl.models.reward_model import load_checkpoint, read_score_rows, score_texts
 
     if (file is None) == (text is None):
         raise UserError("give exactly one of --text TEXT or FILE")

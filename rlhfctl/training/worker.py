@@ -369,15 +369,6 @@ def setup_worker(loop_config: dict[str, Any]) -> WorkerContext:
                          core=core, _sender=sender, _grad_scaler=grad_scaler)
 
 
-def disable_dropout(model) -> None:
-    """Set every dropout probability to 0 (RL stages and reward models train deterministically)."""
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-
-
 # ----------------------------------------------------------------------------------------------- optimizer
 
 

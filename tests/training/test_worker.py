@@ -9,7 +9,7 @@ from rlhfctl.config.schema import RMConfig
 from rlhfctl.progress.events import CheckpointSaved, RunStarted, StepEvent
 from rlhfctl.training.checkpoint import TrainState, checkpoint_name, latest_checkpoint
 from rlhfctl.training.progress_actor import LocalChannel
-from rlhfctl.training.worker import CoreSettings, build_optimizer, build_scheduler, disable_dropout, setup_worker
+from rlhfctl.training.worker import CoreSettings, build_optimizer, build_scheduler, setup_worker
 
 
 def _config(tmp_path, **training) -> RMConfig:
@@ -64,12 +64,6 @@ def test_scheduler_warms_up_then_decays(tmp_path):
         scheduler.step()
     assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])  # 2 warmup steps
     assert lrs[3] == pytest.approx(7 / 8) and lrs[-1] == pytest.approx(1 / 8)
-
-
-def test_disable_dropout():
-    model = _Tiny()
-    disable_dropout(model)
-    assert model.dropout.p == 0.0
 
 
 def test_local_context_logs_saves_and_restores(tmp_path):
