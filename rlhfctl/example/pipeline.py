@@ -256,27 +256,16 @@ def _load_stage_config(path: Path, stage: str, overrides: list[str]):
 
 
 def _train_stage(stage: str, config, sink):
-    if stage == "sft":
-        from rlhfctl.stages import sft as module
-    elif stage == "rm":
-        from rlhfctl.stages import rm as module
-    else:
-        from rlhfctl.stages import ppo as module
-    return module.run(config, force=True, progress=sink)
+    from rlhfctl.recipes.registry import load_recipe
+
+    return load_recipe(stage).run(config, force=True, progress=sink)
 
 
 def stage_headline(stage: str, metrics: Mapping[str, float]) -> str:
-    """The one figure that shows a stage learned (printed after each stage)."""
-    def value(key: str) -> str:
-        return f"{metrics[key]:.3f}" if key in metrics else "?"
+    """The one figure that shows a stage learned (printed after each stage): the recipe's ``headline``."""
+    from rlhfctl.recipes.registry import load_recipe
 
-    if stage == "sft":
-        return (f"held-out response loss {value('validation_initial_loss')} -> {value('validation_loss')} "
-                f"(perplexity {value('validation_perplexity')})")
-    if stage == "rm":
-        return f"held-out accuracy {value('validation_accuracy')}, margin {value('validation_margin')}"
-    return (f"held-out mean score {value('validation_initial_score_mean')} -> {value('validation_score_mean')}, "
-            f"KL to the SFT policy {value('validation_kl_k1')}")
+    return load_recipe(stage).headline(metrics)
 
 
 def _stage_line(console: Console, stage: str, summary) -> None:

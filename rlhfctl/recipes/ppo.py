@@ -37,17 +37,21 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from rlhfctl.config.schema import PPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import ConfigError, ConfigIssue, DataError
 from rlhfctl.recipes.ppo_trainer import PPOModels, PPOTrainer
+from rlhfctl.recipes.registry import figure
 from rlhfctl.runfiles import REWARD_STATS_FILE
 from rlhfctl.training.checkpoint import unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rlhfctl.progress.events import ProgressSink
+    from typing_extensions import Unpack
+
+    from rlhfctl.recipes.registry import RunOptions
     from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
 
 STAGE = "ppo"
@@ -203,15 +207,7 @@ def plan(config: PPOConfig) -> "TrainingPlan":
     return build_job(prepare(config)).plan()
 
 
-def run(
-    config: PPOConfig,
-    *,
-    resume: bool | Literal["auto"] = False,
-    force: bool = False,
-    progress: "ProgressSink | None" = None,
-    config_path: str | None = None,
-    fault_injection: dict | None = None,
-) -> "RunSummary":
+def run(config: PPOConfig, **options: Unpack[RunOptions]) -> RunSummary:
     """Train and export; returns the core's run summary (final metrics, history, paths, wall time)."""
     import logging
 
@@ -220,8 +216,14 @@ def run(
     ppo_plan = prepare(config)
     for message in ppo_plan.warnings:
         logging.getLogger("rlhfctl.ppo").warning("WARNING: %s", message)
-    return run_training(build_job(ppo_plan), resume=resume, force=force, progress=progress,
-                        config_path=config_path, fault_injection=fault_injection)
+    return run_training(build_job(ppo_plan), **options)
+
+
+def headline(final_metrics: Mapping[str, float]) -> str:
+    """The held-out reward score before and after, and the KL to the SFT policy (printed after the stage)."""
+    return (f"held-out mean score {figure(final_metrics, 'validation_initial_score_mean')} -> "
+            f"{figure(final_metrics, 'validation_score_mean')}, "
+            f"KL to the SFT policy {figure(final_metrics, 'validation_kl_k1')}")
 
 
 # ----------------------------------------------------------------------------------------------- worker side

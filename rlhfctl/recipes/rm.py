@@ -16,9 +16,12 @@ the **left of the prompt**, so the response end, where the reward is read, is al
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from rlhfctl.config.schema import RMConfig
 from rlhfctl.errors import DataError
-from rlhfctl.progress.events import ProgressSink
+from rlhfctl.recipes.registry import figure
 from rlhfctl.training.batching import (
     balanced_shares,
     length_bucketed_batches,
@@ -28,6 +31,11 @@ from rlhfctl.training.batching import (
 from rlhfctl.runfiles import REWARD_STATS_FILE
 from rlhfctl.training.checkpoint import unwrap_model
 from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan, run_training
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Unpack
+
+    from rlhfctl.recipes.registry import RunOptions
 
 STAGE = "rm"
 
@@ -58,13 +66,19 @@ def build_job(config: RMConfig) -> TrainingJob:
 
 
 def plan(config: RMConfig) -> TrainingPlan:
+    """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
     return build_job(config).plan()
 
 
-def run(config: RMConfig, *, resume: bool | str = False, force: bool = False, progress: ProgressSink | None = None,
-        config_path: str | None = None, fault_injection: dict | None = None) -> RunSummary:
-    return run_training(build_job(config), resume=resume, force=force, progress=progress, config_path=config_path,
-                        fault_injection=fault_injection)
+def run(config: RMConfig, **options: Unpack[RunOptions]) -> RunSummary:
+    """Train, validate and export (with ``reward_stats.json``); returns the core's run summary."""
+    return run_training(build_job(config), **options)
+
+
+def headline(final_metrics: Mapping[str, float]) -> str:
+    """Held-out accuracy and margin (printed after the stage, e.g. by the example)."""
+    return (f"held-out accuracy {figure(final_metrics, 'validation_accuracy')}, "
+            f"margin {figure(final_metrics, 'validation_margin')}")
 
 
 # ----------------------------------------------------------------------------------------------- worker

@@ -22,15 +22,19 @@ prompt), resume from the latest checkpoint (same final metrics as an uninterrupt
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from rlhfctl.config.schema import SFTConfig
 from rlhfctl.data.loading import load_training_data
 from rlhfctl.errors import DataError
+from rlhfctl.recipes.registry import figure
 from rlhfctl.training.checkpoint import unwrap_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rlhfctl.progress.events import ProgressSink
+    from typing_extensions import Unpack
+
+    from rlhfctl.recipes.registry import RunOptions
     from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
 
 STAGE = "sft"
@@ -80,23 +84,18 @@ def plan(config: SFTConfig) -> "TrainingPlan":
     return build_job(config).plan()
 
 
-def run(
-    config: SFTConfig,
-    *,
-    resume: bool | Literal["auto"] = False,
-    force: bool = False,
-    progress: "ProgressSink | None" = None,
-    config_path: str | None = None,
-    fault_injection: dict | None = None,
-) -> "RunSummary":
-    """Train, validate and export; returns the core's run summary (final metrics, history, paths, wall time).
-
-    ``fault_injection`` is the core's test hook (a worker dies or raises after a given checkpoint).
-    """
+def run(config: SFTConfig, **options: Unpack[RunOptions]) -> RunSummary:
+    """Train, validate and export; returns the core's run summary (final metrics, history, paths, wall time)."""
     from rlhfctl.training.launch import run_training
 
-    return run_training(build_job(config), resume=resume, force=force, progress=progress, config_path=config_path,
-                        fault_injection=fault_injection)
+    return run_training(build_job(config), **options)
+
+
+def headline(final_metrics: Mapping[str, float]) -> str:
+    """The held-out response loss before and after training (printed after the stage, e.g. by the example)."""
+    return (f"held-out response loss {figure(final_metrics, 'validation_initial_loss')} -> "
+            f"{figure(final_metrics, 'validation_loss')} "
+            f"(perplexity {figure(final_metrics, 'validation_perplexity')})")
 
 
 # ----------------------------------------------------------------------------------------------- worker side
