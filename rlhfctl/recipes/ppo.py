@@ -35,9 +35,9 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from rlhfctl.config.schema import PPOConfig
@@ -53,8 +53,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from rlhfctl.recipes.registry import RunOptions
     from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
+    from rlhfctl.training.worker import LoopConfig, WorkerContext
 
 STAGE = "ppo"
+
+
+@dataclass(frozen=True)
+class RewardStats:
+    """The reward model's score mean and std (its export's ``reward_stats.json``), for score normalisation."""
+
+    mean: float
+    std: float  # > 0
+
+
+@dataclass(frozen=True)
+class PPOPayload:
+    """What the driver hands every PPO worker besides the config."""
+
+    train_rows: list[dict]  # {"prompt": str | list[message]} rows of the training split
+    validation_rows: list[dict]  # held-out prompts (may be empty)
+    iterations_per_epoch: int  # PPO iterations (= steps) per pass over each worker's shard
+    reward_stats: RewardStats | None  # set when training.normalize_scores
 
 
 @dataclass(frozen=True)
@@ -66,7 +85,7 @@ class PPOPlan:
     iterations_per_epoch: int  # PPO iterations (= steps) per pass over the prompts
     total_steps: int
     episodes_per_step: int  # rollouts per iteration over all workers
-    reward_stats: dict[str, float] | None  # the RM export's {"mean", "std"} when scores are normalised
+    reward_stats: RewardStats | None  # the RM export's statistics when scores are normalised
     warnings: tuple[str, ...]  # shown before training starts
 
 
@@ -115,7 +134,7 @@ def _check_settings(config: PPOConfig) -> None:
         raise ConfigError(issues)
 
 
-def read_reward_stats(config: PPOConfig) -> dict[str, float]:
+def read_reward_stats(config: PPOConfig) -> RewardStats:
     """The reward mean/std stored by ``rlhfctl rm train`` in ``rm_pretrain/reward_stats.json``."""
     folder = config.general.rm_pretrain
     problem = None
@@ -128,7 +147,7 @@ def read_reward_stats(config: PPOConfig) -> dict[str, float]:
             mean = float(stats.get("mean", stats.get("reward_mean")))
             std = float(stats.get("std", stats.get("reward_std")))
             if math.isfinite(mean) and math.isfinite(std) and std > 0:
-                return {"mean": mean, "std": std}
+                return RewardStats(mean=mean, std=std)
             problem = f"{path} holds mean={mean}, std={std}; expected finite values and std > 0"
         except FileNotFoundError:
             problem = f"{path} does not exist (is general.rm_pretrain an export of `rlhfctl rm train`?)"
@@ -167,7 +186,7 @@ def _safetensors_names(path: Path) -> set[str]:
         return set()
 
 
-def build_job(ppo_plan: PPOPlan) -> "TrainingJob":
+def build_job(ppo_plan: PPOPlan) -> TrainingJob[PPOConfig, PPOPayload]:
     """The core's job description for this plan (prompts travel to the workers in the payload)."""
     from rlhfctl.training.launch import TrainingJob
 
@@ -177,12 +196,12 @@ def build_job(ppo_plan: PPOPlan) -> "TrainingJob":
         stage=STAGE,
         config=config,
         train_loop=train_loop,
-        loop_payload={
-            "train_rows": ppo_plan.data.train,
-            "validation_rows": ppo_plan.data.validation,
-            "iterations_per_epoch": ppo_plan.iterations_per_epoch,
-            "reward_stats": ppo_plan.reward_stats,
-        },
+        payload=PPOPayload(
+            train_rows=ppo_plan.data.train,
+            validation_rows=ppo_plan.data.validation,
+            iterations_per_epoch=ppo_plan.iterations_per_epoch,
+            reward_stats=ppo_plan.reward_stats,
+        ),
         total_steps=ppo_plan.total_steps,
         samples_per_step=ppo_plan.episodes_per_step,
         train_rows=len(ppo_plan.data.train),
@@ -202,7 +221,7 @@ def build_job(ppo_plan: PPOPlan) -> "TrainingJob":
     )
 
 
-def plan(config: PPOConfig) -> "TrainingPlan":
+def plan(config: PPOConfig) -> TrainingPlan:
     """The core's printable plan (``--dry-run``); warnings appear as its last lines."""
     return build_job(prepare(config)).plan()
 
@@ -229,7 +248,7 @@ def headline(final_metrics: Mapping[str, float]) -> str:
 # ----------------------------------------------------------------------------------------------- worker side
 
 
-def train_loop(loop_config: dict) -> dict:
+def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     """The loop every Ray Train worker runs (module level, so Ray can pickle it)."""
     import time
 
@@ -238,8 +257,8 @@ def train_loop(loop_config: dict) -> dict:
     from rlhfctl.training.checkpoint import TrainState
     from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
 
-    ctx = setup_worker(loop_config)
-    config: PPOConfig = ctx.config
+    ctx: WorkerContext[PPOConfig, PPOPayload] = setup_worker(loop_config)
+    config, payload = ctx.config, ctx.payload
     training = config.training
 
     # -- setup: four models, optimizers, schedulers, KL controller; then the latest checkpoint if any
@@ -257,15 +276,15 @@ def train_loop(loop_config: dict) -> dict:
     )
     ctx.restore(state)
     kl_controller.load_state_dict(state.extra["kl_controller"])
-    stats = ctx.payload.get("reward_stats") or {}
+    stats = payload.reward_stats
+    score_settings = ScoreSettings(reward_mean=stats.mean if stats else None, reward_std=stats.std if stats else None,
+                                   score_clip=training.score_clip, missing_eos_penalty=training.missing_eos_penalty)
     trainer = PPOTrainer(
         ctx=ctx, models=models, policy=policy, value_model=value_model, optimizers=optimizers,
-        schedulers=schedulers, kl_controller=kl_controller,
-        score_settings=ScoreSettings(reward_mean=stats.get("mean"), reward_std=stats.get("std"),
-                                     score_clip=training.score_clip, missing_eos_penalty=training.missing_eos_penalty),
+        schedulers=schedulers, kl_controller=kl_controller, score_settings=score_settings,
     )
-    train_prompts = trainer.render_prompts(ctx.payload["train_rows"])
-    validation_prompts = trainer.render_prompts(ctx.payload["validation_rows"])
+    train_prompts = trainer.render_prompts(payload.train_rows)
+    validation_prompts = trainer.render_prompts(payload.validation_rows)
     validation_shard = validation_prompts[ctx.rank :: ctx.world_size]
 
     validation: dict[str, float] = {}
@@ -275,7 +294,7 @@ def train_loop(loop_config: dict) -> dict:
         state.extra["initial_validation_score"] = validation["score_mean"]
 
     # -- loop: one PPO iteration per step over this worker's shard, reshuffled every epoch
-    iterations_per_epoch = ctx.payload["iterations_per_epoch"]
+    iterations_per_epoch = payload.iterations_per_epoch
     batch_size = training.experience_batch_size
     metrics: dict[str, float] = {}
     start_epoch, start_batch = state.epoch, state.batch_in_epoch

@@ -17,6 +17,7 @@ the **left of the prompt**, so the response end, where the reward is read, is al
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rlhfctl.config.schema import RMConfig
@@ -36,14 +37,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Unpack
 
     from rlhfctl.recipes.registry import RunOptions
+    from rlhfctl.training.worker import LoopConfig, WorkerContext
 
 STAGE = "rm"
+
+
+@dataclass(frozen=True)
+class RMPayload:
+    """What the driver hands every RM worker besides the config."""
+
+    train_rows: list[dict]  # {"prompt", "chosen", "rejected", "margin"} rows of the training split
+    validation_rows: list[dict]  # the held-out split (empty: validation scores the training pairs)
 
 
 # ----------------------------------------------------------------------------------------------- driver
 
 
-def build_job(config: RMConfig) -> TrainingJob:
+def build_job(config: RMConfig) -> TrainingJob[RMConfig, RMPayload]:
     """Load and check the data in the driver (errors name file, line and key) and size the run."""
     from rlhfctl.data.loading import load_training_data
 
@@ -56,7 +66,7 @@ def build_job(config: RMConfig) -> TrainingJob:
     per_epoch = steps_per_epoch(len(data.train), workers, training.batch_size, training.gradient_accumulation_steps)
     return TrainingJob(
         stage=STAGE, config=config, train_loop=train_loop,
-        loop_payload={"train_rows": data.train, "validation_rows": data.validation},
+        payload=RMPayload(train_rows=data.train, validation_rows=data.validation),
         total_steps=per_epoch * training.epochs,
         samples_per_step=workers * training.batch_size * training.gradient_accumulation_steps,
         train_rows=len(data.train), validation_rows=len(data.validation), steps_per_epoch=per_epoch,
@@ -84,7 +94,7 @@ def headline(final_metrics: Mapping[str, float]) -> str:
 # ----------------------------------------------------------------------------------------------- worker
 
 
-def train_loop(loop_config: dict) -> dict[str, float]:
+def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     """Runs on every Ray Train worker (module-level so Ray can pickle it)."""
     from rlhfctl.models.loading import disable_dropout, load_reward_model, load_tokenizer
     from rlhfctl.models.preference import (
@@ -99,8 +109,8 @@ def train_loop(loop_config: dict) -> dict[str, float]:
     from rlhfctl.training.checkpoint import TrainState
     from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
 
-    ctx = setup_worker(loop_config)
-    config: RMConfig = ctx.config
+    ctx: WorkerContext[RMConfig, RMPayload] = setup_worker(loop_config)
+    config, payload = ctx.config, ctx.payload
     training = config.training
     trust = config.general.trust_remote_code
 
@@ -108,8 +118,8 @@ def train_loop(loop_config: dict) -> dict[str, float]:
     tokenizer = load_tokenizer(config.general.base_model, trust_remote_code=trust)
     model = load_reward_model(config.general.base_model, tokenizer, trust_remote_code=trust)
     disable_dropout(model)
-    train_pairs = tokenize_pairs(ctx.payload["train_rows"], tokenizer, config.dataset.max_length)
-    validation_pairs = tokenize_pairs(ctx.payload["validation_rows"], tokenizer, config.dataset.max_length)
+    train_pairs = tokenize_pairs(payload.train_rows, tokenizer, config.dataset.max_length)
+    validation_pairs = tokenize_pairs(payload.validation_rows, tokenizer, config.dataset.max_length)
     lengths = pair_cost_lengths(train_pairs, packed=False)  # bucketing key: the longer sequence of a pair
 
     scorer = ctx.prepare_model(make_scorer(model))

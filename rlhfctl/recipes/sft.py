@@ -23,6 +23,7 @@ prompt), resume from the latest checkpoint (same final metrics as an uninterrupt
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rlhfctl.config.schema import SFTConfig
@@ -36,11 +37,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from rlhfctl.recipes.registry import RunOptions
     from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
+    from rlhfctl.training.worker import LoopConfig, WorkerContext
 
 STAGE = "sft"
 
 
-def build_job(config: SFTConfig) -> "TrainingJob":
+@dataclass(frozen=True)
+class SFTPayload:
+    """What the driver hands every SFT worker besides the config."""
+
+    train_rows: list[dict]  # {"messages": [...]} rows of the training split, ending in an assistant message
+    validation_rows: list[dict]  # the held-out split (may be empty)
+    micro_batches_per_epoch: int  # each worker's micro-batches per epoch: equal on every worker (DDP steps together)
+
+
+def build_job(config: SFTConfig) -> TrainingJob[SFTConfig, SFTPayload]:
     """Load and check the data in the driver (errors name file, line and key, before Ray starts) and size the run.
 
     Each worker gets an equal shard of ``len(train) // workers`` rows per epoch, in micro-batches of
@@ -63,8 +74,8 @@ def build_job(config: SFTConfig) -> "TrainingJob":
         stage=STAGE,
         config=config,
         train_loop=train_loop,
-        loop_payload={"train_rows": data.train, "validation_rows": data.validation,
-                      "micro_batches_per_epoch": micro_batches},
+        payload=SFTPayload(train_rows=data.train, validation_rows=data.validation,
+                           micro_batches_per_epoch=micro_batches),
         total_steps=per_epoch * training.epochs,
         samples_per_step=workers * training.batch_size * training.gradient_accumulation_steps,
         train_rows=len(data.train),
@@ -79,7 +90,7 @@ def build_job(config: SFTConfig) -> "TrainingJob":
     )
 
 
-def plan(config: SFTConfig) -> "TrainingPlan":
+def plan(config: SFTConfig) -> TrainingPlan:
     """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
     return build_job(config).plan()
 
@@ -101,20 +112,20 @@ def headline(final_metrics: Mapping[str, float]) -> str:
 # ----------------------------------------------------------------------------------------------- worker side
 
 
-def train_loop(loop_config: dict) -> dict:
+def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     """The loop every Ray Train worker runs (module level, so Ray can pickle it)."""
     from rlhfctl.training.checkpoint import TrainState
     from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
 
-    ctx = setup_worker(loop_config)
-    config: SFTConfig = ctx.config
+    ctx: WorkerContext[SFTConfig, SFTPayload] = setup_worker(loop_config)
+    config, payload = ctx.config, ctx.payload
     training = config.training
 
     # -- setup: model, tokenizer, data, optimizer; then the latest checkpoint if there is one
     model, tokenizer = _build_model_and_tokenizer(config, ctx.device)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_examples = _tokenize(ctx.payload["train_rows"], tokenizer, config)
-    validation_examples = _tokenize(ctx.payload["validation_rows"], tokenizer, config)
+    train_examples = _tokenize(payload.train_rows, tokenizer, config)
+    validation_examples = _tokenize(payload.validation_rows, tokenizer, config)
     train_lengths = [len(example.input_ids) for example in train_examples]
 
     model = ctx.prepare_model(model)
@@ -140,7 +151,7 @@ def train_loop(loop_config: dict) -> dict:
     for epoch in range(start_epoch, training.epochs):
         model.train()
         batches = _epoch_batches(ctx, train_lengths, epoch, training.batch_size,
-                                 ctx.payload["micro_batches_per_epoch"], config.general.seed)
+                                 payload.micro_batches_per_epoch, config.general.seed)
         first = start_batch if epoch == start_epoch else 0
         for group_start in range(first, len(batches), accumulation):
             group = batches[group_start:group_start + accumulation]

@@ -1,8 +1,8 @@
 """Worker side of the core: what a stage's training loop calls on every Ray Train worker.
 
 ```python
-def train_loop(loop_config: dict) -> dict:
-    ctx = setup_worker(loop_config)                  # rank, world size, device, seeds, threads
+def train_loop(loop_config: LoopConfig) -> dict[str, float]:
+    ctx: WorkerContext[RMConfig, RMPayload] = setup_worker(loop_config)   # rank, world size, device, seeds, threads
     model = ctx.prepare_model(build_model())         # DDP when world_size > 1
     optimizer = build_optimizer(model, ctx.config.training)
     scheduler = build_scheduler(optimizer, ctx.config.training, ctx.total_steps)
@@ -16,7 +16,8 @@ def train_loop(loop_config: dict) -> dict:
     return final_metrics                             # rank 0's dict becomes RunSummary.final_metrics
 ```
 
-The same loop runs in two modes chosen by the driver (``loop_config["_core"]["mode"]``): ``"ray"`` (Ray Train
+``ctx.config`` is the stage's validated config and ``ctx.payload`` the recipe's frozen payload dataclass, both as
+the driver built them. The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"`` (Ray Train
 workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
 ``"local"`` (one worker in the driver process, no Ray: checkpoints written atomically into the run directory).
 """
@@ -33,7 +34,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from rlhfctl.progress.events import CheckpointSaved, RunStarted, SampleEvent, StepEvent
 from rlhfctl.training import checkpoint as ckpt
@@ -41,15 +42,16 @@ from rlhfctl.training.batching import shard_indices
 from rlhfctl.training.checkpoint import TrainState
 from rlhfctl.training.progress_actor import ProgressSender
 
-MODES = ("ray", "local")
+ConfigT = TypeVar("ConfigT")  # the stage's config (SFTConfig, RMConfig, PPOConfig, ...): has .general and .training
+PayloadT = TypeVar("PayloadT")  # the recipe's frozen payload dataclass (SFTPayload, RMPayload, PPOPayload, ...)
 
 
 @dataclass
 class CoreSettings:
-    """What the driver tells every worker besides the stage config (``loop_config["_core"]``)."""
+    """What the driver tells every worker about the run itself (the stage's config and payload travel beside it)."""
 
     stage: str
-    mode: str  # "ray" | "local"
+    mode: Literal["ray", "local"]
     run_dir: str  # absolute: output_dir/<stage>_run, where checkpoints live
     checkpoint_dir: str  # the final HF export
     total_steps: int
@@ -61,15 +63,25 @@ class CoreSettings:
     fault_injection: dict[str, Any] = field(default_factory=dict)  # tests only: {"after_step", "marker", "action"}
 
 
+class LoopConfig(TypedDict):
+    """What every worker's ``train_loop`` receives (Ray Train's ``train_loop_config``), built by the driver
+    (:meth:`rlhfctl.training.launch.TrainingJob.loop_config`) and unpacked by :func:`setup_worker`; the loop
+    annotates the context it gets back with its own types (``WorkerContext[RMConfig, RMPayload]``)."""
+
+    config: Any  # the stage's validated config
+    payload: Any  # the recipe's frozen payload dataclass
+    core: CoreSettings
+
+
 @dataclass
-class WorkerContext:
+class WorkerContext(Generic[ConfigT, PayloadT]):
     """One worker's view of the run. Build it with :func:`setup_worker`."""
 
     rank: int
     world_size: int
     device: Any  # torch.device
-    config: Any  # the stage config object (RMConfig, SFTConfig, PPOConfig)
-    payload: dict[str, Any]
+    config: ConfigT  # the stage's validated config
+    payload: PayloadT  # the recipe's frozen payload: data rows and what the driver computed for the loop
     core: CoreSettings
     _sender: ProgressSender
     _grad_scaler: Any = None
@@ -331,14 +343,11 @@ class WorkerContext:
 # ----------------------------------------------------------------------------------------------- setup
 
 
-def setup_worker(loop_config: dict[str, Any]) -> WorkerContext:
+def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
     """Build this worker's context: rank/world size, device, per-rank seeds, torch threads = its CPU share."""
     import torch
 
-    core = loop_config["_core"]
-    core = core if isinstance(core, CoreSettings) else CoreSettings(**core)
-    config = loop_config["config"]
-    payload = {key: value for key, value in loop_config.items() if key not in ("config", "_core")}
+    core, config, payload = loop_config["core"], loop_config["config"], loop_config["payload"]
     training = config.training
 
     rank, world_size = 0, 1

@@ -43,15 +43,15 @@ def few_prompts(tmp_path: Path, count: int) -> Path:
 
 
 def run_inline(config: PPOConfig, run_dir: Path, *, resume_from: Path | None = None) -> dict:
-    """The worker loop in this process (the core's "inline" mode): no Ray, checkpoints in ``run_dir``."""
+    """The worker loop in this process (the core's local mode): no Ray, checkpoints in ``run_dir``."""
     from rlhfctl.training.worker import CoreSettings
 
     ppo_plan = ppo.prepare(config)
     job = ppo.build_job(ppo_plan)
-    core = CoreSettings(stage="ppo", mode="inline", run_dir=str(run_dir), checkpoint_dir=str(job.checkpoint_dir),
+    core = CoreSettings(stage="ppo", mode="local", run_dir=str(run_dir), checkpoint_dir=str(job.checkpoint_dir),
                         total_steps=job.total_steps, samples_per_step=job.samples_per_step,
                         resume_from=None if resume_from is None else str(resume_from), num_to_keep=100)
-    return ppo.train_loop({"config": config, **job.loop_payload, "_core": core})
+    return ppo.train_loop(job.loop_config(core))
 
 
 def without_timings(metrics: dict) -> dict:
@@ -97,7 +97,7 @@ def test_reward_stats_are_required_for_normalised_scores(tmp_path, tiny_model_di
     rm_export.mkdir()
     (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}), encoding="utf-8")
     config.general.rm_pretrain = rm_export
-    assert ppo.prepare(config).reward_stats == {"mean": 0.5, "std": 2.0}
+    assert ppo.prepare(config).reward_stats == ppo.RewardStats(mean=0.5, std=2.0)
     (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 0.0}), encoding="utf-8")
     with pytest.raises(ConfigError, match="std > 0"):
         ppo.prepare(config)

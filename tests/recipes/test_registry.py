@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 from rlhfctl.errors import UserError
 from rlhfctl.recipes import registry
 from rlhfctl.recipes.registry import STAGES, Recipe, StageEntry, load_recipe
+from rlhfctl.training.worker import LoopConfig, WorkerContext
 
 runner = CliRunner()
 
@@ -46,15 +48,22 @@ def test_an_unknown_stage_is_a_user_error():
 # ----------------------------------------------------------------------------------------------- a new stage
 
 
-def fake_train_loop(loop_config: dict) -> dict:
+@dataclass(frozen=True)
+class FakePayload:
+    """What the fake stage's driver hands its workers."""
+
+    inputs: list[list[float]]  # (rows, 2)
+
+
+def fake_train_loop(loop_config: LoopConfig) -> dict[str, float]:
     """Fits ``y = 2 x0 - x1`` by SGD with the core's pieces: the whole worker side of the fake stage."""
     import torch
 
     from rlhfctl.training.checkpoint import TrainState
     from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
 
-    ctx = setup_worker(loop_config)
-    inputs = torch.tensor(ctx.payload["inputs"])  # (rows, 2)
+    ctx: WorkerContext[object, FakePayload] = setup_worker(loop_config)
+    inputs = torch.tensor(ctx.payload.inputs)  # (rows, 2)
     targets = inputs @ torch.tensor([2.0, -1.0])  # (rows,)
     model = ctx.prepare_model(torch.nn.Linear(2, 1, bias=False))
     optimizer = build_optimizer(model, ctx.training)
@@ -79,7 +88,7 @@ def _fake_recipe() -> ModuleType:
 
     def build_job(config) -> TrainingJob:
         inputs = [[float(i % 5), float(i % 3)] for i in range(16)]
-        return TrainingJob(stage="fake", config=config, train_loop=fake_train_loop, loop_payload={"inputs": inputs},
+        return TrainingJob(stage="fake", config=config, train_loop=fake_train_loop, payload=FakePayload(inputs),
                            total_steps=100 * config.training.epochs, samples_per_step=len(inputs),
                            train_rows=len(inputs), plan_notes={"model": "a two-weight linear regression"})
 

@@ -46,11 +46,11 @@ def test_plan_counts_equal_steps_for_every_worker(tmp_path, tiny_model_dir):
     job = sft.build_job(config)
     assert (job.train_rows, job.validation_rows) == (360, 40)
     # 360 rows / 2 workers = 180 rows each -> 12 micro-batches of 16 -> 6 optimizer steps per epoch
-    assert job.loop_payload["micro_batches_per_epoch"] == 12
+    assert job.payload.micro_batches_per_epoch == 12
     assert job.steps_per_epoch == 6
     assert job.total_steps == 24
     assert job.samples_per_step == 16 * 2 * 2
-    assert job.loop_payload["train_rows"][0]["messages"][-1]["role"] == "assistant"
+    assert job.payload.train_rows[0]["messages"][-1]["role"] == "assistant"
     plan = sft.plan(config)
     assert (plan.workers, plan.total_steps, plan.mode) == (2, 24, "ray")
     assert plan.notes["loss on"] == "response tokens only"
