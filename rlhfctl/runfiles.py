@@ -6,7 +6,8 @@ A run's ``general.output_dir``::
     samples.jsonl            PPO's example responses (training.metrics)
     resolved_config.toml     the config the run used, after overrides (config.render)
     tensorboard/             TensorBoard events when tensorboardX is installed
-    <stage>_run/             Ray Train's storage: checkpoint_<step>/ folders, its own snapshot files
+    <stage>_run/             Ray Train's storage: checkpoint_<step>/ folders (training.checkpoint's format), its
+                             own snapshot files
 
 An export (``general.checkpoint_dir``): the Hugging Face folder, plus ``reward_stats.json`` for a reward model
 (read by PPO's score normalisation and by ``rm eval``/``rm score``) and ``value_model/`` for PPO.
@@ -18,6 +19,7 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 RESOLVED_CONFIG_FILE = "resolved_config.toml"
 TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_PREFIX = "checkpoint_"  # + the step, 8 digits: one folder per checkpoint inside <stage>_run/
 RAY_SNAPSHOT_GLOB = "checkpoint_manager_snapshot*"  # Ray Train's own run state beside the checkpoints
 
 REWARD_STATS_FILE = "reward_stats.json"

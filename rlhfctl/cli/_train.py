@@ -22,6 +22,7 @@ from rich.table import Table
 from rlhfctl.cli._overrides import ConfigArg, OverridesArg, load_with_overrides
 from rlhfctl.errors import UserError
 from rlhfctl.recipes.registry import load_recipe
+from rlhfctl.runfiles import METRICS_FILE, RESOLVED_CONFIG_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
     from rlhfctl.recipes.registry import StageEntry
@@ -119,7 +120,8 @@ def render_plan(plan, console: Console) -> None:
         ("total steps", str(plan.total_steps)),
         ("samples per step", f"{plan.samples_per_step} (all workers)"),
         *plan.notes.items(),
-        ("run directory", f"{plan.output_dir} (metrics.jsonl, resolved_config.toml, checkpoints in {plan.run_dir.name}/)"),
+        ("run directory", f"{plan.output_dir} ({METRICS_FILE}, {RESOLVED_CONFIG_FILE}, checkpoints in "
+                          f"{plan.run_dir.name}/)"),
         ("final model", str(plan.checkpoint_dir)),
     ]
     for name, value in rows:
@@ -144,4 +146,4 @@ def render_summary(summary, console: Console) -> None:
     if summary.resumed_from_step is not None:
         console.print(f"resumed from step {summary.resumed_from_step}")
     console.print(f"model:   {escape(str(summary.checkpoint_dir))}")
-    console.print(f"metrics: {escape(str(Path(summary.output_dir) / 'metrics.jsonl'))}")
+    console.print(f"metrics: {escape(str(Path(summary.output_dir) / METRICS_FILE))}")

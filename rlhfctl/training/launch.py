@@ -36,11 +36,17 @@ from typing import Any, Generic, Literal
 from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
 from rlhfctl.progress.events import Notice, NullSink, ProgressSink, RunFinished
 from rlhfctl.training import checkpoint as ckpt
-from rlhfctl.training.metrics import METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR, MetricsRecorder
+from rlhfctl.runfiles import (
+    METRICS_FILE,
+    RAY_SNAPSHOT_GLOB,
+    RESOLVED_CONFIG_FILE,
+    SAMPLES_FILE,
+    TENSORBOARD_DIR,
+    run_dir_name,
+)
+from rlhfctl.training.metrics import MetricsRecorder
 from rlhfctl.training.worker import ConfigT, CoreSettings, LoopConfig, PayloadT
 
-RAY_SNAPSHOT_GLOB = "checkpoint_manager_snapshot*"
-RESOLVED_CONFIG_FILE = "resolved_config.toml"
 POLL_INTERVAL_S = 0.25
 
 
@@ -73,7 +79,7 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
 
     @property
     def run_name(self) -> str:
-        return f"{self.stage}_run"
+        return run_dir_name(self.stage)
 
     @property
     def run_dir(self) -> Path:

@@ -16,10 +16,7 @@ from typing import Any, TextIO
 
 from rlhfctl.fileio import atomic_write_text
 from rlhfctl.progress.events import ProgressEvent, ProgressSink, RunStarted, SampleEvent, StepEvent
-
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from rlhfctl.runfiles import METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR
 
 
 def _json_line(record: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from rlhfctl.progress.events import CheckpointSaved, RunStarted, SampleEvent, StepEvent
+from rlhfctl.runfiles import CHECKPOINT_PREFIX
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training.batching import shard_indices
 from rlhfctl.training.checkpoint import TrainState
@@ -310,7 +311,7 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
     def _prune_local_checkpoints(self, run_dir: Path) -> None:
         complete = sorted(
             (ckpt.read_step(child), child) for child in run_dir.iterdir()
-            if child.is_dir() and child.name.startswith(ckpt.CHECKPOINT_PREFIX) and ckpt.is_complete(child)
+            if child.is_dir() and child.name.startswith(CHECKPOINT_PREFIX) and ckpt.is_complete(child)
         )
         for _, old in complete[: max(0, len(complete) - self.core.num_to_keep)]:
             shutil.rmtree(old, ignore_errors=True)
