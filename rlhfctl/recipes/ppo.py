@@ -2,10 +2,11 @@
 
 The recipe, top to bottom (driver side first, then the loop every Ray Train worker runs):
 
-1. ``prepare(config)``: check the PPO-specific settings, load the prompts in the driver (errors name file, line
-   and key before Ray starts), read the RM export's reward statistics, warn when the reward head looks untrained.
+1. ``build_job(config)`` -> ``prepare(config)``: check the PPO-specific settings, load the prompts in the driver
+   (errors name file, line and key before Ray starts), read the RM export's reward statistics, warn when the
+   reward head looks untrained; then a :class:`~rlhfctl.training.launch.TrainingJob` with a :class:`PPOPayload`.
    ``plan(config)`` is the core's printable plan of it (``--dry-run``).
-2. ``run(config)``: hand a :class:`~rlhfctl.training.launch.TrainingJob` to the shared core.
+2. ``run(config)``: hand that job to the shared core.
 3. ``train_loop`` on each worker:
 
    - **setup**: the policy (``model_pretrain`` or ``model_name``), a frozen reference copy of it, the frozen reward
@@ -35,27 +36,23 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rlhfctl.config.schema import PPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import ConfigError, ConfigIssue, DataError
 from rlhfctl.recipes.ppo_trainer import PPOModels, PPOTrainer
-from rlhfctl.recipes.registry import figure
+from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
-from rlhfctl.training.checkpoint import unwrap_model
-
-if TYPE_CHECKING:  # pragma: no cover
-    from typing_extensions import Unpack
-
-    from rlhfctl.recipes.registry import RunOptions
-    from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
-    from rlhfctl.training.worker import LoopConfig, WorkerContext
+from rlhfctl.training.checkpoint import TrainState, unwrap_model
+from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "ppo"
+# printed after the stage: final metrics by name, 3 decimals each
+HEADLINE = ("held-out mean score {validation_initial_score_mean} -> {validation_score_mean}, "
+            "KL to the SFT policy {validation_kl_k1}")
 
 
 @dataclass(frozen=True)
@@ -186,11 +183,10 @@ def _safetensors_names(path: Path) -> set[str]:
         return set()
 
 
-def build_job(ppo_plan: PPOPlan) -> TrainingJob[PPOConfig, PPOPayload]:
-    """The core's job description for this plan (prompts travel to the workers in the payload)."""
-    from rlhfctl.training.launch import TrainingJob
-
-    config = ppo_plan.config
+def build_job(config: PPOConfig) -> TrainingJob[PPOConfig, PPOPayload]:
+    """:func:`prepare`, then the core's job description (the prompts travel to the workers in the payload; the
+    warnings are the plan's last lines and logged when the run starts)."""
+    ppo_plan = prepare(config)
     training, generation = config.training, config.generation
     return TrainingJob(
         stage=STAGE,
@@ -216,33 +212,9 @@ def build_job(ppo_plan: PPOPlan) -> TrainingJob[PPOConfig, PPOPayload]:
             "KL": f"{training.kl_estimator}, coef {training.kl_coeff}"
                   + (f" adapting toward {training.target_kl}" if training.target_kl else " (fixed)"),
             "validation": ppo_plan.data.validation_source,
-            **{f"warning {number}": message for number, message in enumerate(ppo_plan.warnings, 1)},
         },
+        warnings=ppo_plan.warnings,
     )
-
-
-def plan(config: PPOConfig) -> TrainingPlan:
-    """The core's printable plan (``--dry-run``); warnings appear as its last lines."""
-    return build_job(prepare(config)).plan()
-
-
-def run(config: PPOConfig, **options: Unpack[RunOptions]) -> RunSummary:
-    """Train and export; returns the core's run summary (final metrics, history, paths, wall time)."""
-    import logging
-
-    from rlhfctl.training.launch import run_training
-
-    ppo_plan = prepare(config)
-    for message in ppo_plan.warnings:
-        logging.getLogger("rlhfctl.ppo").warning("WARNING: %s", message)
-    return run_training(build_job(ppo_plan), **options)
-
-
-def headline(final_metrics: Mapping[str, float]) -> str:
-    """The held-out reward score before and after, and the KL to the SFT policy (printed after the stage)."""
-    return (f"held-out mean score {figure(final_metrics, 'validation_initial_score_mean')} -> "
-            f"{figure(final_metrics, 'validation_score_mean')}, "
-            f"KL to the SFT policy {figure(final_metrics, 'validation_kl_k1')}")
 
 
 # ----------------------------------------------------------------------------------------------- worker side
@@ -254,8 +226,6 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
     from rlhfctl.models.rollout import ScoreSettings
     from rlhfctl.objectives import ppo as ppo_objective
-    from rlhfctl.training.checkpoint import TrainState
-    from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
 
     ctx: WorkerContext[PPOConfig, PPOPayload] = setup_worker(loop_config)
     config, payload = ctx.config, ctx.payload
@@ -374,3 +344,7 @@ def _build_models(config: PPOConfig, device) -> PPOModels:
 
 def _samples_due(training, step: int) -> bool:
     return training.sample_every_steps > 0 and (step == 1 or step % training.sample_every_steps == 0)
+
+
+RECIPE = Recipe(stage=STAGE, build_job=build_job, headline_template=HEADLINE)
+plan, run = RECIPE.plan, RECIPE.run  # ppo.plan(config) -> TrainingPlan, ppo.run(config, resume=...) -> RunSummary

@@ -1,21 +1,22 @@
-"""The stages rlhfctl knows: one registry entry per recipe, and the contract every recipe module satisfies.
+"""The stages rlhfctl knows: the recipe contract every stage satisfies, and one registry entry per stage.
 
 Everything that dispatches on a stage reads it from here: the CLI (one ``rlhfctl <stage>`` group with a ``train``
 command per entry, ``--dry-run`` included), the example pipeline, and the stages' own tools (``rm eval``,
 ``rm score``, ``ppo sample`` hang on the groups made from these entries). Adding a stage = a recipe module
-``rlhfctl/recipes/<stage>.py`` satisfying :class:`Recipe` + one :class:`StageEntry` in :data:`STAGES` + its config
-schema (``rlhfctl/config/schema.py``); nothing else needs editing.
+``rlhfctl/recipes/<stage>.py`` ending in ``RECIPE = Recipe(...)`` + one :class:`StageEntry` in :data:`STAGES` + its
+config schema (``rlhfctl/config/schema.py``); nothing else needs editing.
 
 Cheap to import (the CLI imports it at start-up): no torch, ray, transformers or pydantic here; a recipe module is
-imported only when :func:`load_recipe` is called.
+imported only when :func:`load_recipe` is called, and the training core only when a recipe runs.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, TypeVar, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
 
 from rlhfctl.errors import UserError
 
@@ -23,9 +24,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Unpack
 
     from rlhfctl.progress.events import ProgressSink
-    from rlhfctl.training.launch import RunSummary, TrainingPlan
+    from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
 
-ConfigT = TypeVar("ConfigT", contravariant=True)
+ConfigT = TypeVar("ConfigT")
 
 
 class RunOptions(TypedDict, total=False):
@@ -38,26 +39,47 @@ class RunOptions(TypedDict, total=False):
     fault_injection: dict[str, Any] | None  # tests only: a worker dies or raises after a given checkpoint
 
 
-@runtime_checkable
-class Recipe(Protocol[ConfigT]):
-    """What a recipe module (``rlhfctl/recipes/<stage>.py``) provides, module-level::
+@dataclass(frozen=True)
+class Recipe(Generic[ConfigT]):
+    """A stage's recipe, as its module registers it (``RECIPE = Recipe(...)`` at the end of the module).
 
-        STAGE = "rm"
-        def plan(config: RMConfig) -> TrainingPlan              # what --dry-run prints; starts nothing
-        def run(config: RMConfig, **options: Unpack[RunOptions]) -> RunSummary
-        def headline(final_metrics: Mapping[str, float]) -> str  # the one line that shows the stage learned
-
-    Behind ``plan``/``run`` each recipe builds a typed :class:`~rlhfctl.training.launch.TrainingJob` (its frozen
-    payload dataclass + its module-level worker loop) and hands it to the shared core.
+    ``build_job(config)`` is the recipe's driver side: it validates the data (errors name file, line and key before
+    any worker starts), sizes the run and returns a :class:`~rlhfctl.training.launch.TrainingJob` carrying the
+    recipe's frozen payload dataclass and its module-level worker loop. Planning, running and the headline are the
+    same for every stage, so they are written once, here.
     """
 
-    STAGE: str
+    stage: str
+    build_job: Callable[[ConfigT], TrainingJob[ConfigT, Any]]
+    headline_template: str  # e.g. "held-out accuracy {validation_accuracy}": final metrics by name, 3 decimals
 
-    def plan(self, config: ConfigT) -> TrainingPlan: ...
+    def plan(self, config: ConfigT) -> TrainingPlan:
+        """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
+        return self.build_job(config).plan()
 
-    def run(self, config: ConfigT, **options: Unpack[RunOptions]) -> RunSummary: ...
+    def run(self, config: ConfigT, **options: Unpack[RunOptions]) -> RunSummary:
+        """Log the job's warnings, then train, validate and export; returns the core's run summary."""
+        from rlhfctl.training.launch import run_training
 
-    def headline(self, final_metrics: Mapping[str, float]) -> str: ...
+        job = self.build_job(config)
+        for message in job.warnings:
+            logging.getLogger(f"rlhfctl.{self.stage}").warning("WARNING: %s", message)
+        return run_training(job, **options)
+
+    def headline(self, final_metrics: Mapping[str, float]) -> str:
+        """The one line that shows the stage learned (``?`` for a figure the run did not report)."""
+        return self.headline_template.format_map(_Figures(final_metrics))
+
+
+class _Figures(dict):
+    """``str.format_map`` source: each ``{key}`` becomes ``final_metrics[key]`` to 3 decimals, or ``?``."""
+
+    def __init__(self, final_metrics: Mapping[str, float]) -> None:
+        super().__init__()
+        self._metrics = final_metrics
+
+    def __missing__(self, key: str) -> str:
+        return f"{self._metrics[key]:.3f}" if key in self._metrics else "?"
 
 
 @dataclass(frozen=True)
@@ -71,8 +93,11 @@ class StageEntry:
     train_examples: tuple[str, ...]  # real invocations for the train command's epilog
 
     def recipe(self) -> Recipe[Any]:
-        """The recipe module, imported now (it pulls in the training core; torch loads only when a run starts)."""
-        return cast("Recipe[Any]", importlib.import_module(f"rlhfctl.recipes.{self.name}"))
+        """The recipe (``RECIPE`` of ``rlhfctl.recipes.<name>``), its module imported now."""
+        recipe = importlib.import_module(f"rlhfctl.recipes.{self.name}").RECIPE
+        if not isinstance(recipe, Recipe) or recipe.stage != self.name:
+            raise TypeError(f"rlhfctl.recipes.{self.name}.RECIPE must be a Recipe for stage {self.name!r}")
+        return recipe
 
 
 STAGES: dict[str, StageEntry] = {entry.name: entry for entry in (
@@ -108,11 +133,6 @@ STAGES: dict[str, StageEntry] = {entry.name: entry for entry in (
         ),
     ),
 )}
-
-
-def figure(final_metrics: Mapping[str, float], key: str) -> str:
-    """One figure of a headline: ``final_metrics[key]`` to 3 decimals, ``?`` when the run did not report it."""
-    return f"{final_metrics[key]:.3f}" if key in final_metrics else "?"
 
 
 def stage_names() -> tuple[str, ...]:

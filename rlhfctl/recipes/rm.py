@@ -16,30 +16,26 @@ the **left of the prompt**, so the response end, where the reward is read, is al
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rlhfctl.config.schema import RMConfig
+from rlhfctl.data.loading import load_training_data
 from rlhfctl.errors import DataError
-from rlhfctl.recipes.registry import figure
+from rlhfctl.recipes.registry import Recipe
+from rlhfctl.runfiles import REWARD_STATS_FILE
 from rlhfctl.training.batching import (
     balanced_shares,
     length_bucketed_batches,
     micro_batches_per_epoch,
     steps_per_epoch,
 )
-from rlhfctl.runfiles import REWARD_STATS_FILE
-from rlhfctl.training.checkpoint import unwrap_model
-from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan, run_training
-
-if TYPE_CHECKING:  # pragma: no cover
-    from typing_extensions import Unpack
-
-    from rlhfctl.recipes.registry import RunOptions
-    from rlhfctl.training.worker import LoopConfig, WorkerContext
+from rlhfctl.training.checkpoint import TrainState, unwrap_model
+from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "rm"
+# printed after the stage: final metrics by name, 3 decimals each
+HEADLINE = "held-out accuracy {validation_accuracy}, margin {validation_margin}"
 
 
 @dataclass(frozen=True)
@@ -55,8 +51,6 @@ class RMPayload:
 
 def build_job(config: RMConfig) -> TrainingJob[RMConfig, RMPayload]:
     """Load and check the data in the driver (errors name file, line and key) and size the run."""
-    from rlhfctl.data.loading import load_training_data
-
     data = load_training_data(config.dataset, "rm", config.general.seed)
     training = config.training
     workers = training.num_training_workers
@@ -75,22 +69,6 @@ def build_job(config: RMConfig) -> TrainingJob[RMConfig, RMPayload]:
     )
 
 
-def plan(config: RMConfig) -> TrainingPlan:
-    """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
-    return build_job(config).plan()
-
-
-def run(config: RMConfig, **options: Unpack[RunOptions]) -> RunSummary:
-    """Train, validate and export (with ``reward_stats.json``); returns the core's run summary."""
-    return run_training(build_job(config), **options)
-
-
-def headline(final_metrics: Mapping[str, float]) -> str:
-    """Held-out accuracy and margin (printed after the stage, e.g. by the example)."""
-    return (f"held-out accuracy {figure(final_metrics, 'validation_accuracy')}, "
-            f"margin {figure(final_metrics, 'validation_margin')}")
-
-
 # ----------------------------------------------------------------------------------------------- worker
 
 
@@ -106,8 +84,6 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     )
     from rlhfctl.models.scoring import make_scorer
     from rlhfctl.objectives.rm import pairwise_loss
-    from rlhfctl.training.checkpoint import TrainState
-    from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
 
     ctx: WorkerContext[RMConfig, RMPayload] = setup_worker(loop_config)
     config, payload = ctx.config, ctx.payload
@@ -207,3 +183,7 @@ def evaluate(ctx, scorer, pairs: list, pad_token_id: int, batch_size: int) -> di
     rewards = score_all(unwrap_model(scorer), pairs[ctx.rank::ctx.world_size], pad_token_id,
                         batch_size, ctx.device)
     return metrics_from_sums(ctx.all_reduce_sum(pair_sums(rewards)))
+
+
+RECIPE = Recipe(stage=STAGE, build_job=build_job, headline_template=HEADLINE)
+plan, run = RECIPE.plan, RECIPE.run  # rm.plan(config) -> TrainingPlan, rm.run(config, resume=...) -> RunSummary

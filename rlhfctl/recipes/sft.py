@@ -3,9 +3,10 @@
 The recipe, top to bottom (driver side first, then the loop every Ray Train worker runs):
 
 1. ``build_job(config)``: load and validate the data in the driver (errors name file, line and key before Ray
-   starts), split train/validation once from the seed, count the optimizer steps (``plan`` shows it: --dry-run).
-2. ``run(config)``: hand a :class:`~rlhfctl.training.launch.TrainingJob` to the shared core, which starts or joins
-   Ray, runs :func:`train_loop` on ``num_training_workers`` workers, streams progress and returns a summary.
+   starts), split train/validation once from the seed, count the optimizer steps (``plan`` shows it: --dry-run),
+   and put the rows in an :class:`SFTPayload`.
+2. ``run(config)``: hand that :class:`~rlhfctl.training.launch.TrainingJob` to the shared core, which starts or
+   joins Ray, runs :func:`train_loop` on ``num_training_workers`` workers, streams progress and returns a summary.
 3. ``train_loop`` on each worker: load ``AutoModelForCausalLM`` and the tokenizer from ``general.base_model``;
    tokenise every conversation (chat template when the tokenizer has one, otherwise the plain template; EOS
    appended; loss on response tokens only unless ``training.completion_only_loss = false``; truncation keeps the
@@ -22,24 +23,21 @@ prompt), resume from the latest checkpoint (same final metrics as an uninterrupt
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rlhfctl.config.schema import SFTConfig
 from rlhfctl.data.loading import load_training_data
 from rlhfctl.errors import DataError
-from rlhfctl.recipes.registry import figure
-from rlhfctl.training.checkpoint import unwrap_model
-
-if TYPE_CHECKING:  # pragma: no cover
-    from typing_extensions import Unpack
-
-    from rlhfctl.recipes.registry import RunOptions
-    from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
-    from rlhfctl.training.worker import LoopConfig, WorkerContext
+from rlhfctl.recipes.registry import Recipe
+from rlhfctl.training import batching
+from rlhfctl.training.checkpoint import TrainState, unwrap_model
+from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "sft"
+# printed after the stage: final metrics by name, 3 decimals each
+HEADLINE = ("held-out response loss {validation_initial_loss} -> {validation_loss} "
+            "(perplexity {validation_perplexity})")
 
 
 @dataclass(frozen=True)
@@ -57,9 +55,6 @@ def build_job(config: SFTConfig) -> TrainingJob[SFTConfig, SFTPayload]:
     Each worker gets an equal shard of ``len(train) // workers`` rows per epoch, in micro-batches of
     ``batch_size``; ``gradient_accumulation_steps`` micro-batches make one optimizer step.
     """
-    from rlhfctl.training import batching
-    from rlhfctl.training.launch import TrainingJob
-
     data = load_training_data(config.dataset, STAGE, config.general.seed)
     training = config.training
     workers = training.num_training_workers
@@ -90,33 +85,11 @@ def build_job(config: SFTConfig) -> TrainingJob[SFTConfig, SFTPayload]:
     )
 
 
-def plan(config: SFTConfig) -> TrainingPlan:
-    """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
-    return build_job(config).plan()
-
-
-def run(config: SFTConfig, **options: Unpack[RunOptions]) -> RunSummary:
-    """Train, validate and export; returns the core's run summary (final metrics, history, paths, wall time)."""
-    from rlhfctl.training.launch import run_training
-
-    return run_training(build_job(config), **options)
-
-
-def headline(final_metrics: Mapping[str, float]) -> str:
-    """The held-out response loss before and after training (printed after the stage, e.g. by the example)."""
-    return (f"held-out response loss {figure(final_metrics, 'validation_initial_loss')} -> "
-            f"{figure(final_metrics, 'validation_loss')} "
-            f"(perplexity {figure(final_metrics, 'validation_perplexity')})")
-
-
 # ----------------------------------------------------------------------------------------------- worker side
 
 
 def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     """The loop every Ray Train worker runs (module level, so Ray can pickle it)."""
-    from rlhfctl.training.checkpoint import TrainState
-    from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
-
     ctx: WorkerContext[SFTConfig, SFTPayload] = setup_worker(loop_config)
     config, payload = ctx.config, ctx.payload
     training = config.training
@@ -258,3 +231,7 @@ def _validation_metrics(ctx, model, examples, pad_token_id, batch_size) -> dict[
     totals = ctx.all_reduce_sum({"loss_sum": loss_sum, "tokens": float(token_count)})
     loss = totals["loss_sum"] / max(totals["tokens"], 1.0)
     return {"loss": loss, "perplexity": perplexity(loss)}
+
+
+RECIPE = Recipe(stage=STAGE, build_job=build_job, headline_template=HEADLINE)
+plan, run = RECIPE.plan, RECIPE.run  # sft.plan(config) -> TrainingPlan, sft.run(config, resume=...) -> RunSummary

@@ -64,6 +64,7 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
     validation_rows: int | None = None
     steps_per_epoch: int | None = None
     plan_notes: dict[str, str] = field(default_factory=dict)  # stage-specific lines for the plan ("max length": ..)
+    warnings: tuple[str, ...] = ()  # shown as the plan's last lines and logged when the run starts
 
     def loop_config(self, core: CoreSettings) -> LoopConfig:
         """What ``train_loop`` receives on every worker (unpacked there by ``setup_worker``)."""
@@ -99,7 +100,8 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
             train_rows=self.train_rows, validation_rows=self.validation_rows, epochs=training.epochs,
             steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
             samples_per_step=self.samples_per_step, output_dir=self.output_dir, run_dir=self.run_dir,
-            checkpoint_dir=self.checkpoint_dir, notes=dict(self.plan_notes),
+            checkpoint_dir=self.checkpoint_dir,
+            notes={**self.plan_notes, **{f"warning {number}": text for number, text in enumerate(self.warnings, 1)}},
         )
 
 

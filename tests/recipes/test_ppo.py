@@ -46,8 +46,7 @@ def run_inline(config: PPOConfig, run_dir: Path, *, resume_from: Path | None = N
     """The worker loop in this process (the core's local mode): no Ray, checkpoints in ``run_dir``."""
     from rlhfctl.training.worker import CoreSettings
 
-    ppo_plan = ppo.prepare(config)
-    job = ppo.build_job(ppo_plan)
+    job = ppo.build_job(config)
     core = CoreSettings(stage="ppo", mode="local", run_dir=str(run_dir), checkpoint_dir=str(job.checkpoint_dir),
                         total_steps=job.total_steps, samples_per_step=job.samples_per_step,
                         resume_from=None if resume_from is None else str(resume_from), num_to_keep=100)
@@ -226,7 +225,7 @@ def test_ppo_on_two_ray_workers_raises_heldout_reward_with_bounded_kl_and_resume
     from rlhfctl.training.launch import run_training
 
     killed = ray_config(tmp_path / "killed", trained_models)
-    job = ppo.build_job(ppo.prepare(killed))
+    job = ppo.build_job(killed)
     with pytest.raises(RuntimeFailure):
         run_training(job, fault_injection={"after_step": 8, "marker": str(tmp_path / "killed.marker")})
     resumed = ppo.run(killed, resume=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
@@ -29,9 +28,26 @@ runner = CliRunner()
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_every_registered_recipe_satisfies_the_contract(stage):
     recipe = load_recipe(stage)
-    assert isinstance(recipe, Recipe)
-    assert recipe.STAGE == stage
-    assert recipe.headline({}) and "?" in recipe.headline({})  # figures it did not get show as "?"
+    assert isinstance(recipe, Recipe) and recipe.stage == stage
+    module = sys.modules[f"rlhfctl.recipes.{stage}"]
+    assert module.STAGE == stage and callable(module.train_loop)
+    assert (module.plan, module.run) == (recipe.plan, recipe.run)
+    assert "?" in recipe.headline({})  # a figure the run did not report shows as "?"
+
+
+def test_a_headline_shows_each_named_figure_to_three_decimals():
+    recipe = Recipe(stage="x", build_job=lambda config: None, headline_template="accuracy {acc}, margin {margin}")
+    assert recipe.headline({"acc": 0.96875, "margin": 3.98412}) == "accuracy 0.969, margin 3.984"
+    assert recipe.headline({"acc": 1.0}) == "accuracy 1.000, margin ?"
+
+
+def test_a_module_without_a_recipe_for_its_stage_is_refused(monkeypatch):
+    module = ModuleType("rlhfctl.recipes.broken")
+    module.RECIPE = Recipe(stage="other", build_job=lambda config: None, headline_template="")
+    monkeypatch.setitem(sys.modules, "rlhfctl.recipes.broken", module)
+    monkeypatch.setitem(STAGES, "broken", StageEntry("broken", help="h", train_help="t", train_examples=()))
+    with pytest.raises(TypeError, match="must be a Recipe for stage 'broken'"):
+        load_recipe("broken")
 
 
 def test_the_registry_and_the_config_schema_name_the_same_stages():
@@ -83,8 +99,8 @@ def fake_train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
 
 def _fake_recipe() -> ModuleType:
-    """The recipe module of the fake stage: STAGE, plan, run, headline (the contract), built like the real ones."""
-    from rlhfctl.training.launch import TrainingJob, run_training
+    """The recipe module of the fake stage: a driver-side build_job, the worker loop above, and its RECIPE."""
+    from rlhfctl.training.launch import TrainingJob
 
     def build_job(config) -> TrainingJob:
         inputs = [[float(i % 5), float(i % 3)] for i in range(16)]
@@ -93,14 +109,7 @@ def _fake_recipe() -> ModuleType:
                            train_rows=len(inputs), plan_notes={"model": "a two-weight linear regression"})
 
     module = ModuleType("rlhfctl.recipes.fake")
-    module.STAGE = "fake"
-    module.plan = lambda config: build_job(config).plan()
-    module.run = lambda config, **options: run_training(build_job(config), **options)
-
-    def headline(final_metrics: Mapping[str, float]) -> str:
-        return f"weight {registry.figure(final_metrics, 'weight')} (2 expected)"
-
-    module.headline = headline
+    module.RECIPE = Recipe(stage="fake", build_job=build_job, headline_template="weight {weight} (2 expected)")
     return module
 
 
