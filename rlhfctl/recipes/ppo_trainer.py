@@ -36,7 +36,8 @@ class PPOTrainer:
     forwards use the bare modules inside them.
     """
 
-    def __init__(self, *, ctx, models: PPOModels, policy, value_model, optimizers, schedulers, kl_controller, score_settings):
+    def __init__(self, *, ctx, models: PPOModels, policy, value_model, optimizers, schedulers, kl_controller,
+                 score_settings):
         from rlhfctl.models.generation import SamplingSettings, stop_token_ids
 
         self.ctx, self.models = ctx, models

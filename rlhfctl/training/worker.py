@@ -17,8 +17,8 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 ```
 
 ``ctx.config`` is the stage's validated config and ``ctx.payload`` the recipe's frozen payload dataclass, both as
-the driver built them. The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"`` (Ray Train
-workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
+the driver built them. The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"``
+(Ray Train workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
 ``"local"`` (one worker in the driver process, no Ray: checkpoints written atomically into the run directory).
 """
 
