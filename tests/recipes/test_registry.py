@@ -145,23 +145,20 @@ def fake_stage(monkeypatch):
 
 
 def _write_fake_config(tmp_path) -> str:
+    import tomli_w
+
     data = tmp_path / "rows.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n', encoding="utf-8")
+    config = {
+        "stage": "fake",
+        "general": {"base_model": "unused", "output_dir": str(tmp_path / "out"),
+                    "checkpoint_dir": str(tmp_path / "model")},
+        "dataset": {"train_file": str(data)},
+        "training": {"num_training_workers": 1, "learning_rate": 0.05, "optimizer": "SGD",
+                     "lr_scheduler": "constant"},
+    }
     path = tmp_path / "fake.toml"
-    path.write_text(f"""
-stage = "fake"
-[general]
-base_model = "unused"
-output_dir = "{tmp_path / 'out'}"
-checkpoint_dir = "{tmp_path / 'model'}"
-[dataset]
-train_file = "{data}"
-[training]
-num_training_workers = 1
-learning_rate = 0.05
-optimizer = "SGD"
-lr_scheduler = "constant"
-""", encoding="utf-8")
+    path.write_text(tomli_w.dumps(config), encoding="utf-8")
     return str(path)
 
 
