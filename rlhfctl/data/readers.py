@@ -1,8 +1,8 @@
 """Readers for every file layout rlhfctl accepts, detected from the content (not only the suffix).
 
-Each reader yields :class:`SourceRecord` ``(line, record)`` pairs: ``line`` is the 1-based line where the record
-starts (the row number for Parquet files and ``datasets`` folders), ``record`` is a ``dict`` or, for prompt
-lists, a bare ``str``. Readers stream: memory stays flat however large the file is.
+Each reader yields :class:`~rlhfctl.data.records.SourceRecord` ``(line, record)`` pairs: ``line`` is the 1-based
+line where the record starts (the row number for Parquet files and ``datasets`` folders), ``record`` is a ``dict``
+or, for prompt lists, a bare ``str``. Readers stream: memory stays flat however large the file is.
 
 Layouts:
 
@@ -28,8 +28,9 @@ import json.scanner
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO
 
+from rlhfctl.data.records import SourceRecord
 from rlhfctl.errors import DataError
 
 LAYOUTS: tuple[str, ...] = (
@@ -41,13 +42,6 @@ _MAX_RECORD_CHARS = 64 << 20  # one record larger than this is refused (keeps me
 _NEAR_END = 64  # a decode error this close to the end of the buffer may just mean "read more"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WHITESPACE = " \t\r\n"
-
-
-class SourceRecord(NamedTuple):
-    """One record of an input and the 1-based line (or row) where it starts."""
-
-    line: int
-    record: object
 
 
 def detect_layout(source: str | Path) -> str:
