@@ -135,6 +135,14 @@ def test_field_mapping_for_a_csv(tmp_path):
         parse_field_mappings(["prompt"])
 
 
+def test_a_csv_written_by_pandas_converts_without_its_index(tmp_path, pandas_rm_csv, pandas_rm_rows):
+    out = tmp_path / "rm.jsonl"
+    report = convert_file(ConvertRequest(str(pandas_rm_csv), out, "rm"))
+    assert report.layout == "csv" and report.source_format == "standard"
+    assert (report.rows_read, report.rows_written, report.rows_skipped) == (2, 2, 0)
+    assert read_jsonl(out) == pandas_rm_rows
+
+
 def test_undetectable_format_names_closest_and_options(tmp_path):
     source = write_jsonl(tmp_path / "x.jsonl", [{"history": "h", "answer": "a"}])
     with pytest.raises(DataError) as caught:
