@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 
 def is_finite_number(value: object) -> bool:
-    """True for an int/float that is neither NaN nor ±inf (``None``, the JSON spelling of a non-finite value, is not)."""
+    """True for an int/float that is neither NaN nor ±inf (not ``None``: metrics.jsonl's spelling of NaN/inf)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
