@@ -44,6 +44,11 @@ def report(
             raise UserError(f"-o {output} is a folder: give the HTML file to write, e.g. {output / 'report.html'}")
         refuse_to_clobber(output, force=force, what="report")
     runs = load_runs(run_dirs)
+    images = None
+    if png is not None:  # checked before anything is written
+        from rlhfctl.report.png import plan_pngs
+
+        images = plan_pngs(runs, png, force=force)
     if output is not None:
         from rlhfctl.report.html import render_html
 
@@ -58,10 +63,10 @@ def report(
         from rlhfctl.report.terminal import print_summary
 
         print_summary(runs, console)
-    if png is not None:
+    if png is not None and images is not None:
         from rlhfctl.report.png import write_pngs
 
-        written = write_pngs(runs, png, force=force)
+        written = write_pngs(images, png)
         console.print(f"[bold green]wrote[/] {len(written)} image(s) into {escape(str(png))}: "
                       f"{escape(', '.join(path.name for path in written))}", soft_wrap=True)
 

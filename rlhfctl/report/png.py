@@ -36,8 +36,8 @@ def planned_images(runs: list[RunData]) -> list[tuple[str, str, list[Chart]]]:
     return images
 
 
-def write_pngs(runs: list[RunData], folder: Path, *, force: bool) -> list[Path]:
-    """Write every image into ``folder`` (created); refuse to replace existing images without ``force``."""
+def plan_pngs(runs: list[RunData], folder: Path, *, force: bool) -> list[tuple[str, str, list[Chart]]]:
+    """The images to write into ``folder``; a UserError when that would replace images without ``force``."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--png {folder} is a file, not a folder")
@@ -45,10 +45,12 @@ def write_pngs(runs: list[RunData], folder: Path, *, force: bool) -> list[Path]:
     existing = [name for name, _, _ in images if (folder / name).exists()]
     if existing and not force:
         raise UserError(f"--png {folder} already holds {', '.join(existing)}", hint="Pass --force to replace them.")
-    written = []
-    for name, title, charts in images:
-        written.append(_write_image(folder / name, title, charts))
-    return written
+    return images
+
+
+def write_pngs(images: list[tuple[str, str, list[Chart]]], folder: Path) -> list[Path]:
+    """Write the images of :func:`plan_pngs` into ``folder`` (created), each atomically."""
+    return [_write_image(Path(folder) / name, title, charts) for name, title, charts in images]
 
 
 def _write_image(target: Path, title: str, charts: list[Chart]) -> Path:

@@ -117,7 +117,7 @@ def load_run(path: Path) -> RunData:
     rows = [row for row in (_metric_row(record, index, notes) for index, record in metrics) if row is not None]
     samples = [record for _, record in read_jsonl_tolerant(path / SAMPLES_FILE, notes)
                if isinstance(record.get("step"), int)]
-    events = [record for _, record in read_jsonl_tolerant(path / EVENTS_FILE, notes) if "kind" in record]
+    events = [_event(record) for _, record in read_jsonl_tolerant(path / EVENTS_FILE, notes) if "kind" in record]
     config_text, config = _read_config(path / RESOLVED_CONFIG_FILE, notes)
     stage = config.get("stage") or next((event.get("stage") for event in events if event.get("stage")), None)
     train = [row for row in rows if row["split"] == "train"]
@@ -198,6 +198,13 @@ def _metric_row(record: dict[str, Any], line: int, notes: list[str]) -> dict[str
         if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             row[key] = None if value is None or not math.isfinite(value) else value
     return row
+
+
+def _event(record: dict[str, Any]) -> dict[str, Any]:
+    """An events.jsonl record with its ``time`` kept only when it is a finite number (``None`` otherwise)."""
+    when = record.get("time")
+    finite = isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when)
+    return {**record, "time": when if finite else None}
 
 
 def step_gaps_note(steps: list[int]) -> list[str]:

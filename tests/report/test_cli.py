@@ -62,8 +62,10 @@ def test_png_images_next_to_the_html(make_run, tmp_path: Path) -> None:
                                  "--png", str(tmp_path / "images")])
     assert result.exit_code == 0, result.output
     assert "image(s) into" in result.output and (tmp_path / "images" / "loss.png").exists()
-    again = runner.invoke(app, ["report", str(make_run("rm2", stage="rm")), "--png", str(tmp_path / "images")])
+    again = runner.invoke(app, ["report", str(make_run("rm2", stage="rm")), "-o", str(tmp_path / "rm2.html"),
+                                "--png", str(tmp_path / "images")])
     assert again.exit_code == 2 and "already holds" in again.output
+    assert not (tmp_path / "rm2.html").exists()  # refused before anything was written
 
 
 DRIVER = """

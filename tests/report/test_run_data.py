@@ -82,6 +82,13 @@ def test_broken_lines_in_the_middle_and_bad_records_are_noted_with_line_numbers(
     assert "resolved_config.toml is missing: the config is not shown" in run.notes
 
 
+def test_event_times_that_are_not_finite_numbers_are_dropped(make_run) -> None:
+    folder = make_run("odd")
+    with open(folder / "events.jsonl", "a") as events:
+        events.write('{"time": NaN, "kind": "notice", "message": "m"}\n{"time": "soon", "kind": "notice"}\n')
+    assert [event["time"] for event in load_run(folder).events[-2:]] == [None, None]
+
+
 def test_an_empty_run_is_still_a_run(tmp_path: Path) -> None:
     folder = tmp_path / "fresh"
     folder.mkdir()
