@@ -7,6 +7,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     from rlhfctl.cli import config_cmd, data_cmd, init_cmd, ppo_cmd, rm_cmd, sft_cmd, example_cmd
+    from rlhfctl.cli import report_cmd
 
     init_cmd.register(app)
     config_cmd.register(app)
@@ -16,3 +17,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(rm_cmd.app, name="rm")
     app.add_typer(ppo_cmd.app, name="ppo")
     app.add_typer(example_cmd.app, name="example")
+    report_cmd.register(app)
