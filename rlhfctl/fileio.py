@@ -16,6 +16,17 @@ from typing import IO
 from rlhfctl.errors import UserError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_permissions(path: str, *, directory: bool) -> None:
+    """``mkstemp``/``mkdtemp`` create owner-only files; give the output what ``open()`` would (0666/0777 & ~umask)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_current_umask())
+
+
 def refuse_to_clobber(target: Path, *, force: bool, what: str = "output") -> None:
     """Raise a UserError when ``target`` exists and ``--force`` was not given."""
     if Path(target).exists() and not force:
@@ -30,6 +41,7 @@ def atomic_open(target: Path, mode: str = "w", encoding: str | None = "utf-8") -
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     kwargs = {"encoding": encoding} if "b" not in mode else {}
     try:
+        _usual_permissions(tmp_name, directory=False)
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
@@ -53,6 +65,7 @@ def atomic_directory(target: Path, *, force: bool = True) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        _usual_permissions(str(tmp_dir), directory=True)
         yield tmp_dir
         if target.exists():
             if not force:

@@ -3,6 +3,7 @@
 A run's ``general.output_dir``::
 
     metrics.jsonl            one JSON object per logged step (training.metrics)
+    events.jsonl             the run's timeline: every progress event, append-only (training.metrics)
     samples.jsonl            PPO's example responses (training.metrics)
     resolved_config.toml     the config the run used, after overrides (config.render)
     tensorboard/             TensorBoard events when tensorboardX is installed
@@ -16,6 +17,7 @@ An export (``general.checkpoint_dir``): the Hugging Face folder, plus ``reward_s
 from __future__ import annotations
 
 METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 RESOLVED_CONFIG_FILE = "resolved_config.toml"
 TENSORBOARD_DIR = "tensorboard"

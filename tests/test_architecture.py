@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rlhfctl"
 ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 
 LIBRARY = ("rlhfctl.objectives", "rlhfctl.models", "rlhfctl.training", "rlhfctl.data", "rlhfctl.config",
-           "rlhfctl.progress", "rlhfctl.errors", "rlhfctl.fileio", "rlhfctl.runfiles")
+           "rlhfctl.progress", "rlhfctl.monitor", "rlhfctl.report", "rlhfctl.errors", "rlhfctl.fileio",
+           "rlhfctl.runfiles")
 CONSUMERS = ("rlhfctl.recipes", "rlhfctl.cli", "rlhfctl.example")  # what the library never imports
 TERMINAL_UI = ("typer", "rich", "questionary", "click")
 
@@ -134,13 +135,15 @@ def test_objectives_are_pure_maths(name):
 
 
 @pytest.mark.parametrize("name", [name for name in MODULES if name.startswith(
-    ("rlhfctl.training", "rlhfctl.data", "rlhfctl.config", "rlhfctl.models", "rlhfctl.objectives", "rlhfctl.recipes"))])
+    ("rlhfctl.training", "rlhfctl.data", "rlhfctl.config", "rlhfctl.models", "rlhfctl.objectives", "rlhfctl.recipes",
+     "rlhfctl.monitor"))])
 def test_only_the_cli_and_renderers_use_terminal_ui_libraries(name):
     assert not {target for target in _imports(name) if target.split(".")[0] in TERMINAL_UI}
 
 
-@pytest.mark.parametrize("name", [name for name in MODULES if name.startswith("rlhfctl.progress")])
-def test_renderers_never_import_torch_or_ray(name):
+@pytest.mark.parametrize("name", [name for name in MODULES if name.startswith(
+    ("rlhfctl.progress", "rlhfctl.report", "rlhfctl.monitor"))])
+def test_renderers_and_health_checks_never_import_torch_or_ray(name):
     assert not {target for target in _imports(name) if target.split(".")[0] in ("torch", "ray", "transformers")}
 
 

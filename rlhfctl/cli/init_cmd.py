@@ -3,26 +3,32 @@
 The wizard asks only what the flags did not answer. Prompting goes through a :class:`Prompter` (questionary at a
 terminal; tests pass their own), and with no terminal on stdin nothing is ever asked: ``--defaults`` (or a flag for
 every answer) is required.
+
+The questions and the answer flags (``--model``, ``--learning-rate``, ...) come from the config schema
+(:func:`rlhfctl.config.wizard.init_flags`): a key marked ``Ask(...)`` in a stage's schema module is asked and
+gets a flag, with nothing to edit here. So that ``rlhfctl --help`` does not import the schema, the command's
+options are built when ``init`` itself is used (:class:`_OptionsOnFirstUse`).
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Optional, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Protocol
 
 import typer
+import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from rlhfctl.errors import UserError
 
 if TYPE_CHECKING:  # the wizard pulls in the config schema (pydantic): imported when `init` runs, not at --help
-    from rlhfctl.config.wizard import InitAnswers
-
-Validator = Callable[[str], Optional[str]]  # returns an error message, or None when the text is acceptable
+    from rlhfctl.config.wizard import InitAnswers, InitFlag, Validator
 
 
 class Prompter(Protocol):
@@ -73,182 +79,161 @@ def stdin_is_terminal() -> bool:
 # ------------------------------------------------------------------------------------------------ the wizard
 
 
-def _positive_int(text: str) -> str | None:
-    return None if text.strip().isdigit() and int(text) > 0 else "enter a whole number greater than 0"
-
-
-def _positive_number(text: str) -> str | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return "enter a number, e.g. 1e-5"
-    return None if value > 0 and value != float("inf") else "enter a number greater than 0"
-
-
-def _non_negative_number(text: str) -> str | None:
-    try:
-        return None if 0 <= float(text) < float("inf") else "enter a number of 0 or more"
-    except ValueError:
-        return "enter a number, e.g. 0.05"
-
-
-def _non_empty(text: str) -> str | None:
-    return None if text.strip() else "this cannot be empty"
-
-
 def run_wizard(prompter: Prompter, answers: InitAnswers) -> InitAnswers:
-    """Fill every unset answer by asking; answers already set (from flags) are not asked again."""
+    """Fill every unset answer by asking; answers already set (from flags) are not asked again.
+
+    Accepting the template's value leaves the answer unset, so the template's value (relative to the config's
+    folder) is kept as written; typed paths are relative to the current directory.
+    """
     from rlhfctl.config.templates import template_defaults
 
-    defaults = template_defaults(answers.stage)
-    general, dataset = defaults["general"], defaults["dataset"]
-    training, generation = defaults["training"], defaults.get("generation", {})
-    ppo = answers.stage == "ppo"
-
-    asked: set[str] = set()
-
-    def ask_text(name: str, question: str, default: object, validate: Validator | None = _non_empty) -> None:
-        """Ask for an unset answer. Accepting the template's default leaves the answer unset, so the template's
-        value (relative to the config's folder) is kept as written; typed paths are relative to the cwd."""
-        if getattr(answers, name) is not None or name in asked:
-            return
-        asked.add(name)
-        reply = prompter.text(question, str(default), validate).strip()
+    template = template_defaults(answers.stage)
+    for question in answers.questions():
+        if answers.values[question.name] is not None:
+            continue
+        text, default = question.text(template), question.template_value(template)
+        if question.value_type is bool:
+            answers.values[question.name] = prompter.confirm(text, bool(default))
+            continue
+        shown = "" if default is None else str(default)
+        validate = question.validator()
+        reply = prompter.text(text, shown, validate).strip()
         problem = validate(reply) if validate else None
         if problem:
-            raise UserError(f"{question} {problem} (got {reply!r})")
-        setattr(answers, name, None if reply in (str(default), "") else reply)
-
-    def ask_number(name: str, question: str, default: object, validate: Validator, kind: type) -> None:
-        ask_text(name, question, default, validate)
-        if isinstance(getattr(answers, name), str):
-            setattr(answers, name, kind(getattr(answers, name)))
-
-    if ppo:
-        ask_text("model", "Policy model (hub id or local folder):", general["model_name"])
-        ask_text("model_pretrain", "SFT export to start the policy from (empty: none):", "", None)
-        ask_text("rm_model", "Reward model architecture (hub id or local folder):", general["rm_name"])
-        ask_text("rm_pretrain", "Reward-model export to score with (empty: none):", "", None)
-    else:
-        ask_text("model", "Model to start from (hub id or local folder):", general["base_model"])
-    ask_text("train_file", "Training data file:", dataset["train_file"])
-    ask_text("validation_file", f"Validation data file (empty: hold out {dataset['validation_split_percentage']}% "
-                                "of the training data):", "", None)
-    ask_text("output_dir", "Run directory (logs, metrics, Ray checkpoints):", general["output_dir"])
-    ask_text("checkpoint_dir", "Folder for the final exported model:", general["checkpoint_dir"])
-    ask_number("workers", "Number of Ray Train workers:", training["num_training_workers"], _positive_int, int)
-    ask_number("cpus_per_worker", "CPUs per worker:", training["resources_per_worker"].get("CPU", 1),
-               _positive_number, float)
-    if answers.use_gpu is None:
-        answers.use_gpu = prompter.confirm("Give each worker a GPU?", False)
-    ask_number("learning_rate", "Learning rate:", training["learning_rate"], _positive_number, float)
-    ask_number("epochs", "Epochs:", training["epochs"], _positive_int, int)
-    ask_number("batch_size", "Batch size per worker:", training["batch_size"], _positive_int, int)
-    if ppo:
-        ask_number("kl_coeff", "KL penalty coefficient (kl_coeff):", training["kl_coeff"], _non_negative_number,
-                   float)
-        ask_number("max_new_tokens", "Maximum new tokens per response:", generation["max_new_tokens"],
-                   _positive_int, int)
+            raise UserError(f"{text} {problem} (got {reply!r})")
+        answers.values[question.name] = None if reply in (shown, "") else question.parse(reply)
     return answers
 
 
 # ------------------------------------------------------------------------------------------------ the command
 
-_FLAG_NAMES = {
-    "model": "--model", "rm_model": "--rm-model", "model_pretrain": "--model-pretrain",
-    "rm_pretrain": "--rm-pretrain", "train_file": "--train-file", "validation_file": "--validation-file",
-    "output_dir": "--output-dir", "checkpoint_dir": "--checkpoint-dir", "workers": "--workers",
-    "cpus_per_worker": "--cpus-per-worker", "use_gpu": "--gpu/--no-gpu", "learning_rate": "--learning-rate",
-    "epochs": "--epochs", "batch_size": "--batch-size", "kl_coeff": "--kl-coeff", "max_new_tokens": "--max-new-tokens",
-}
+HELP = "Write a commented TOML config for a stage (wizard, or flags and --defaults)."
+EPILOG = (
+    "Examples:\n\n"
+    "  rlhfctl init\n\n"
+    "  rlhfctl init --stage rm --defaults -o rm.toml\n\n"
+    "  rlhfctl init --stage ppo --defaults --rm-pretrain checkpoints/rm --kl-coeff 0.1 -o ppo.toml"
+)
 
 
-def init(
-    stage: Annotated[Optional[Literal["sft", "rm", "ppo"]], typer.Option(
-        "--stage", help="Stage to configure (asked when left out; sft with --defaults).", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="File to write (default: <stage>.toml).", show_default=False)] = None,
-    defaults: Annotated[bool, typer.Option("--defaults", help="Use the template's value for every answer not given "
-                                                              "as a flag; never prompt.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace the output file if it exists.")] = False,
-    list_templates: Annotated[bool, typer.Option("--list", help="Show the templates and exit.")] = False,
-    model: Annotated[Optional[str], typer.Option(help="Model to start from: hub id or local folder (PPO: the "
-                                                      "policy).", show_default=False)] = None,
-    rm_model: Annotated[Optional[str], typer.Option(help="PPO: reward model architecture (hub id or folder).",
-                                                    show_default=False)] = None,
-    model_pretrain: Annotated[Optional[str], typer.Option(help="PPO: SFT export to start the policy from.",
-                                                          show_default=False)] = None,
-    rm_pretrain: Annotated[Optional[str], typer.Option(help="PPO: reward-model export to score with.",
-                                                       show_default=False)] = None,
-    train_file: Annotated[Optional[str], typer.Option(help="Training data file.", show_default=False)] = None,
-    validation_file: Annotated[Optional[str], typer.Option(help="Validation data file (instead of a split).",
-                                                           show_default=False)] = None,
-    output_dir: Annotated[Optional[str], typer.Option(help="Run directory (logs, metrics, Ray checkpoints).",
-                                                      show_default=False)] = None,
-    checkpoint_dir: Annotated[Optional[str], typer.Option(help="Folder for the final exported model.",
-                                                          show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Number of Ray Train workers.",
-                                                   show_default=False)] = None,
-    cpus_per_worker: Annotated[Optional[float], typer.Option(min=0.01, help="CPUs each worker reserves.",
-                                                             show_default=False)] = None,
-    gpu: Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Give each worker one GPU.",
-                                                show_default=False)] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate.", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Passes over the training data.",
-                                                  show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Examples per worker per step.",
-                                                      show_default=False)] = None,
-    kl_coeff: Annotated[Optional[float], typer.Option(help="PPO: KL penalty coefficient.", show_default=False)] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="PPO: response length limit.",
-                                                          show_default=False)] = None,
-) -> None:
-    """Write a commented TOML config for a stage: a wizard at a terminal, flags and --defaults anywhere."""
+def init(*, stage: str | None, output: Path | None, defaults: bool, force: bool, list_templates: bool,
+         **given: Any) -> None:
+    """Write a commented TOML config for a stage: a wizard at a terminal, flags and --defaults anywhere.
+
+    ``given`` holds one value per answer flag (``model``, ``learning_rate``, ...; None when the flag is absent).
+    """
     from rlhfctl.config.schema import STAGES
-    from rlhfctl.config.wizard import PPO_ONLY, InitAnswers
-
-    from rlhfctl.config.wizard import render_config
+    from rlhfctl.config.wizard import InitAnswers, render_config
     from rlhfctl.fileio import atomic_write_text, refuse_to_clobber
 
     if list_templates:
         _print_templates()
         return
-    given = dict(model=model, rm_model=rm_model, model_pretrain=model_pretrain, rm_pretrain=rm_pretrain,
-                 train_file=train_file, validation_file=validation_file, output_dir=output_dir,
-                 checkpoint_dir=checkpoint_dir, workers=workers, cpus_per_worker=cpus_per_worker, use_gpu=gpu,
-                 learning_rate=learning_rate, epochs=epochs, batch_size=batch_size, kl_coeff=kl_coeff,
-                 max_new_tokens=max_new_tokens)
     interactive = not defaults and stdin_is_terminal()
     if output is not None:
         refuse_to_clobber(output, force=force, what="config file")
     if stage is None:
         if interactive:
-            stage = make_prompter().select("Which stage do you want to configure?", list(STAGES), "sft")
+            stage = make_prompter().select("Which stage do you want to configure?", list(STAGES), STAGES[0])
         elif defaults:
-            stage = "sft"
+            stage = STAGES[0]
         else:
             raise UserError("no terminal to ask questions on: pass --stage and --defaults (or a flag for every "
                             "answer)", hint="Example: rlhfctl init --stage rm --defaults -o rm.toml")
-    if stage != "ppo":
-        misplaced = [_FLAG_NAMES[name] for name in PPO_ONLY if given[name] is not None]
-        if misplaced:
-            raise UserError(f"{', '.join(misplaced)} only appl{'ies' if len(misplaced) == 1 else 'y'} to "
-                            f"--stage ppo, not {stage}")
+    answers = InitAnswers(stage, **given)
+    misplaced = answers.not_for_this_stage()
+    if misplaced:
+        raise UserError(_not_for_this_stage(misplaced, stage))
     output = output or Path(f"{stage}.toml")
     refuse_to_clobber(output, force=force, what="config file")
-    answers = InitAnswers(stage=stage, **given)
     missing = answers.missing()
     if missing and interactive:
         answers = run_wizard(make_prompter(), answers)
     elif missing and not defaults:
+        flags = {flag.name: flag.declaration for flag in _init_flags()}
         raise UserError(
             "no terminal to ask questions on, and these answers were not given: "
-            + ", ".join(_FLAG_NAMES[name] for name in missing),
+            + ", ".join(flags[name] for name in missing),
             hint="Pass --defaults to take the template's values for them.",
         )
     answers = answers.relative_to(output.expanduser().absolute().parent, Path.cwd())
     text = render_config(answers, shown_as=f"{output} (not written)")
     atomic_write_text(output, text)
     _print_written(output, answers)
+
+
+def _not_for_this_stage(flags: Sequence[InitFlag], stage: str) -> str:
+    """"--kl-coeff only applies to --stage ppo, not sft" (flags grouped by the stages they apply to)."""
+    by_stages: dict[tuple[str, ...], list[str]] = {}
+    for flag in flags:
+        by_stages.setdefault(flag.stages, []).append(flag.declaration)
+    parts = [f"{', '.join(names)} only appl{'ies' if len(names) == 1 else 'y'} to --stage {' or '.join(stages)}"
+             for stages, names in by_stages.items()]
+    return "; ".join(parts) + f", not {stage}"
+
+
+def _init_flags() -> tuple[InitFlag, ...]:
+    from rlhfctl.config.wizard import init_flags
+
+    return init_flags()
+
+
+def _option(name: str, annotation: Any, *declarations: str, default: Any = None, **settings: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[annotation, typer.Option(*declarations, **settings)])
+
+
+def _init_options() -> list[inspect.Parameter]:
+    """``init``'s options: the fixed ones, then one per answer of any stage (from the config schema)."""
+    from rlhfctl.config.schema import STAGES
+
+    options = [
+        _option("stage", Optional[Literal[STAGES]], "--stage", show_default=False,
+                help=f"Stage to configure (asked when left out; {STAGES[0]} with --defaults)."),
+        _option("output", Optional[Path], "--output", "-o", help="File to write (default: <stage>.toml).",
+                show_default=False),
+        _option("defaults", bool, "--defaults", default=False,
+                help="Use the template's value for every answer not given as a flag; never prompt."),
+        _option("force", bool, "--force", default=False, help="Replace the output file if it exists."),
+        _option("list_templates", bool, "--list", default=False, help="Show the templates and exit."),
+    ]
+    for flag in _init_flags():
+        bounds = {} if flag.smallest is None else {"min": flag.smallest}
+        options.append(_option(flag.name, Optional[flag.value_type], flag.declaration, help=flag.help,
+                               show_default=False, **bounds))
+    return options
+
+
+def _full_init_command() -> TyperCommand:
+    """``init`` as Typer builds it from a signature holding every option."""
+
+    def init_with_every_option(**options: Any) -> None:
+        init(**options)
+
+    init_with_every_option.__signature__ = inspect.Signature(_init_options())  # type: ignore[attr-defined]
+    app = typer.Typer(add_completion=False, rich_markup_mode="rich")
+    app.command(help=HELP, epilog=EPILOG)(init_with_every_option)
+    return typer.main.get_command(app)  # type: ignore[return-value]
+
+
+class _OptionsOnFirstUse(TyperCommand):
+    """``init``, whose options are built the first time the command is parsed or its help is shown.
+
+    Typer builds every command of the app when it starts, even for ``rlhfctl --help``; ``init``'s answer options
+    come from the config schema (pydantic), which ``rlhfctl --help`` must not pay for. This command lists, parses
+    and runs through the full one (:func:`_full_init_command`), built on first need.
+    """
+
+    def _full(self) -> TyperCommand:
+        if "_full_command" not in self.__dict__:
+            self._full_command = _full_init_command()
+        return self._full_command
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:  # type: ignore[override]
+        return self._full().get_params(ctx)
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        return self._full().invoke(ctx)
 
 
 def _print_templates() -> None:
@@ -282,13 +267,7 @@ def _print_written(output: Path, answers: InitAnswers) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command(
-        "init",
-        help="Write a commented TOML config for a stage (wizard, or flags and --defaults).",
-        epilog=(
-            "Examples:\n\n"
-            "  rlhfctl init\n\n"
-            "  rlhfctl init --stage rm --defaults -o rm.toml\n\n"
-            "  rlhfctl init --stage ppo --defaults --rm-pretrain checkpoints/rm --kl-coeff 0.1 -o ppo.toml"
-        ),
-    )(init)
+    def init_options_built_on_first_use() -> None:  # pragma: no cover - never called: the command runs _full()
+        raise AssertionError("init runs through _OptionsOnFirstUse")
+
+    app.command("init", cls=_OptionsOnFirstUse, help=HELP, epilog=EPILOG)(init_options_built_on_first_use)

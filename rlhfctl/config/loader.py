@@ -13,29 +13,31 @@ import re
 import sys
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 from pydantic import ValidationError
 
 from rlhfctl.config.issues import FROM_COMMAND_LINE, issues_from_validation, locate, sorted_by_line
-from rlhfctl.config.keys import SEED_SECTIONS, field_info, is_table_field, known_keys
+from rlhfctl.config.keys import (
+    SEED_SECTIONS,
+    exclusive_key_groups,
+    field_info,
+    is_table_field,
+    known_keys,
+    model_source_keys,
+    must_exist_keys,
+    path_keys,
+    stage_unique_keys,
+    value_type,
+)
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES, StageConfig
+from rlhfctl.config.schema.markers import ModelSource
 from rlhfctl.errors import ConfigError, ConfigIssue
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
-
-_PATH_KEYS = {
-    ("dataset", "train_file"),
-    ("dataset", "validation_file"),
-    ("general", "output_dir"),
-    ("general", "checkpoint_dir"),
-    ("general", "model_pretrain"),
-    ("general", "rm_pretrain"),
-}
-_MODEL_KEYS = {("general", "base_model"), ("general", "model_name"), ("general", "rm_name")}
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -118,7 +120,7 @@ def apply_overrides(
     for override in overrides:
         parts, raw_value = _split_override(override)
         value = _typed_override_value(parts, raw_value, stage)
-        if tuple(parts) in _PATH_KEYS and isinstance(value, str):
+        if ".".join(parts) in path_keys() and isinstance(value, str):
             value = str((cwd or Path.cwd()) / Path(value).expanduser())
         node = out
         for part in parts[:-1]:
@@ -132,17 +134,9 @@ def apply_overrides(
 def _typed_override_value(parts: list[str], raw_value: str, stage: str | None) -> Any:
     value = _parse_toml_value(raw_value)
     field = field_info(stage, ".".join(parts)) if stage else None
-    if field is not None and not isinstance(value, str) and _wants_text(field.annotation):
-        return raw_value
+    if field is not None and not isinstance(value, str) and value_type(field.annotation) in (str, Path):
+        return raw_value  # a text or path key: "123" stays the string "123"
     return value
-
-
-def _wants_text(annotation: Any) -> bool:
-    """True for ``str``/``Path`` fields (optional or not) that accept no numbers or booleans."""
-    if get_origin(annotation) is Union or type(annotation).__name__ == "UnionType":
-        members = [arg for arg in get_args(annotation) if arg is not type(None)]
-        return bool(members) and all(_wants_text(arg) for arg in members)
-    return annotation in (str, Path)
 
 
 def _check_override_keys(parts: list[str], stage: str | None) -> ConfigIssue | None:
@@ -168,38 +162,37 @@ def _check_override_keys(parts: list[str], stage: str | None) -> ConfigIssue | N
     return ConfigIssue(dotted, message)
 
 
-def _drop_replaced_validation_source(data: dict[str, Any], overridden: Collection[str]) -> dict[str, Any]:
-    """validation_file and validation_split_percentage exclude each other: overriding one on the command line
-    replaces the other one set in the file (the command line wins)."""
-    pair = ("validation_file", "validation_split_percentage")
-    dataset = data.get("dataset")
-    if not isinstance(dataset, dict):
-        return data
-    for given, replaced in (pair, pair[::-1]):
-        if f"dataset.{given}" in overridden and f"dataset.{replaced}" not in overridden and replaced in dataset:
-            dataset = {key: value for key, value in dataset.items() if key != replaced}
-    return {**data, "dataset": dataset}
+def _drop_replaced_exclusive_keys(data: dict[str, Any], overridden: Collection[str]) -> dict[str, Any]:
+    """Keys that exclude each other (dataset.validation_file and dataset.validation_split_percentage): overriding
+    one on the command line replaces the others set in the file (the command line wins)."""
+    out = dict(data)
+    for group in exclusive_key_groups():
+        if not any(key in overridden for key in group):
+            continue
+        for key in group:
+            section, name = key.split(".")
+            node = out.get(section)
+            if key not in overridden and isinstance(node, dict) and name in node:
+                out[section] = {other: value for other, value in node.items() if other != name}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ stages
 
 
 def detect_stage(data: dict[str, Any], requested: str | None) -> str | None:
-    """The stage a config is for: the ``stage`` key, else the requested one, else inferred from PPO-only keys."""
+    """The stage a config is for: the ``stage`` key, else the requested one, else the stage whose own keys (those
+    no other stage has, such as ``general.model_name`` for PPO) the file uses most."""
     declared = data.get("stage")
     if isinstance(declared, str) and declared in STAGES:
         return declared
     if requested:
         return requested
-    general = data.get("general") if isinstance(data.get("general"), dict) else {}
-    if "model_name" in general or "rm_name" in general or "generation" in data:
-        return "ppo"
-    training = data.get("training") if isinstance(data.get("training"), dict) else {}
-    if "completion_only_loss" in training:
-        return "sft"
-    if "center_rewards_coefficient" in training:
-        return "rm"
-    return None
+    present = set(data) | {f"{section}.{key}" for section, table in data.items() if isinstance(table, dict)
+                           for key in table}
+    counts = {stage: len(own & present) for stage, own in stage_unique_keys().items()}
+    best = max(STAGES, key=lambda stage: counts[stage])
+    return best if counts[best] else None
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -232,7 +225,7 @@ def load_config(
             continue
         accepted.append(override)
         overridden.add(".".join(parts))
-    data = _drop_replaced_validation_source(data, overridden)
+    data = _drop_replaced_exclusive_keys(data, overridden)
     data = apply_overrides(data, accepted, stage=override_stage)
     return _validate(data, stage=stage, path=path, source_text=text, check_files=check_files,
                      prior_issues=issues, overridden=overridden)
@@ -296,12 +289,13 @@ def _validate(
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     out = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
-    for section, key in _PATH_KEYS | _MODEL_KEYS:
+    for dotted in sorted(path_keys() | model_source_keys()):
+        section, key = dotted.split(".")
         node = out.get(section)
         if not isinstance(node, dict) or not isinstance(node.get(key), str):
             continue
         value = node[key]
-        if (section, key) in _MODEL_KEYS and not value.startswith(("./", "../", "~")):
+        if dotted in model_source_keys() and not value.startswith(("./", "../", "~")):
             continue  # a hub id or an absolute path: used as given
         candidate = Path(value).expanduser()
         if not candidate.is_absolute():
@@ -313,30 +307,20 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 def _check_files(data: dict[str, Any], text: str, overridden: Collection[str] = ()) -> list[ConfigIssue]:
     """Files and local model folders the config names that do not exist (checked on the raw values, so they are
     reported even when other keys have errors)."""
-    general = data.get("general") if isinstance(data.get("general"), dict) else {}
-    dataset = data.get("dataset") if isinstance(data.get("dataset"), dict) else {}
     issues = []
-
-    def report(section: str, name: str, message: str, value: str) -> None:
-        key = f"{section}.{name}"
+    for key, must_exist in must_exist_keys().items():
+        section, name = key.split(".")
+        node = data.get(section)
+        value = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(value, str) or Path(value).expanduser().exists():
+            continue
+        if isinstance(must_exist, ModelSource) and not _looks_like_local_path(value):
+            continue  # a hub id
+        message = f"{must_exist.what} not found: {value}" + (f" ({must_exist.hint})" if must_exist.hint else "")
         if key in overridden:
             issues.append(ConfigIssue(key, f"{message} {FROM_COMMAND_LINE}", value))
         else:
             issues.append(ConfigIssue(key, message, value, locate(text, [section, name])))
-
-    for name in ("train_file", "validation_file"):
-        value = dataset.get(name)
-        if isinstance(value, str) and not Path(value).expanduser().exists():
-            report("dataset", name, f"file not found: {value}", value)
-    for name in ("base_model", "model_name", "rm_name"):
-        value = general.get(name)
-        if isinstance(value, str) and _looks_like_local_path(value) and not Path(value).expanduser().exists():
-            report("general", name, f"local model folder not found: {value}", value)
-    for name in ("model_pretrain", "rm_pretrain"):
-        value = general.get(name)
-        if isinstance(value, str) and not Path(value).expanduser().exists():
-            report("general", name, f"export folder not found: {value} (run the earlier stage first, or leave the "
-                                    "key out)", value)
     return issues
 
 

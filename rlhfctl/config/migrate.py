@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import tomli_w
 
+from rlhfctl.config.keys import example_value, field_info, path_keys
 from rlhfctl.config.legacy_parse import read_legacy_config
 from rlhfctl.config.loader import validate_config_dict
-from rlhfctl.config.schema import LR_SCHEDULERS, STAGES
+from rlhfctl.config.schema import CONFIG_CLASSES, LR_SCHEDULERS, OPTIMIZERS, STAGES, MixedPrecision
 from rlhfctl.errors import UserError
 
 NoteKind = Literal["no effect", "no equivalent", "changed", "added", "left out"]
@@ -32,7 +33,7 @@ NoteKind = Literal["no effect", "no equivalent", "changed", "added", "left out"]
 _OPTIMIZERS = {"adamw": "AdamW", "adamw_torch": "AdamW", "adamw_hf": "AdamW", "adamw_torch_fused": "AdamW",
                "adam": "Adam", "sgd": "SGD"}
 _SECTIONS = {"general": "General", "dataset": "Dataset", "training": "Training"}
-_PATH_KEYS = {"train_file", "validation_file", "output_dir", "checkpoint_dir", "model_pretrain", "rm_pretrain"}
+_MIXED_PRECISION: tuple[str, ...] = get_args(MixedPrecision)
 _NO_EQUIVALENT_WHY = {
     "gpt_base_model": "transformers detects the architecture itself",
     "lora_config": "LoRA adapters are not supported; rlhfctl fine-tunes all weights",
@@ -73,8 +74,7 @@ class MigrationResult:
             header.append("# Notes on the original keys:")
             header += [f"#   - {note.render()}" for note in self.notes]
         ordered = {"stage": self.stage}
-        ordered.update({name: self.data[name] for name in ("general", "dataset", "training", "generation")
-                        if name in self.data})
+        ordered.update({name: self.data[name] for name in CONFIG_CLASSES[self.stage].sections() if name in self.data})
         return "\n".join(header) + "\n\n" + tomli_w.dumps(ordered)
 
 
@@ -209,7 +209,8 @@ class _Converter:
         if key == "optimizer":
             name = _OPTIMIZERS.get(str(value).lower())
             if name is None:
-                self.note(original, "no equivalent", f"{value!r} is not one of AdamW, Adam, SGD; AdamW is used")
+                self.note(original, "no equivalent", f"{value!r} is not one of {', '.join(OPTIMIZERS)}; "
+                                                     f"{OPTIMIZERS[0]} is used")
             else:
                 self.set("training.optimizer", name)
                 if name != value:
@@ -223,8 +224,9 @@ class _Converter:
                 self.note(original, "no equivalent", f"{value!r} is not a scheduler rlhfctl knows; 'linear' is used")
         elif key in ("batch_size", "epochs", "learning_rate", "weight_decay", "num_training_workers",
                      "gradient_accumulation_steps", "mixed_precision"):
-            if key == "mixed_precision" and value not in ("no", "bf16", "fp16"):
-                self.note(original, "no equivalent", f"{value!r} is not one of no, bf16, fp16; 'no' is used")
+            if key == "mixed_precision" and value not in _MIXED_PRECISION:
+                self.note(original, "no equivalent", f"{value!r} is not one of {', '.join(_MIXED_PRECISION)}; "
+                                                     f"{_MIXED_PRECISION[0]!r} is used")
                 return
             self.set(f"training.{key}", value)
             if ppo and key in ("batch_size", "epochs", "weight_decay"):
@@ -265,8 +267,9 @@ class _Converter:
         return self.data["training"].get("experience_batch_size", 8)
 
     def _fill_required_paths(self) -> None:
-        for key, default in (("output_dir", f"runs/{self.stage}"), ("checkpoint_dir", f"checkpoints/{self.stage}")):
+        for key in ("output_dir", "checkpoint_dir"):
             if key not in self.data["general"]:
+                default = example_value(field_info(self.stage, f"general.{key}"), self.stage)
                 self.set(f"general.{key}", default)
                 self.added.add(f"general.{key}")
                 self.note(f"General.{key}", "added", f"not in the original; set to {default!r} (edit as needed)")
@@ -287,7 +290,7 @@ class _Converter:
 
     def _note_relative_paths(self) -> None:
         relative = [f"{section}.{key}" for section in ("general", "dataset") for key, value in
-                    self.data[section].items() if key in _PATH_KEYS and isinstance(value, str)
+                    self.data[section].items() if f"{section}.{key}" in path_keys() and isinstance(value, str)
                     and not Path(value).expanduser().is_absolute() and f"{section}.{key}" not in self.added]
         if relative:
             self.note(", ".join(relative), "changed",

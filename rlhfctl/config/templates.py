@@ -1,8 +1,16 @@
-"""Config templates (``templates/<stage>.toml``) and rendering chosen values into them.
+"""Config templates (``templates/<stage>.toml``), generated from the schema, and configs rendered from them.
 
-A template is a valid, commented TOML config with one comment line above each key; optional keys appear as a
-commented-out example (``# validation_file = "..."``). Rendering substitutes values into the template *text*
-(key by key, section by section), so every comment survives and the result reads like the template.
+A template is a valid TOML config with one comment line above each key (the first sentence of the key's
+description); every key of the stage appears once, in schema order. A key with a default shows it, a required key
+shows its example (``openai-community/gpt2``, ``data/rm.jsonl``), and an optional key (or one whose field gives an
+example besides its default) appears as a commented-out example (``# validation_file = "..."``).
+:func:`render_template` writes the same text with chosen values in place, so a config written by ``rlhfctl init``
+reads like the template.
+
+The files in ``templates/`` are this module's output; a test compares them. Regenerate them after changing the
+schema with::
+
+    python -m rlhfctl.config.templates
 
 Templates are found inside an installed wheel (``rlhfctl/templates``, force-included by pyproject) first, then in
 the repository's top-level ``templates/`` folder (editable installs and source checkouts).
@@ -21,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhfctl.config.schema import STAGES
+from rlhfctl.config.keys import (
+    default_value,
+    example_value,
+    exclusive_key_groups,
+    first_sentence,
+    is_required,
+    stage_fields,
+)
+from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
 from rlhfctl.errors import RuntimeFailure, UserError
 
 if sys.version_info >= (3, 11):
@@ -29,18 +45,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+REPOSITORY_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+
 
 class _CommentOut:
-    """Marker value: turn the key's line into a commented-out example."""
+    """Marker value: write the key as a commented-out example."""
 
     def __repr__(self) -> str:
         return "COMMENT_OUT"
 
 
 COMMENT_OUT: Any = _CommentOut()
-
-_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-]+)\s*\]\s*(#.*)?$")
-_KEY_LINE = re.compile(r"^(?P<indent>\s*)(?P<comment>#\s*)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*)$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,9 @@ class TemplateInfo:
     summary: str
 
 
+# ------------------------------------------------------------------------------------------------ the files
+
+
 def template_path(stage: str) -> Path:
     """The template file of a stage: the installed package's copy first, else the repository's."""
     if stage not in STAGES:
@@ -59,7 +77,7 @@ def template_path(stage: str) -> Path:
     packaged = importlib.resources.files("rlhfctl").joinpath("templates", f"{stage}.toml")
     if packaged.is_file():
         return Path(str(packaged))
-    in_repo = Path(__file__).resolve().parents[2] / "templates" / f"{stage}.toml"
+    in_repo = REPOSITORY_TEMPLATES / f"{stage}.toml"
     if in_repo.is_file():
         return in_repo
     raise RuntimeFailure(
@@ -72,11 +90,6 @@ def template_text(stage: str) -> str:
     return template_path(stage).read_text(encoding="utf-8")
 
 
-def template_defaults(stage: str) -> dict[str, Any]:
-    """The template parsed as TOML (its values are the defaults the wizard offers)."""
-    return tomllib.loads(template_text(stage))
-
-
 def list_templates() -> list[TemplateInfo]:
     infos = []
     for stage in STAGES:
@@ -86,8 +99,76 @@ def list_templates() -> list[TemplateInfo]:
     return infos
 
 
+# ------------------------------------------------------------------------------------------------ generating
+
+
+def template_values(stage: str) -> dict[str, Any]:
+    """``{"section.key": value}`` the template shows live: examples of required keys, defaults of the others.
+
+    A key with a default *and* an example (``trust_remote_code``, default false, example true) is left out: the
+    template shows the example commented out, as it does for optional keys.
+    """
+    values = {}
+    for key, field in stage_fields(stage).items():
+        if is_required(field):
+            values[key] = example_value(field, stage)
+        elif default_value(field) is not None and not field.examples:
+            values[key] = default_value(field)
+    return values
+
+
+def template_defaults(stage: str) -> dict[str, Any]:
+    """The template parsed as TOML (its values are the defaults the wizard offers)."""
+    return tomllib.loads(render_template(stage))
+
+
+def render_template(stage: str, values: Mapping[str, Any] | None = None) -> str:
+    """The stage's template with ``{"section.key": value}`` in place of the template's values.
+
+    A value for an optional key makes its commented-out example a live line, and comments out the keys it
+    excludes (a ``dataset.validation_file`` replaces ``dataset.validation_split_percentage``); :data:`COMMENT_OUT`
+    comments a key out. Every key in ``values`` must be a key of the stage.
+    """
+    fields = stage_fields(stage)
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise KeyError(f"the {stage} template has no line for: {', '.join(unknown)}")
+    shown = template_values(stage)
+    for group in exclusive_key_groups():
+        chosen = [key for key in group if key in values and values[key] is not COMMENT_OUT]
+        for key in group:
+            if chosen and key not in chosen:
+                values[key] = COMMENT_OUT
+    model_cls = CONFIG_CLASSES[stage]
+    lines = [f"# {model_cls.summary}",
+             f"# Run it with: rlhfctl {stage} train {stage}.toml   (check it first with: rlhfctl validate-config "
+             f"{stage}.toml)",
+             "# Relative paths are resolved against this file's folder. Reference of every key: "
+             "docs/config-reference.md",
+             f"stage = {toml_value(stage)}"]
+    section = ""
+    for key, field in fields.items():
+        key_section, name = key.split(".")
+        if key_section != section:
+            section = key_section
+            lines += ["", f"[{section}]"]
+        lines.append(f"# {first_sentence(field.description or '')}")
+        value = values.get(key, shown.get(key, COMMENT_OUT))
+        if value is COMMENT_OUT:
+            example = example_value(field, stage)
+            example = shown.get(key) if example is None else example
+            if example is None:
+                raise ValueError(f"{key} is optional but its schema field has no example to show")
+            lines.append(f"# {name} = {toml_value(example)}")
+        else:
+            lines.append(f"{name} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
 def toml_value(value: Any) -> str:
-    """A Python value as TOML value text (inline tables for dicts)."""
+    """A Python value as TOML value text (inline tables for dicts, whose whole numbers are written as integers,
+    as in ``{ CPU = 1 }``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -99,45 +180,33 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (str, os.PathLike)):
         return json.dumps(os.fspath(value), ensure_ascii=False)  # JSON escapes are valid TOML basic-string escapes
     if isinstance(value, Mapping):
-        items = [f"{_toml_key(str(key))} = {toml_value(item)}" for key, item in value.items()]
+        items = [f"{_toml_key(str(key))} = {toml_value(_whole(item))}" for key, item in value.items()]
         return "{ " + ", ".join(items) + " }" if items else "{}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as a TOML value")
 
 
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _toml_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_\-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
-def render_template(stage: str, values: Mapping[str, Any], *, text: str | None = None) -> str:
-    """Substitute ``{"section.key": value}`` into the stage's template text.
+def write_templates(folder: Path = REPOSITORY_TEMPLATES) -> list[Path]:
+    """Write every stage's template into ``folder``; returns the files whose text changed."""
+    changed = []
+    for stage in STAGES:
+        path = folder / f"{stage}.toml"
+        text = render_template(stage)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            changed.append(path)
+    return changed
 
-    A value replaces the key's line (a commented-out example becomes a real line); :data:`COMMENT_OUT` turns the
-    key's line into a comment. Every key in ``values`` must appear in the template (live or commented out).
-    """
-    text = template_text(stage) if text is None else text
-    remaining = dict(values)
-    section = ""
-    out = []
-    for line in text.splitlines(keepends=True):
-        newline = "\n" if line.endswith("\n") else ""
-        header = _HEADER.match(line)
-        if header:
-            section = header.group(1)
-            out.append(line)
-            continue
-        match = _KEY_LINE.match(line.rstrip("\n"))
-        dotted = f"{section}.{match.group('key')}" if match and section else (match.group("key") if match else "")
-        if not match or dotted not in remaining:
-            out.append(line)
-            continue
-        value = remaining.pop(dotted)
-        indent, key = match.group("indent"), match.group("key")
-        if value is COMMENT_OUT:
-            out.append(line if match.group("comment") else f"{indent}# {key} = {match.group('value')}{newline}")
-        else:
-            out.append(f"{indent}{key} = {toml_value(value)}{newline}")
-    if remaining:
-        raise KeyError(f"the {stage} template has no line for: {', '.join(sorted(remaining))}")
-    return "".join(out)
+
+if __name__ == "__main__":
+    for written in write_templates():
+        print(f"wrote {written}")

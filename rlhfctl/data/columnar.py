@@ -1,7 +1,7 @@
 """Readers for columnar and remote sources: Parquet files, ``datasets`` save_to_disk folders, hub dataset ids.
 
 pyarrow and datasets are imported only when one of these is read. Rows are numbered from 1 (the ``line`` of
-:class:`~rlhfctl.data.readers.SourceRecord`).
+:class:`~rlhfctl.data.records.SourceRecord`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from rlhfctl.data.readers import SourceRecord
+from rlhfctl.data.records import SourceRecord
 from rlhfctl.errors import DataError
 
 

@@ -1,15 +1,16 @@
 """Readers for every file layout rlhfctl accepts, detected from the content (not only the suffix).
 
-Each reader yields :class:`SourceRecord` ``(line, record)`` pairs: ``line`` is the 1-based line where the record
-starts (the row number for Parquet files and ``datasets`` folders), ``record`` is a ``dict`` or, for prompt
-lists, a bare ``str``. Readers stream: memory stays flat however large the file is.
+Each reader yields :class:`~rlhfctl.data.records.SourceRecord` ``(line, record)`` pairs: ``line`` is the 1-based
+line where the record starts (the row number for Parquet files and ``datasets`` folders), ``record`` is a ``dict``
+or, for prompt lists, a bare ``str``. Readers stream: memory stays flat however large the file is.
 
 Layouts:
 
 - ``jsonl``         one JSON value per line (objects, or bare JSON strings for prompt lists)
 - ``json-objects``  concatenated or pretty-printed JSON objects, or one single object
 - ``json-array``    one JSON array of objects or strings (streamed element by element)
-- ``csv`` / ``tsv`` a header row, then one record per row (quoted fields may span lines)
+- ``csv`` / ``tsv`` a header row, then one record per row (quoted fields may span lines); an unnamed first
+                    column (the index pandas' ``to_csv`` writes) is ignored
 - ``text``          a ``.txt`` file: one prompt per non-empty line
 - ``parquet``       a Parquet file (pyarrow, read in batches)
 - ``hf-disk``       a folder written by ``datasets``' ``save_to_disk``
@@ -28,8 +29,9 @@ import json.scanner
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO
 
+from rlhfctl.data.records import SourceRecord
 from rlhfctl.errors import DataError
 
 LAYOUTS: tuple[str, ...] = (
@@ -41,13 +43,6 @@ _MAX_RECORD_CHARS = 64 << 20  # one record larger than this is refused (keeps me
 _NEAR_END = 64  # a decode error this close to the end of the buffer may just mean "read more"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WHITESPACE = " \t\r\n"
-
-
-class SourceRecord(NamedTuple):
-    """One record of an input and the 1-based line (or row) where it starts."""
-
-    line: int
-    record: object
 
 
 def detect_layout(source: str | Path) -> str:
@@ -327,9 +322,8 @@ def _iter_delimited(path: Path, delimiter: str) -> Iterator[SourceRecord]:
             header = next(reader)
         except StopIteration:
             raise DataError("the file is empty (no header row)", path=path) from None
-        columns = [name.strip() for name in header]
-        if len(set(columns)) != len(columns) or not all(columns):
-            raise DataError(f"the header row has empty or repeated column names: {header}", path=path, line=1)
+        columns, index_cells = _header_columns(header, path)
+        width = index_cells + len(columns)
         previous_end = reader.line_num
         try:
             for cells in reader:
@@ -337,12 +331,12 @@ def _iter_delimited(path: Path, delimiter: str) -> Iterator[SourceRecord]:
                 previous_end = reader.line_num
                 if not cells or (len(cells) == 1 and not cells[0].strip()):
                     continue
-                if len(cells) > len(columns):
+                if len(cells) > width:
                     raise DataError(
-                        f"row has {len(cells)} fields but the header has {len(columns)} columns",
+                        f"row has {len(cells)} fields but the header has {width} columns",
                         path=path, line=start,
                     )
-                record = dict(zip(columns, cells))  # short rows simply lack the trailing columns
+                record = dict(zip(columns, cells[index_cells:]))  # short rows simply lack the trailing columns
                 yield SourceRecord(start, record)
         except csv.Error as exc:
             kind = "TSV" if delimiter == "\t" else "CSV"
@@ -350,6 +344,36 @@ def _iter_delimited(path: Path, delimiter: str) -> Iterator[SourceRecord]:
                 raise DataError(f"malformed {kind}: a quoted field starting in this row is never closed "
                                 "(the file may be truncated)", path=path, line=previous_end + 1) from exc
             raise DataError(f"malformed {kind}: {exc}", path=path, line=reader.line_num) from exc
+
+
+def _header_columns(header: list[str], path: Path) -> tuple[list[str], int]:
+    """The column names of a CSV/TSV header row and how many leading cells of each row to drop (0 or 1).
+
+    A first column without a name is the index pandas writes by default (``DataFrame.to_csv()``): it is dropped
+    from every row, as ``pandas.read_csv(index_col=0)`` would. Any other empty name, several empty names, or a
+    repeated name is a DataError naming the column positions (counted from 1).
+    """
+    names = [name.strip() for name in header]
+    if not names:
+        raise DataError("the header row is empty; the first line must name the columns", path=path, line=1)
+    index_cells = 1 if len(names) > 1 and not names[0] and all(names[1:]) else 0
+    empty = [position for position, name in enumerate(names, start=1) if not name]
+    if empty and not index_cells:
+        where = (f"column {empty[0]}" if len(empty) == 1
+                 else f"columns {', '.join(map(str, empty[:-1]))} and {empty[-1]}")
+        raise DataError(
+            f"the header row has no column name at {where} of {len(names)}: {header}",
+            path=path, line=1,
+            hint="Name every column in the header row; only an unnamed first column (the index pandas writes) "
+                 "is ignored.",
+        )
+    columns = names[index_cells:]
+    for position, name in enumerate(columns, start=index_cells + 1):
+        first = names.index(name) + 1
+        if first != position:
+            raise DataError(f"the header row repeats the column name {name!r} (columns {first} and {position})",
+                            path=path, line=1)
+    return columns, index_cells
 
 
 def describe_layout(layout: str) -> str:

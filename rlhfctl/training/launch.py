@@ -37,6 +37,7 @@ from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
 from rlhfctl.progress.events import Notice, NullSink, ProgressSink, RunFinished
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.runfiles import (
+    EVENTS_FILE,
     METRICS_FILE,
     RAY_SNAPSHOT_GLOB,
     RESOLVED_CONFIG_FILE,
@@ -208,7 +209,7 @@ def prepare_run_directory(job: TrainingJob, *, resume: bool | str, force: bool) 
                             hint="Pass --resume to continue it, or --force to delete it and start over.")
     if force:
         shutil.rmtree(job.run_dir, ignore_errors=True)
-        for name in (METRICS_FILE, SAMPLES_FILE):
+        for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE):
             (output_dir / name).unlink(missing_ok=True)
         shutil.rmtree(output_dir / TENSORBOARD_DIR, ignore_errors=True)
     elif job.checkpoint_dir.exists() and any(job.checkpoint_dir.iterdir()):
@@ -277,13 +278,12 @@ def run_training(
     resume_from = prepare_run_directory(job, resume=resume, force=force)
     resumed_from_step = ckpt.read_step(resume_from) if resume_from else None  # read now: the run may prune it
     resuming = bool(resume) and has_previous_run(job)
-    if resuming:
-        changed = changed_config_keys(job.output_dir / RESOLVED_CONFIG_FILE, job.config)
-        if changed:
-            sink.handle(Notice(f"the config changed since the run being resumed ({', '.join(changed)}); "
-                               "the new values are used from here on"))
+    changed = changed_config_keys(job.output_dir / RESOLVED_CONFIG_FILE, job.config) if resuming else []
     write_resolved_config(job.config, job.output_dir)
     recorder = MetricsRecorder(job.output_dir, sink, keep_existing=resuming)
+    if changed:  # through the recorder: the notice lands in events.jsonl too
+        recorder.handle(Notice(f"the config changed since the run being resumed ({', '.join(changed)}); "
+                               "the new values are used from here on"))
     core = CoreSettings(
         stage=job.stage, mode=job.mode, run_dir=str(job.run_dir), checkpoint_dir=str(job.checkpoint_dir),
         total_steps=job.total_steps, samples_per_step=job.samples_per_step,
@@ -299,10 +299,13 @@ def run_training(
         if not resuming and not has_previous_run(job):
             _discard_fresh_run(job, remove_output_dir=not output_dir_existed)
         raise
+    except RuntimeFailure as failure:
+        recorder.record_failure(failure.message)  # the timeline (events.jsonl) ends with the reason
+        raise
     finally:
         recorder.close()
     final_metrics = {key: float(value) for key, value in (final_metrics or {}).items()}
-    sink.handle(RunFinished(steps=recorder.last_step, final_metrics=final_metrics))
+    recorder.handle(RunFinished(steps=recorder.last_step, final_metrics=final_metrics))  # to events.jsonl + sink
     return RunSummary(
         stage=job.stage, final_metrics=final_metrics, history=list(recorder.history), steps=recorder.last_step,
         output_dir=job.output_dir, checkpoint_dir=job.checkpoint_dir, wall_time_s=time.time() - started,
@@ -317,7 +320,7 @@ def _discard_fresh_run(job: TrainingJob, *, remove_output_dir: bool) -> None:
         return
     shutil.rmtree(job.run_dir, ignore_errors=True)
     shutil.rmtree(job.output_dir / TENSORBOARD_DIR, ignore_errors=True)
-    for name in (METRICS_FILE, SAMPLES_FILE, RESOLVED_CONFIG_FILE):
+    for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE, RESOLVED_CONFIG_FILE):
         (job.output_dir / name).unlink(missing_ok=True)
 
 

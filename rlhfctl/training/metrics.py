@@ -4,6 +4,13 @@
 the step: Unix seconds on the worker's clock, so step durations can be read from the file) and the metric values. When a
 run restarts from a checkpoint (a worker died, or ``--resume``), lines after the checkpoint's step are dropped
 before the replayed steps are appended, so the file always describes one consistent run.
+
+``events.jsonl`` is the run's timeline, append-only (restarts never trim it): one JSON object per line with
+``time`` (Unix seconds) and ``kind``: ``start`` (``stage``, ``world_size``, ``start_step`` -- above 0 when the run
+resumed or restarted from a checkpoint --, ``total_steps``, ``samples_per_step``), ``checkpoint`` (``step``,
+``path``), ``notice`` (``message``), ``finish`` (``step``, ``final_metrics``), ``failure`` (``step``: the last
+logged train step, ``message``) and ``health`` (an alarm of :mod:`rlhfctl.monitor`: ``check``, ``action``,
+``step``, ``split``, ``value``, ``threshold``, ``message``).
 """
 
 from __future__ import annotations
@@ -11,12 +18,22 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from rlhfctl.fileio import atomic_write_text
-from rlhfctl.progress.events import ProgressEvent, ProgressSink, RunStarted, SampleEvent, StepEvent
-from rlhfctl.runfiles import METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR
+from rlhfctl.progress.events import (
+    CheckpointSaved,
+    Notice,
+    ProgressEvent,
+    ProgressSink,
+    RunFinished,
+    RunStarted,
+    SampleEvent,
+    StepEvent,
+)
+from rlhfctl.runfiles import EVENTS_FILE, METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR
 
 
 def _json_line(record: dict[str, Any]) -> str:
@@ -67,10 +84,13 @@ class MetricsRecorder:
         self.sink = sink
         self.metrics_path = self.output_dir / METRICS_FILE
         self.samples_path = self.output_dir / SAMPLES_FILE
+        self.events_path = self.output_dir / EVENTS_FILE
         self.history: list[dict[str, Any]] = read_jsonl(self.metrics_path) if keep_existing else []
         self.samples: list[dict[str, Any]] = read_jsonl(self.samples_path) if keep_existing else []
         self.last_step = max((int(row["step"]) for row in self.history if row.get("split") == "train"), default=0)
         self._rewrite()
+        if not keep_existing:
+            atomic_write_text(self.events_path, "")
         self._metrics_file: TextIO = open(self.metrics_path, "a", encoding="utf-8")
         self._samples_file: TextIO = open(self.samples_path, "a", encoding="utf-8")
         self._tensorboard = self._open_tensorboard()
@@ -88,6 +108,17 @@ class MetricsRecorder:
     def handle(self, event: ProgressEvent) -> None:
         if isinstance(event, RunStarted):
             self._restart_at(event.start_step)
+            self.record_event({"kind": "start", "stage": event.stage, "world_size": event.world_size,
+                               "start_step": event.start_step, "total_steps": event.total_steps,
+                               "samples_per_step": event.samples_per_step}, at=event.time)
+        elif isinstance(event, CheckpointSaved):
+            self.record_event({"kind": "checkpoint", "step": event.step, "path": event.path}, at=event.time)
+        elif isinstance(event, Notice):
+            self.record_event({"kind": "notice", "message": event.message}, at=event.time)
+        elif isinstance(event, RunFinished):
+            self.record_event({"kind": "finish", "step": event.steps, "final_metrics": {
+                key: value if math.isfinite(value) else None for key, value in event.final_metrics.items()}},
+                              at=event.time)
         elif isinstance(event, StepEvent):
             record = event.to_record()
             self.history.append(record)
@@ -106,6 +137,14 @@ class MetricsRecorder:
                 self._samples_file.write(_json_line(record) + "\n")
             self._samples_file.flush()
         self.sink.handle(event)
+
+    def record_event(self, record: dict[str, Any], *, at: float | None = None) -> None:
+        """Append one timeline record to ``events.jsonl`` (opened per record: it works after :meth:`close` too)."""
+        with open(self.events_path, "a", encoding="utf-8") as events_file:
+            events_file.write(_json_line({"time": round(time.time() if at is None else at, 4), **record}) + "\n")
+
+    def record_failure(self, message: str) -> None:
+        self.record_event({"kind": "failure", "step": self.last_step, "message": message})
 
     def _restart_at(self, start_step: int) -> None:
         """Forget what was logged after ``start_step`` (it will be replayed from the checkpoint)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,3 +205,31 @@ def test_list_shows_the_templates() -> None:
     assert result.exit_code == 0
     for stage in STAGES:
         assert f"templates/{stage}.toml" in result.stdout
+
+
+def test_flags_for_another_stage_are_named_together(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", "--stage", "rm", "--defaults", "--rm-model", "r", "--max-new-tokens", "8",
+                                 "-o", str(tmp_path / "rm.toml")])
+    assert result.exit_code == 2
+    assert "--rm-model, --max-new-tokens only apply to --stage ppo, not rm" in result.stderr
+    assert not (tmp_path / "rm.toml").exists()
+
+
+def test_help_lists_every_answer_flag_from_the_schema() -> None:
+    from rlhfctl.config.wizard import init_flags
+
+    result = runner.invoke(app, ["init", "--help"], terminal_width=300, env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    for flag in init_flags():
+        assert flag.display_name in result.stdout and flag.help in result.stdout
+    assert "--no-gpu" in result.stdout and "--stage" in result.stdout and "--list" in result.stdout
+
+
+def test_root_help_does_not_build_the_init_options() -> None:
+    """`rlhfctl --help` lists `init` without importing the config schema (pydantic) its options come from."""
+    code = ("import sys\nfrom rlhfctl.cli.app import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('@@', sorted(name for name in ('pydantic', 'rlhfctl.config.schema') if name in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                               stdin=subprocess.DEVNULL)
+    assert "init" in completed.stdout
+    assert completed.stdout.rsplit("@@", 1)[1].strip() == "[]", completed.stdout + completed.stderr

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from rlhfctl.config.loader import apply_overrides, known_keys, load_config, parse_override, validate_config_dict
+from rlhfctl.config.loader import (
+    apply_overrides,
+    detect_stage,
+    known_keys,
+    load_config,
+    parse_override,
+    validate_config_dict,
+)
 from rlhfctl.config.schema import PPOConfig, RMConfig
 from rlhfctl.errors import ConfigError
 
@@ -253,3 +260,17 @@ def test_validate_config_dict_and_known_keys() -> None:
     assert config.policy_source == "m"
     assert "training.kl_coeff" in known_keys("ppo") and "training.kl_coeff" not in known_keys("rm")
     assert "generation.max_new_tokens" in known_keys("ppo")
+
+
+@pytest.mark.parametrize(("data", "stage"), [
+    ({"training": {"completion_only_loss": False}}, "sft"),
+    ({"training": {"center_rewards_coefficient": 0.1}}, "rm"),
+    ({"generation": {}}, "ppo"),
+    ({"general": {"rm_name": "r"}}, "ppo"),
+    ({"general": {"model_name": "m"}, "training": {"completion_only_loss": True, "kl_coeff": 0.1}}, "ppo"),
+    ({"general": {"base_model": "m"}, "training": {"epochs": 1}}, None),
+])
+def test_detect_stage_from_the_keys_only_one_stage_has(data: dict, stage: str | None) -> None:
+    assert detect_stage(data, None) == stage
+    assert detect_stage({**data, "stage": "rm"}, None) == "rm"
+    assert detect_stage(data, "sft") == "sft"

@@ -1,11 +1,25 @@
-"""Schema facts that other modules rely on: scheduler names, strict types, stage properties."""
+"""Schema facts that other modules rely on: scheduler names, strict types, stage properties, the stage list."""
 
 from __future__ import annotations
+
+from typing import get_args
 
 import pytest
 from pydantic import ValidationError
 
-from rlhfctl.config.schema import LR_SCHEDULERS, OPTIMIZERS, PPOConfig, RMTraining, TrainingCommon
+from rlhfctl.config.keys import default_value, first_sentence, is_required, stage_fields
+from rlhfctl.config.schema import (
+    CONFIG_CLASSES,
+    LR_SCHEDULERS,
+    OPTIMIZERS,
+    STAGES,
+    DatasetConfig,
+    PPOConfig,
+    RMTraining,
+    Stage,
+    StageConfig,
+    TrainingCommon,
+)
 
 # Schedulers driven by a metric rather than by the step count: deliberately not offered.
 METRIC_DRIVEN = {"reduce_lr_on_plateau", "greedy"}
@@ -50,3 +64,26 @@ def test_ppo_sources_prefer_the_exports(tmp_path) -> None:
     })
     assert config.policy_source == str(tmp_path / "sft")
     assert config.reward_source == str(tmp_path / "rm")
+
+
+def test_stages_are_derived_from_the_stage_config_classes() -> None:
+    assert STAGES == get_args(Stage) == tuple(CONFIG_CLASSES)
+    assert tuple(CONFIG_CLASSES.values()) == get_args(StageConfig)
+    for stage, cls in CONFIG_CLASSES.items():
+        assert cls.stage_name() == stage and cls.summary.startswith("rlhfctl ")
+        assert list(cls.sections())[:3] == ["general", "dataset", "training"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_key_the_template_cannot_show_by_default_has_an_example(stage: str) -> None:
+    """A required key needs an example (the template's value), an optional one too (its commented-out line)."""
+    for key, field in stage_fields(stage).items():
+        if is_required(field) or default_value(field) is None:
+            assert field.examples, f"{stage}: {key} needs examples=[...] in its Field"
+        assert field.description and first_sentence(field.description).endswith("."), key
+
+
+def test_exclusive_keys_are_enforced_by_the_section() -> None:
+    with pytest.raises(ValidationError, match="not both"):
+        DatasetConfig(train_file="t", validation_file="v", validation_split_percentage=5)
+    assert DatasetConfig(train_file="t", validation_file="v").validation_split_percentage == 5.0

@@ -1,14 +1,16 @@
-"""Templates: found from the repo, rendered by substitution with comments kept, and every one valid."""
+"""Templates: generated from the schema, found from the repo, rendered with comments kept, and every one valid."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from rlhfctl.config.loader import known_keys, load_config
-from rlhfctl.config.schema import STAGES
+from rlhfctl.config.keys import default_value, field_info, is_required, known_keys, stage_fields
+from rlhfctl.config.loader import load_config
+from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
 from rlhfctl.config.templates import (
     COMMENT_OUT,
     list_templates,
@@ -16,10 +18,39 @@ from rlhfctl.config.templates import (
     template_path,
     template_text,
     toml_value,
+    write_templates,
 )
 from rlhfctl.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_template_files_are_the_generated_text(stage: str) -> None:
+    assert template_text(stage) == render_template(stage), (
+        f"templates/{stage}.toml is stale: regenerate the templates with python -m rlhfctl.config.templates")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_template_shows_every_key_once_with_its_default_or_example(stage: str) -> None:
+    text = render_template(stage)
+    lines = text.splitlines()
+    assert lines[0] == f"# {CONFIG_CLASSES[stage].summary}"
+    shown = [match.group(1) for line in lines[4:] if (match := re.match(r"(?:# )?([a-z_]+) = ", line))]
+    assert shown == [key.split(".")[1] for key in stage_fields(stage)]
+    data = tomllib.loads(text)
+    for key, field in stage_fields(stage).items():
+        section, name = key.split(".")
+        if name in data[section] and not is_required(field):
+            assert data[section][name] == default_value(field), f"{key}: the template changes the default"
+        elif not is_required(field):
+            assert f"# {name} = " in text  # optional, or an example besides the default: commented out
+
+
+def test_write_templates_writes_only_what_changed(tmp_path: Path) -> None:
+    assert sorted(path.name for path in write_templates(tmp_path)) == sorted(f"{stage}.toml" for stage in STAGES)
+    assert (tmp_path / "rm.toml").read_text() == render_template("rm")
+    assert write_templates(tmp_path) == []
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -76,6 +107,14 @@ def test_render_substitutes_values_and_keeps_comments() -> None:
 def test_render_refuses_keys_the_template_lacks() -> None:
     with pytest.raises(KeyError, match="training.kl_coeff"):
         render_template("rm", {"training.kl_coeff": 0.1})
+
+
+def test_render_makes_a_commented_out_key_live_and_a_live_one_commented() -> None:
+    text = render_template("ppo", {"training.target_kl": 3.0, "general.trust_remote_code": True,
+                                   "training.kl_horizon": COMMENT_OUT})
+    assert "\ntarget_kl = 3.0\n" in text and "\ntrust_remote_code = true\n" in text
+    assert "\n# kl_horizon = 10000\n" in text
+    assert field_info("ppo", "training.kl_horizon").default == 10000
 
 
 def test_toml_value() -> None:

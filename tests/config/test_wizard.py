@@ -1,4 +1,5 @@
-"""InitAnswers -> commented config: values land in the right keys, paths follow the config's folder."""
+"""InitAnswers -> commented config: values land in the right keys, paths follow the config's folder; the questions
+and flags come from the schema."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhfctl.config.wizard import InitAnswers, render_config
+from rlhfctl.config.keys import field_info, is_table_field, value_type
+from rlhfctl.config.templates import template_defaults
+from rlhfctl.config.wizard import InitAnswers, init_flags, init_questions, render_config
 from rlhfctl.errors import ConfigError
 
 
@@ -52,3 +55,73 @@ def test_paths_typed_in_the_current_directory_are_rewritten_relative_to_the_conf
     same_dir = answers.relative_to(tmp_path, tmp_path)
     assert same_dir.model == "./models/tiny"  # "./" so the loader treats it as a folder, not a hub id
     assert InitAnswers("rm", model="org/name").relative_to(tmp_path / "c", tmp_path).model == "org/name"
+
+
+# ------------------------------------------------------------------------------------------------ from the schema
+
+FLAGS = ["--model", "--model-pretrain", "--rm-model", "--rm-pretrain", "--train-file", "--validation-file",
+         "--output-dir", "--checkpoint-dir", "--workers", "--cpus-per-worker", "--gpu/--no-gpu", "--learning-rate",
+         "--epochs", "--batch-size", "--kl-coeff", "--max-new-tokens"]
+
+
+def test_init_flags_come_from_the_schema_and_each_sets_a_key_of_its_stages() -> None:
+    flags = init_flags()
+    assert [flag.declaration for flag in flags] == FLAGS
+    for flag in flags:
+        for question in flag.questions:
+            field = field_info(question.stage, question.key)
+            assert field is not None, f"{flag.declaration} -> {question.stage} {question.key}"
+            if question.ask.entry:
+                assert is_table_field(question.stage, question.key)
+            else:
+                kind = value_type(field.annotation)
+                assert flag.value_type is (str if kind is Path else kind)
+    ppo_only = {flag.declaration for flag in flags if flag.stages == ("ppo",)}
+    assert ppo_only == {"--model-pretrain", "--rm-model", "--rm-pretrain", "--kl-coeff", "--max-new-tokens"}
+    by_name = {flag.name: flag for flag in flags}
+    assert [question.key for question in by_name["model"].questions] == [
+        "general.base_model", "general.base_model", "general.model_name"]
+    assert by_name["kl_coeff"].help.startswith("PPO: ") and "(training.kl_coeff)" in by_name["kl_coeff"].help
+    assert by_name["workers"].smallest == 1 and by_name["learning_rate"].smallest is None
+
+
+def test_questions_come_in_wizard_order() -> None:
+    assert [question.name for question in init_questions("rm")] == [
+        "model", "train_file", "validation_file", "output_dir", "checkpoint_dir", "workers", "cpus_per_worker",
+        "use_gpu", "learning_rate", "epochs", "batch_size"]
+    assert [question.name for question in init_questions("ppo")] == [
+        "model", "model_pretrain", "rm_model", "rm_pretrain", "train_file", "validation_file", "output_dir",
+        "checkpoint_dir", "workers", "cpus_per_worker", "use_gpu", "learning_rate", "epochs", "batch_size",
+        "kl_coeff", "max_new_tokens"]
+
+
+def test_question_texts_and_checks_follow_the_field() -> None:
+    questions = {question.name: question for question in init_questions("ppo")}
+    template = template_defaults("ppo")
+    assert questions["validation_file"].text(template) == (
+        "Validation data file (empty: hold out 5% of the training data):")
+    assert questions["validation_file"].optional and questions["validation_file"].validator() is None
+    assert questions["workers"].validator()("0") == "enter a whole number greater than 0"
+    assert questions["kl_coeff"].validator()("-1") == "enter a number of 0 or more"
+    assert questions["kl_coeff"].validator()("x") == "enter a number, e.g. 0.05"
+    assert questions["learning_rate"].validator()("0") == "enter a number greater than 0"
+    assert questions["cpus_per_worker"].validator()("0.5") is None
+    assert questions["model"].validator()(" ") == "this cannot be empty"
+    assert questions["use_gpu"].template_value(template) is False
+    assert questions["model"].is_model_source and questions["rm_pretrain"].is_path
+
+
+def test_unknown_answers_and_answers_for_another_stage() -> None:
+    with pytest.raises(TypeError, match="lerning_rate"):
+        InitAnswers("rm", lerning_rate=1.0)
+    answers = InitAnswers("rm", kl_coeff=0.1, epochs=2)
+    assert [flag.declaration for flag in answers.not_for_this_stage()] == ["--kl-coeff"]
+    assert answers.epochs == 2 and answers.kl_coeff == 0.1
+
+
+def test_gpu_answers_add_or_remove_the_table_entry() -> None:
+    assert InitAnswers("rm", use_gpu=True).template_values() == {"training.resources_per_worker": {"CPU": 1,
+                                                                                                   "GPU": 1}}
+    assert InitAnswers("rm", use_gpu=False).template_values() == {"training.resources_per_worker": {"CPU": 1}}
+    assert InitAnswers("rm", cpus_per_worker=0.5).template_values() == {
+        "training.resources_per_worker": {"CPU": 0.5}}

@@ -135,6 +135,29 @@ def test_field_mapping_for_a_csv(tmp_path):
         parse_field_mappings(["prompt"])
 
 
+def test_a_csv_written_by_pandas_converts_without_its_index(tmp_path, pandas_rm_csv, pandas_rm_rows):
+    out = tmp_path / "rm.jsonl"
+    report = convert_file(ConvertRequest(str(pandas_rm_csv), out, "rm"))
+    assert report.layout == "csv" and report.source_format == "standard"
+    assert (report.rows_read, report.rows_written, report.rows_skipped) == (2, 2, 0)
+    assert read_jsonl(out) == pandas_rm_rows
+
+
+def test_hh_rejected_reply_with_a_hallucinated_turn_converts_and_the_report_counts_it(tmp_path):
+    hallucinated = " No.\n\nHuman: Why not?\n\nAssistant: Because."
+    rows = [
+        hh(" Sure, check the chain.", hallucinated),
+        {"chosen": PROMPT + " Sure.", "rejected": "\n\nHuman: Something else\n\nAssistant: No."},  # mismatch
+        hh(" Same.", " Same."),  # identical-pair
+    ]
+    out = tmp_path / "rm.jsonl"
+    report = convert_file(ConvertRequest(str(write_jsonl(tmp_path / "hh.jsonl", rows)), out, "rm"))
+    assert (report.rows_read, report.rows_written, report.rows_skipped) == (3, 1, 2)
+    assert {reason: (tally.count, tally.first_lines) for reason, tally in report.skipped.items()} == {
+        "prompt-mismatch": (1, [2]), "identical-pair": (1, [3])}
+    assert read_jsonl(out) == [{"instruction": PROMPT, "chosen": " Sure, check the chain.", "rejected": hallucinated}]
+
+
 def test_undetectable_format_names_closest_and_options(tmp_path):
     source = write_jsonl(tmp_path / "x.jsonl", [{"history": "h", "answer": "a"}])
     with pytest.raises(DataError) as caught:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlhfctl.data.formats import FORMATS, ConvertOptions, Skip, detect_format, get_format
+from rlhfctl.data.formats.preference import split_hh
 
 OPTIONS = ConvertOptions()
 
@@ -39,9 +40,39 @@ def test_hh_replies_sharing_their_first_words_keep_them():
 def test_hh_transcripts_that_diverge_before_the_last_turn_are_prompt_mismatch():
     chosen = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tea?\n\nAssistant: Yes."
     rejected = "\n\nHuman: Hi\n\nAssistant: Go away.\n\nHuman: Tea?\n\nAssistant: No."
-    assert reasons(convert("hh-rlhf", "rm", {"chosen": chosen, "rejected": rejected})) == ["prompt-mismatch"]
-    longer = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tea?\n\nAssistant: Yes.\n\nHuman: ok\n\nAssistant: x"
-    assert reasons(convert("hh-rlhf", "rm", {"chosen": chosen, "rejected": longer})) == ["prompt-mismatch"]
+    for target in ("rm", "ppo", "sft"):  # ppo and sft read the chosen transcript only
+        results = convert("hh-rlhf", target, {"chosen": chosen, "rejected": rejected})
+        assert reasons(results) == (["prompt-mismatch"] if target == "rm" else [])
+    assert split_hh(chosen, rejected) == Skip("prompt-mismatch",
+                                              "the transcripts differ before the last assistant turn")
+    # the chosen reply hallucinates the next turns: its last assistant marker lies past the point where the
+    # rejected transcript ends, so the rejected one does not start with that prompt
+    hallucinating_chosen = chosen + "\n\nHuman: Thanks\n\nAssistant: Welcome."
+    assert reasons(convert("hh-rlhf", "rm", {"chosen": hallucinating_chosen, "rejected": chosen})) == [
+        "prompt-mismatch"]
+
+
+# The rejected reply goes on with a made-up "Human:" turn and another assistant turn (as in hh-rlhf train rows).
+HH_PROMPT = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tea?\n\nAssistant:"
+HALLUCINATED = " No.\n\nHuman: Why not?\n\nAssistant: Because."
+
+
+def test_hh_rejected_reply_with_a_hallucinated_human_turn_follows_the_dpo_convention():
+    row = {"chosen": HH_PROMPT + " Yes, please.", "rejected": HH_PROMPT + HALLUCINATED}
+    # Rafailov et al.'s reference split: prompt = chosen up to its last "\n\nAssistant:", replies = the rest
+    expected = {"instruction": HH_PROMPT, "chosen": " Yes, please.", "rejected": HALLUCINATED}
+    assert convert("hh-rlhf", "rm", row) == [expected]
+    assert split_hh(row["chosen"], row["rejected"]) == (HH_PROMPT, " Yes, please.", HALLUCINATED)
+    assert convert("hh-rlhf", "ppo", row) == [{"prompt": HH_PROMPT}]
+    assert convert("hh-rlhf", "sft", row) == [{"instruction": HH_PROMPT, "response": " Yes, please."}]
+    assert convert("trl", "rm", row) == [expected]  # TRL's implicit-prompt string pairs split the same way
+
+
+def test_hh_rejected_that_continues_the_chosen_reply_is_a_pair():
+    chosen = HH_PROMPT + " Yes."
+    rejected = chosen + "\n\nHuman: ok\n\nAssistant: x"
+    assert convert("hh-rlhf", "rm", {"chosen": chosen, "rejected": rejected}) == [
+        {"instruction": HH_PROMPT, "chosen": " Yes.", "rejected": " Yes.\n\nHuman: ok\n\nAssistant: x"}]
 
 
 @pytest.mark.parametrize(("row", "reason"), [

@@ -58,3 +58,11 @@ def test_bare_strings_and_empty_file(tmp_path):
     empty.write_text("")
     with pytest.raises(DataError, match="empty"):
         inspect_file(empty)
+
+
+def test_a_csv_written_by_pandas_shows_its_columns_without_the_index(pandas_rm_csv, pandas_rm_rows):
+    report = inspect_file(pandas_rm_csv)
+    assert report.layout == "csv" and report.source_format == "standard" and report.rows == 2
+    assert set(report.char_lengths) == {"instruction", "chosen", "rejected"}
+    assert [record for _, record in report.examples] == pandas_rm_rows
+    assert [line for line, _ in report.examples] == [2, 7]  # each row starts where its quoted prompt opens

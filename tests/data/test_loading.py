@@ -127,6 +127,14 @@ def test_load_training_data_with_split_and_validation_file(tmp_path):
     assert with_file.validation_source == str(val_file)
 
 
+def test_rm_training_data_from_a_csv_written_by_pandas(pandas_rm_csv, pandas_rm_rows):
+    expected = [{"prompt": row["instruction"], "chosen": row["chosen"], "rejected": row["rejected"], "margin": None}
+                for row in pandas_rm_rows]
+    assert load_rows(pandas_rm_csv, "rm") == expected
+    data = load_training_data(DatasetConfig(train_file=pandas_rm_csv, validation_split_percentage=0), "rm", seed=0)
+    assert data.train == expected and data.validation == []
+
+
 @pytest.mark.skipif(not SEED_DATA.is_dir(), reason="seed data folder absent")
 @pytest.mark.parametrize(("name", "kind"), [
     ("sample_rm_data.jsonl", "rm"), ("sample_ppo_data.jsonl", "ppo"), ("sample_finetune_data.jsonl", "sft"),

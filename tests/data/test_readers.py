@@ -165,6 +165,40 @@ def test_csv_too_many_fields_and_tsv(tmp_path):
     assert read(tsv) == [(2, {"prompt": "Hi, there", "note": "x"})]
 
 
+def test_csv_and_tsv_drop_the_unnamed_index_column_pandas_writes(tmp_path):
+    path = write(tmp_path / "d.csv", ',prompt,note\n0,"Hi, there",x\n5,"two\nlines",y\n')
+    assert read(path) == [(2, {"prompt": "Hi, there", "note": "x"}), (3, {"prompt": "two\nlines", "note": "y"})]
+    tsv = write(tmp_path / "d.tsv", "\tprompt\n0\tHi\n")
+    assert read(tsv) == [(2, {"prompt": "Hi"})]
+    too_long = write(tmp_path / "long.csv", ",a,b\n0,1,2\n1,1,2,3\n")
+    with pytest.raises(DataError, match="row has 4 fields but the header has 3 columns") as caught:
+        read(too_long)
+    assert caught.value.line == 3
+
+
+def test_csv_written_by_pandas_reads_as_its_rows(pandas_rm_csv, pandas_rm_rows):
+    assert [record for _, record in read(pandas_rm_csv)] == pandas_rm_rows
+
+
+@pytest.mark.parametrize(("header", "fragment"), [
+    ("instruction,,chosen", "no column name at column 2 of 3"),
+    (",,instruction,chosen", "no column name at columns 1 and 2 of 4"),  # a two-level pandas index
+    (",instruction,,chosen,", "no column name at columns 1, 3 and 5 of 5"),
+    ("instruction,chosen,", "no column name at column 3 of 3"),
+    (" ", "no column name at column 1 of 1"),
+    (",", "no column name at columns 1 and 2 of 2"),
+    ("", "the header row is empty"),
+    ("a,b,a", "repeats the column name 'a' (columns 1 and 3)"),
+    (",a, a", "repeats the column name 'a' (columns 2 and 3)"),
+])
+def test_csv_header_errors_name_the_file_and_the_column_positions(tmp_path, header, fragment):
+    path = write(tmp_path / "h.csv", f"{header}\n1,2,3\n")
+    with pytest.raises(DataError) as caught:
+        read(path)
+    assert fragment in str(caught.value)
+    assert caught.value.path == path and caught.value.line == 1 and str(caught.value).startswith(f"{path}:1: ")
+
+
 def test_gzip_compressed_jsonl(tmp_path):
     path = tmp_path / "a.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as handle:

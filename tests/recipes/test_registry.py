@@ -114,18 +114,30 @@ def _fake_recipe() -> ModuleType:
 
 
 def _fake_schema():
-    """The fake stage's config schema: the RM sections under its own ``stage`` name."""
+    """The fake stage's config schema (what ``config/schema/<stage>.py`` holds): the RM sections under its own name."""
+    from typing import ClassVar
+
     from pydantic import Field
 
     from rlhfctl.config import schema
 
-    class FakeConfig(schema._StageConfig):
+    class FakeConfig(schema.StageConfigBase):
+        summary: ClassVar[str] = "a made-up stage"
         stage: Literal["fake"] = "fake"
         general: schema.ModelGeneral
-        dataset: schema.DatasetConfig
+        dataset: schema.RMDataset
         training: schema.RMTraining = Field(default_factory=schema.RMTraining)
 
     return FakeConfig
+
+
+def _clear_schema_caches() -> None:
+    """What the config package derived from the schema once (cached per process) is derived again."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("rlhfctl.config"):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
 
 
 @pytest.fixture
@@ -142,6 +154,10 @@ def fake_stage(monkeypatch):
     for name, module in list(sys.modules.items()):  # the config package's copies of the stage list
         if name.startswith("rlhfctl.config") and isinstance(getattr(module, "STAGES", None), tuple):
             monkeypatch.setattr(module, "STAGES", stages)
+    _clear_schema_caches()
+    yield
+    monkeypatch.undo()
+    _clear_schema_caches()
 
 
 def _write_fake_config(tmp_path) -> str:

@@ -132,3 +132,38 @@ def test_resume_with_a_changed_config_says_which_keys_changed(tmp_path):
     notices = [event for event in sink.events if isinstance(event, Notice)]
     assert len(notices) == 1
     assert "training.learning_rate" in notices[0].message and "new values are used" in notices[0].message
+
+
+def _events(tmp_path, name="run") -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / name / "events.jsonl").read_text().splitlines()]
+
+
+def test_events_jsonl_records_the_timeline_and_force_starts_it_over(tmp_path):
+    run_training(_job(tmp_path))
+    events = _events(tmp_path)
+    assert [event["kind"] for event in events] == ["start", "checkpoint", "checkpoint", "checkpoint",
+                                                   "checkpoint", "finish"]
+    assert {key: events[0][key] for key in ("stage", "world_size", "start_step", "total_steps",
+                                             "samples_per_step")} == {
+        "stage": "rm", "world_size": 1, "start_step": 0, "total_steps": 8, "samples_per_step": 6}
+    assert [event["step"] for event in events if event["kind"] == "checkpoint"] == [3, 4, 6, 8]
+    assert events[-1]["step"] == 8 and set(events[-1]["final_metrics"]) == {"loss", "weight0"}
+    times = [event["time"] for event in events]
+    assert times == sorted(times)
+    run_training(_job(tmp_path), force=True)
+    assert [event["kind"] for event in _events(tmp_path)].count("start") == 1  # --force deleted the old timeline
+
+
+def test_events_jsonl_keeps_a_failure_and_the_resume_after_it(tmp_path):
+    with pytest.raises(RuntimeFailure):
+        run_training(_job(tmp_path), fault_injection={"after_step": 6, "marker": str(tmp_path / "marker"),
+                                                      "action": "raise"})
+    failure = _events(tmp_path)[-1]
+    assert failure["kind"] == "failure" and failure["step"] == 6
+    assert failure["message"].startswith("rm training failed:") and "checkpoint_00000006 (step 6)" in failure["message"]
+    run_training(_job(tmp_path, learning_rate=0.01), resume=True)
+    kinds = [event["kind"] for event in _events(tmp_path)]
+    assert kinds[kinds.index("failure"):] == ["failure", "notice", "start", "checkpoint", "finish"]
+    resumed = _events(tmp_path)[-3]
+    assert resumed["start_step"] == 6
+    assert "training.learning_rate" in _events(tmp_path)[-4]["message"]

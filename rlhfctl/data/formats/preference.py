@@ -102,16 +102,20 @@ STANDARD = SourceFormat(
 def split_hh(chosen: str, rejected: str) -> tuple[str, str, str] | Skip:
     """Split two HH transcripts at the chosen one's **last** ``"\\n\\nAssistant:"`` (kept in the prompt).
 
-    The rejected transcript must have its last assistant turn at the same place and start with the same prompt;
-    otherwise the dialogues diverge earlier and the row is a ``prompt-mismatch``. No character-level common
-    prefix is ever used (replies that share their first words keep them).
+    The DPO reference convention (Rafailov et al. 2023, ``extract_anthropic_prompt`` in the paper's
+    ``preference_datasets.py``): prompt = the chosen transcript up to and including its last assistant marker,
+    each reply = the rest of its transcript. The rejected transcript must start with that same prompt, otherwise
+    the dialogues diverge earlier and the row is a ``prompt-mismatch`` (the reference code slices without
+    checking). What follows the prompt is the rejected reply, whole: a reply that goes on to hallucinate a
+    ``"\\n\\nHuman:"`` turn (and more assistant turns) keeps them, as in the reference. No character-level
+    common prefix is ever used (replies that share their first words keep them).
     """
     cut = chosen.rfind(HH_ASSISTANT)
     if cut < 0:
         return Skip("no-assistant-turn", "chosen has no '\\n\\nAssistant:'")
     end = cut + len(HH_ASSISTANT)
     prompt = chosen[:end]
-    if rejected.rfind(HH_ASSISTANT) != cut or not rejected.startswith(prompt):
+    if not rejected.startswith(prompt):
         return Skip("prompt-mismatch", "the transcripts differ before the last assistant turn")
     return prompt, chosen[end:], rejected[end:]
 
@@ -126,7 +130,7 @@ def hh_to_rm(record: object, options: ConvertOptions) -> list:
         return [Skip("no-assistant-turn", "chosen has no '\\n\\nAssistant:'")]
     end = cut + len(HH_ASSISTANT)
     prompt = chosen[:end]
-    if rejected.rfind(HH_ASSISTANT) != cut or not rejected.startswith(prompt):
+    if not rejected.startswith(prompt):
         return [Skip("prompt-mismatch", "the transcripts differ before the last assistant turn")]
     chosen_reply, rejected_reply = chosen[end:], rejected[end:]
     if chosen_reply == rejected_reply or chosen_reply.isspace() or rejected_reply.isspace() \

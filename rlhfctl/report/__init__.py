@@ -1,0 +1,1 @@
+"""Driver-side run reports (HTML, PNG, terminal); no torch here."""
