@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhfctl.runfiles import METRICS_FILE
+
 from benchlib import stats
 from benchlib.procmon import MeasuredRun, run_measured
 from benchlib.workspace import BenchData, write_toml
@@ -139,7 +141,7 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
     config_path = write_toml(run_dir / f"{stage}.toml", config)
     command = rlhfctl_command(stage, "train", str(config_path), "--quiet")
     measured = run_measured(command, env=rlhfctl_env(), cwd=REPO_ROOT, timeout_s=timeout_s,
-                            log_file=run_dir / "log.txt", watch_metrics=run_dir / "output" / "metrics.jsonl",
+                            log_file=run_dir / "log.txt", watch_metrics=run_dir / "output" / METRICS_FILE,
                             sample_interval_s=pss_interval_s)
     run = ToolRun("rlhfctl", label, measured)
     if not measured.ok:

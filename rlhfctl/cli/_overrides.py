@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 
+from rlhfctl.recipes.registry import stage_names
+
 if TYPE_CHECKING:  # the schema imports pydantic: only commands that load a config pay for it
     from rlhfctl.config.schema import StageConfig
 
@@ -28,7 +30,7 @@ OverridesArg = Annotated[
     ),
 ]
 StageOption = Annotated[
-    Optional[Literal["sft", "rm", "ppo"]],
+    Optional[Literal[stage_names()]],  # every registered stage
     typer.Option("--stage", help="Stage the config is for, when the file has no stage key.", show_default=False),
 ]
 

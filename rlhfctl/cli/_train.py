@@ -1,8 +1,8 @@
-"""Shared glue of the ``<stage> train`` commands: load the config, dry-run or run the stage, render the result.
+"""The ``<stage> train`` command every registered stage gets: load the config, dry-run or run the recipe, render.
 
-Every stage module (``rlhfctl.stages.<stage>``) provides ``plan(config) -> TrainingPlan`` and
-``run(config, *, resume, force, progress, config_path) -> RunSummary``; this module never imports torch or Ray
-itself (the stage does, when it runs).
+The recipe comes from the registry (:func:`rlhfctl.recipes.registry.load_recipe`): ``plan(config) ->
+TrainingPlan`` for ``--dry-run``, ``run(config, resume=, force=, progress=, config_path=) -> RunSummary``
+otherwise. This module never imports torch or Ray itself (the recipe does, when it runs).
 
 ``--resume`` is a flag; ``--resume auto`` works because a bare ``auto`` can never be a ``key=value`` override:
 it is taken out of the overrides here.
@@ -10,11 +10,9 @@ it is taken out of the overrides here.
 
 from __future__ import annotations
 
-import importlib
 import shlex
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +21,11 @@ from rich.table import Table
 
 from rlhfctl.cli._overrides import ConfigArg, OverridesArg, load_with_overrides
 from rlhfctl.errors import UserError
+from rlhfctl.recipes.registry import load_recipe
+from rlhfctl.runfiles import METRICS_FILE, RESOLVED_CONFIG_FILE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rlhfctl.recipes.registry import StageEntry
 
 ResumeOption = Annotated[
     bool,
@@ -42,8 +45,10 @@ def _stdout() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def add_train_command(app: typer.Typer, stage: str, *, summary: str, examples: Sequence[str]) -> None:
-    """Register ``rlhfctl <stage> train`` on ``app``: every stage's train command takes the same arguments."""
+def add_train_command(app: typer.Typer, entry: StageEntry) -> None:
+    """Register ``rlhfctl <stage> train`` on the stage's group ``app``: every stage's train command takes the same
+    arguments; its help and examples come from the registry entry."""
+    stage = entry.name
 
     def train(
         config: ConfigArg,
@@ -55,8 +60,8 @@ def add_train_command(app: typer.Typer, stage: str, *, summary: str, examples: S
     ) -> None:
         run_train_command(stage, config, overrides, resume=resume, dry_run=dry_run, quiet=quiet, force=force)
 
-    epilog = "Examples:\n\n" + "\n\n".join(f"  {example}" for example in examples)
-    app.command("train", help=summary, epilog=epilog)(train)
+    epilog = "Examples:\n\n" + "\n\n".join(f"  {example}" for example in entry.train_examples)
+    app.command("train", help=entry.train_help, epilog=epilog)(train)
 
 
 def split_resume_auto(overrides: list[str] | None, resume: bool) -> tuple[list[str], bool | str]:
@@ -79,17 +84,17 @@ def run_train_command(stage: str, config_path: Path, overrides: list[str] | None
     if config.stage != stage:
         raise UserError(f"{config_path} configures the {config.stage} stage, not {stage}",
                         hint=f"Run `rlhfctl {config.stage} train {config_path}` instead.")
-    stage_module = importlib.import_module(f"rlhfctl.stages.{stage}")
+    recipe = load_recipe(stage)
     console = console or _stdout()
     if dry_run:
-        render_plan(stage_module.plan(config), console)
+        render_plan(recipe.plan(config), console)
         return
     from rlhfctl.progress.render import make_sink
 
     sink = make_sink(progress_console or Console(stderr=True), quiet=quiet)
     try:
-        summary = stage_module.run(config, resume=resume_mode, force=force, progress=sink,
-                                   config_path=_command_arguments(config_path, overrides))
+        summary = recipe.run(config, resume=resume_mode, force=force, progress=sink,
+                             config_path=_command_arguments(config_path, overrides))
     finally:
         sink.close()
     render_summary(summary, console)
@@ -115,7 +120,8 @@ def render_plan(plan, console: Console) -> None:
         ("total steps", str(plan.total_steps)),
         ("samples per step", f"{plan.samples_per_step} (all workers)"),
         *plan.notes.items(),
-        ("run directory", f"{plan.output_dir} (metrics.jsonl, resolved_config.toml, checkpoints in {plan.run_dir.name}/)"),
+        ("run directory", f"{plan.output_dir} ({METRICS_FILE}, {RESOLVED_CONFIG_FILE}, checkpoints in "
+                          f"{plan.run_dir.name}/)"),
         ("final model", str(plan.checkpoint_dir)),
     ]
     for name, value in rows:
@@ -140,4 +146,4 @@ def render_summary(summary, console: Console) -> None:
     if summary.resumed_from_step is not None:
         console.print(f"resumed from step {summary.resumed_from_step}")
     console.print(f"model:   {escape(str(summary.checkpoint_dir))}")
-    console.print(f"metrics: {escape(str(Path(summary.output_dir) / 'metrics.jsonl'))}")
+    console.print(f"metrics: {escape(str(Path(summary.output_dir) / METRICS_FILE))}")

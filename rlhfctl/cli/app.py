@@ -43,29 +43,12 @@ class RlhfctlGroup(TyperGroup):
             ctx.exit(1)
 
 
-app = typer.Typer(
-    cls=RlhfctlGroup,
-    name="rlhfctl",
-    help="From raw preference data to an aligned model: SFT, reward modelling and PPO on Ray Train.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-    epilog=(
-        "Examples:\n\n"
-        "  rlhfctl init --stage rm --defaults -o rm.toml\n\n"
-        "  rlhfctl validate-config rm.toml training.learning_rate=2e-5\n\n"
-        "  rlhfctl rm train rm.toml --resume auto"
-    ),
-)
-
-
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"rlhfctl {__version__}")
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
@@ -74,13 +57,30 @@ def _root(
     """From raw preference data to an aligned model: SFT, reward modelling and PPO on Ray Train."""
 
 
-def _register() -> None:
+def build_app() -> typer.Typer:
+    """The root app with every command group registered (one group per stage of the registry, at build time)."""
     from rlhfctl.cli import commands
 
-    commands.register(app)
+    root = typer.Typer(
+        cls=RlhfctlGroup,
+        name="rlhfctl",
+        help="From raw preference data to an aligned model: SFT, reward modelling and PPO on Ray Train.",
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+        epilog=(
+            "Examples:\n\n"
+            "  rlhfctl init --stage rm --defaults -o rm.toml\n\n"
+            "  rlhfctl validate-config rm.toml training.learning_rate=2e-5\n\n"
+            "  rlhfctl rm train rm.toml --resume auto"
+        ),
+    )
+    root.callback()(_root)
+    commands.register(root)
+    return root
 
 
-_register()
+app = build_app()
 
 
 def _silence_stdout() -> None:

@@ -71,5 +71,5 @@ def run(
     console.rule("Result")
     render_comparison(result.comparison, console)
     console.print(f"\nFinished in {result.wall_time_s:.0f} s. Everything is in {result.paths.workdir}/ "
-                  f"(models/, data/, runs/). Next: [bold]rlhfctl ppo sample {result.paths.ppo_model} "
-                  f"{result.paths.heldout_prompts} --rm {result.paths.rm_model}[/]")
+                  f"(models/, data/, runs/). Next: [bold]rlhfctl ppo sample {result.paths.model_dir('ppo')} "
+                  f"{result.paths.data_file('heldout_prompts')} --rm {result.paths.model_dir('rm')}[/]")

@@ -1,4 +1,5 @@
-"""`rlhfctl ppo ...`: optimise a policy against a reward model with PPO on Ray Train; sample from a policy."""
+"""`rlhfctl ppo sample`: responses of a policy export, scored by a reward model (`ppo train` comes with every stage's
+group)."""
 
 from __future__ import annotations
 
@@ -8,29 +9,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlhfctl.cli._train import add_train_command
 from rlhfctl.errors import UserError
 
-app = typer.Typer(no_args_is_help=True, help="PPO: train a policy against a reward model; sample and compare.")
+SAMPLE_EPILOG = ("Examples:\n\n"
+                 "  rlhfctl ppo sample example-run/models/ppo examples/data/heldout_prompts.jsonl "
+                 "--rm example-run/models/rm\n\n"
+                 "  rlhfctl ppo sample models/sft prompts.jsonl --rm models/rm -n 4 > before.jsonl\n\n"
+                 "  rlhfctl ppo sample models/ppo prompts.jsonl --max-new-tokens 64 --seed 1")
 
 
-add_train_command(
-    app,
-    "ppo",
-    summary="Train the policy with PPO (KL-penalised reward, clipped updates, a value model) on Ray Train workers.",
-    examples=[
-        "rlhfctl ppo train examples/configs/ppo.toml",
-        "rlhfctl ppo train ppo.toml training.kl_coeff=0.1 generation.max_new_tokens=48 --dry-run",
-        "rlhfctl ppo train ppo.toml --resume",
-    ],
-)
+def register(group: typer.Typer) -> None:
+    """Add ``sample`` to the ``ppo`` group."""
+    group.command("sample", epilog=SAMPLE_EPILOG)(sample)
 
 
-@app.command(epilog="Examples:\n\n"
-                    "  rlhfctl ppo sample example-run/models/ppo examples/data/heldout_prompts.jsonl "
-                    "--rm example-run/models/rm\n\n"
-                    "  rlhfctl ppo sample models/sft prompts.jsonl --rm models/rm -n 4 > before.jsonl\n\n"
-                    "  rlhfctl ppo sample models/ppo prompts.jsonl --max-new-tokens 64 --seed 1")
 def sample(
     checkpoint: Annotated[Path, typer.Argument(
         help="A policy export (ppo or sft train's checkpoint_dir, or any causal LM folder).", show_default=False)],
@@ -46,7 +38,7 @@ def sample(
 ) -> None:
     """Generate (and score) responses, one JSON object per line; the mean score goes to stderr."""
     from rlhfctl.data.loading import load_rows
-    from rlhfctl.stages.ppo_rollout import sample_responses
+    from rlhfctl.models.sampling import sample_responses
 
     if temperature <= 0:
         raise UserError(f"--temperature must be > 0, got {temperature}")

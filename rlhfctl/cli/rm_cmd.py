@@ -1,4 +1,4 @@
-"""`rlhfctl rm ...`: train a reward model on Ray Train, evaluate it, score texts with it."""
+"""`rlhfctl rm eval` / `rlhfctl rm score`: use a trained reward model (`rm train` comes with every stage's group)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rlhfctl.cli._train import add_train_command
 from rlhfctl.errors import UserError
-
-app = typer.Typer(no_args_is_help=True, help="Reward model: train on preference pairs, evaluate, score texts.")
 
 CheckpointArg = Annotated[Path, typer.Argument(help="An `rm train` export (its general.checkpoint_dir).",
                                                show_default=False)]
@@ -23,21 +20,20 @@ MaxLengthOption = Annotated[Optional[int], typer.Option(
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Rows scored at once.")]
 
 
-add_train_command(
-    app,
-    "rm",
-    summary="Train a reward model (pairwise loss, chosen vs rejected) on Ray Train workers.",
-    examples=[
-        "rlhfctl rm train examples/configs/rm.toml",
-        "rlhfctl rm train rm.toml training.learning_rate=2e-5 --dry-run",
-        "rlhfctl rm train rm.toml --resume auto",
-    ],
-)
+EVAL_EPILOG = ("Examples:\n\n"
+               "  rlhfctl rm eval example-run/models/rm examples/data/rm.jsonl\n\n"
+               "  rlhfctl rm eval models/rm heldout.jsonl --json")
+SCORE_EPILOG = ("Examples:\n\n"
+                "  rlhfctl rm score example-run/models/rm --text \"\\n\\nHuman: hi\\n\\nAssistant: Hello!\"\n\n"
+                "  rlhfctl rm score models/rm responses.jsonl > rewards.jsonl")
 
 
-@app.command("eval", epilog="Examples:\n\n"
-                            "  rlhfctl rm eval example-run/models/rm examples/data/rm.jsonl\n\n"
-                            "  rlhfctl rm eval models/rm heldout.jsonl --json")
+def register(group: typer.Typer) -> None:
+    """Add ``eval`` and ``score`` to the ``rm`` group."""
+    group.command("eval", epilog=EVAL_EPILOG)(eval_command)
+    group.command("score", epilog=SCORE_EPILOG)(score)
+
+
 def eval_command(
     checkpoint: CheckpointArg,
     data: Annotated[Path, typer.Argument(help="Preference data: {instruction, chosen, rejected} rows.",
@@ -47,7 +43,7 @@ def eval_command(
     batch_size: BatchSizeOption = 16,
 ) -> None:
     """Accuracy, margin, loss and reward statistics of a reward model on preference data."""
-    from rlhfctl.stages.rm_eval import evaluate_file, load_checkpoint
+    from rlhfctl.models.reward_model import evaluate_file, load_checkpoint
 
     if not data.exists():
         raise UserError(f"data file not found: {data}")
@@ -64,9 +60,6 @@ def eval_command(
     Console(highlight=False).print(table)
 
 
-@app.command(epilog="Examples:\n\n"
-                    "  rlhfctl rm score example-run/models/rm --text \"\\n\\nHuman: hi\\n\\nAssistant: Hello!\"\n\n"
-                    "  rlhfctl rm score models/rm responses.jsonl > rewards.jsonl")
 def score(
     checkpoint: CheckpointArg,
     file: Annotated[Optional[Path], typer.Argument(
@@ -77,7 +70,7 @@ def score(
     batch_size: BatchSizeOption = 16,
 ) -> None:
     """Reward of each text or row (one JSON object per row on stdout; a bare number for --text)."""
-    from rlhfctl.stages.rm_eval import load_checkpoint, read_score_rows, score_texts
+    from rlhfctl.models.reward_model import load_checkpoint, read_score_rows, score_texts
 
     if (file is None) == (text is None):
         raise UserError("give exactly one of --text TEXT or FILE")

@@ -23,7 +23,8 @@ def config_to_toml(config: StageConfig) -> str:
 def write_resolved_config(config: StageConfig, output_dir: Path) -> Path:
     """Write ``output_dir/resolved_config.toml`` atomically and return its path."""
     from rlhfctl.fileio import atomic_write_text
+    from rlhfctl.runfiles import RESOLVED_CONFIG_FILE
 
-    target = Path(output_dir) / "resolved_config.toml"
+    target = Path(output_dir) / RESOLVED_CONFIG_FILE
     atomic_write_text(target, config_to_toml(config))
     return target

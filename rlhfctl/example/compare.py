@@ -7,7 +7,7 @@ Three figures and a few samples, rendered as one Rich table:
   prompts that neither policy trained on (same prompts, same sampling settings, same seed),
 - a few of those responses side by side.
 
-The sampling itself is ``rlhfctl ppo sample``'s core (:func:`rlhfctl.stages.ppo_rollout.sample_responses`), so
+The sampling itself is ``rlhfctl ppo sample``'s core (:func:`rlhfctl.models.sampling.sample_responses`), so
 the table shows exactly what a user would see running that command on both checkpoints with ``--rm``.
 """
 
@@ -112,7 +112,7 @@ def compare_policies(
     """
     import torch
 
-    from rlhfctl.stages.ppo_rollout import sample_responses
+    from rlhfctl.models.sampling import sample_responses
 
     results = {}
     threads = torch.get_num_threads()

@@ -42,21 +42,9 @@ class ExamplePaths:
 
     workdir: Path
 
-    @property
-    def tiny_model(self) -> Path:
-        return self.workdir / "models" / "tiny"
-
-    @property
-    def sft_model(self) -> Path:
-        return self.workdir / "models" / "sft"
-
-    @property
-    def rm_model(self) -> Path:
-        return self.workdir / "models" / "rm"
-
-    @property
-    def ppo_model(self) -> Path:
-        return self.workdir / "models" / "ppo"
+    def model_dir(self, name: str) -> Path:
+        """``models/<name>``: ``tiny`` (the kit), then each stage's export (``sft``, ``rm``, ``ppo``)."""
+        return self.workdir / "models" / name
 
     @property
     def data_dir(self) -> Path:
@@ -66,30 +54,26 @@ class ExamplePaths:
     def comparison_file(self) -> Path:
         return self.workdir / "comparison.json"
 
-    @property
-    def heldout_prompts(self) -> Path:
-        return self.data_dir / "heldout_prompts.jsonl"
-
     def run_dir(self, stage: str) -> Path:
         return self.workdir / "runs" / stage
 
-    def data_file(self, stage: str) -> Path:
-        return self.data_dir / f"{stage}.jsonl"
+    def data_file(self, name: str) -> Path:
+        """``data/<name>.jsonl``: each stage's converted data, and ``heldout_prompts`` for the comparison."""
+        return self.data_dir / f"{name}.jsonl"
 
     def stage_overrides(self, stage: str) -> list[str]:
         """``key=value`` overrides that point a stage's example config into this work folder."""
         common = [f"general.output_dir={self.run_dir(stage)}", f"dataset.train_file={self.data_file(stage)}"]
-        if stage == "sft":
-            return [f"general.base_model={self.tiny_model}", f"general.checkpoint_dir={self.sft_model}", *common]
-        if stage == "rm":
-            return [f"general.base_model={self.tiny_model}", f"general.checkpoint_dir={self.rm_model}", *common]
+        tiny, export = self.model_dir("tiny"), self.model_dir(stage)
+        if stage in ("sft", "rm"):
+            return [f"general.base_model={tiny}", f"general.checkpoint_dir={export}", *common]
         return [
-            f"general.model_name={self.tiny_model}",
-            f"general.model_pretrain={self.sft_model}",
-            f"general.rm_name={self.tiny_model}",
-            f"general.rm_pretrain={self.rm_model}",
-            f"general.checkpoint_dir={self.ppo_model}",
-            f"dataset.validation_file={self.heldout_prompts}",
+            f"general.model_name={tiny}",
+            f"general.model_pretrain={self.model_dir('sft')}",
+            f"general.rm_name={tiny}",
+            f"general.rm_pretrain={self.model_dir('rm')}",
+            f"general.checkpoint_dir={export}",
+            f"dataset.validation_file={self.data_file('heldout_prompts')}",
             *common,
         ]
 
@@ -182,7 +166,7 @@ def run_example(
         result.stage_seconds[name] = time.time() - begin
         return value
 
-    _heading(console, 1, "tiny model kit", f"{paths.tiny_model}")
+    _heading(console, 1, "tiny model kit", str(paths.model_dir("tiny")))
     timed("kit", lambda: _build_kit(paths, examples_dir, console))
 
     _heading(console, 2, "data convert", f"{examples_dir / 'data' / 'raw'} -> {paths.data_dir}")
@@ -222,7 +206,7 @@ def _build_kit(paths: ExamplePaths, examples_dir: Path, console: Console) -> Non
     from rlhfctl.example.kit import build_model_kit_folder
 
     corpus = sorted((examples_dir / "data").glob("*.jsonl"))
-    summary = build_model_kit_folder(paths.tiny_model, corpus_files=corpus, preset="tiny", seed=KIT_SEED)
+    summary = build_model_kit_folder(paths.model_dir("tiny"), corpus_files=corpus, preset="tiny", seed=KIT_SEED)
     console.print(f"tokenizer ({summary.vocab_size} tokens, trained on {len(corpus)} example files) and a random "
                   f"GPT-2-style model ({summary.parameters:,} parameters)")
 
@@ -256,27 +240,16 @@ def _load_stage_config(path: Path, stage: str, overrides: list[str]):
 
 
 def _train_stage(stage: str, config, sink):
-    if stage == "sft":
-        from rlhfctl.stages import sft as module
-    elif stage == "rm":
-        from rlhfctl.stages import rm as module
-    else:
-        from rlhfctl.stages import ppo as module
-    return module.run(config, force=True, progress=sink)
+    from rlhfctl.recipes.registry import load_recipe
+
+    return load_recipe(stage).run(config, force=True, progress=sink)
 
 
 def stage_headline(stage: str, metrics: Mapping[str, float]) -> str:
-    """The one figure that shows a stage learned (printed after each stage)."""
-    def value(key: str) -> str:
-        return f"{metrics[key]:.3f}" if key in metrics else "?"
+    """The one figure that shows a stage learned (printed after each stage): the recipe's ``headline``."""
+    from rlhfctl.recipes.registry import load_recipe
 
-    if stage == "sft":
-        return (f"held-out response loss {value('validation_initial_loss')} -> {value('validation_loss')} "
-                f"(perplexity {value('validation_perplexity')})")
-    if stage == "rm":
-        return f"held-out accuracy {value('validation_accuracy')}, margin {value('validation_margin')}"
-    return (f"held-out mean score {value('validation_initial_score_mean')} -> {value('validation_score_mean')}, "
-            f"KL to the SFT policy {value('validation_kl_k1')}")
+    return load_recipe(stage).headline(metrics)
 
 
 def _stage_line(console: Console, stage: str, summary) -> None:
@@ -288,12 +261,12 @@ def _compare(paths: ExamplePaths, summaries: dict[str, Any], ppo_config) -> Comp
     from rlhfctl.data.loading import load_rows
     from rlhfctl.example.compare import compare_policies
 
-    prompts = [row["prompt"] for row in load_rows(paths.heldout_prompts, "ppo")]
+    prompts = [row["prompt"] for row in load_rows(paths.data_file("heldout_prompts"), "ppo")]
     sft_metrics = summaries["sft"].final_metrics
     return compare_policies(
-        sft_dir=paths.sft_model,
-        ppo_dir=paths.ppo_model,
-        rm_dir=paths.rm_model,
+        sft_dir=paths.model_dir("sft"),
+        ppo_dir=paths.model_dir("ppo"),
+        rm_dir=paths.model_dir("rm"),
         prompts=prompts,
         rm_accuracy=rm_accuracy(summaries["rm"].final_metrics),
         seed=COMPARISON_SEED,

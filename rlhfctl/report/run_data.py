@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.errors import UserError
+from rlhfctl.runfiles import (
+    CHECKPOINT_PREFIX,
+    EVENTS_FILE,
+    METRICS_FILE,
+    RESOLVED_CONFIG_FILE,
+    SAMPLES_FILE,
+    run_dir_name,
+)
 from rlhfctl.training import checkpoint as ckpt
-from rlhfctl.training.launch import RESOLVED_CONFIG_FILE
-from rlhfctl.training.metrics import EVENTS_FILE, METRICS_FILE, SAMPLES_FILE
 
 RUN_FILES = (METRICS_FILE, EVENTS_FILE, RESOLVED_CONFIG_FILE, SAMPLES_FILE)
 RECENT_S = 15 * 60  # a run whose files changed this recently and that has not finished may still be going
@@ -235,8 +241,8 @@ def _read_config(path: Path, notes: list[str]) -> tuple[str | None, dict[str, An
 
 
 def _checkpoints_on_disk(path: Path, stage: str | None) -> list[CheckpointOnDisk]:
-    pattern = re.compile(rf"^{re.escape(ckpt.CHECKPOINT_PREFIX)}(\d+)$")
-    run_dirs = [path / f"{stage}_run"] if stage else sorted(path.glob("*_run"))
+    pattern = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
+    run_dirs = [path / run_dir_name(stage)] if stage else sorted(path.glob(run_dir_name("*")))
     found = []
     for run_dir in run_dirs:
         if not run_dir.is_dir():

@@ -14,6 +14,7 @@ from rlhfctl.progress.render import format_duration, format_value
 from rlhfctl.report.run_data import RunData
 from rlhfctl.report.series import MISSING, config_diff
 from rlhfctl.report.timeline import FoundAlarm, TimelineEntry
+from rlhfctl.runfiles import RESOLVED_CONFIG_FILE
 
 MAX_SAMPLE_STEPS = 12  # steps whose samples are shown per run (first, last and evenly between)
 MAX_SUMMARY_METRICS = 8
@@ -164,9 +165,9 @@ def config_html(runs: list[RunData]) -> str:
         else:
             parts.append("<p class=empty>The runs' resolved configs are identical.</p>")
     for run in runs:
-        text = run.config_text if run.config_text is not None else "(no resolved_config.toml)"
+        text = run.config_text if run.config_text is not None else f"(no {RESOLVED_CONFIG_FILE})"
         parts.append(f"<details{' open' if len(runs) == 1 else ''}><summary>{_esc(run.label)}: "
-                     f"resolved_config.toml</summary><pre>{_esc(text)}</pre></details>")
+                     f"{RESOLVED_CONFIG_FILE}</summary><pre>{_esc(text)}</pre></details>")
     return "".join(parts)
 
 

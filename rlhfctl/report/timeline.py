@@ -14,7 +14,7 @@ from typing import Literal
 
 from rlhfctl.monitor import Alarm, HealthSettings, replay
 from rlhfctl.report.run_data import RunData
-from rlhfctl.training.metrics import EVENTS_FILE
+from rlhfctl.runfiles import EVENTS_FILE
 
 Severity = Literal["info", "warn", "error"]
 

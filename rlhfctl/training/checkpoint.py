@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATE_FILE = "state.json"
+from rlhfctl.runfiles import CHECKPOINT_PREFIX
+
+STATE_FILE = "state.json"  # inside a checkpoint folder; the other files are listed in it
 FORMAT_VERSION = 1
-CHECKPOINT_PREFIX = "checkpoint_"
-_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
+_CHECKPOINT_NAME = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
 
 @dataclass

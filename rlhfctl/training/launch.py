@@ -1,10 +1,13 @@
 """Driver side of the core: prepare the run directory, start or join Ray, run the stage's loop, collect results.
 
 ```python
-job = TrainingJob(stage="rm", config=config, train_loop=rm.train_loop, loop_payload={...},
+job = TrainingJob(stage="rm", config=config, train_loop=rm.train_loop, payload=RMPayload(train_rows=..., ...),
                   total_steps=120, samples_per_step=16, train_rows=1900, validation_rows=100, steps_per_epoch=60)
 summary = run_training(job, resume="auto", progress=sink)     # RunSummary
 ```
+
+Every worker's ``train_loop`` gets ``job.loop_config(core)``: the config, the payload (the recipe's frozen dataclass:
+data rows and what the driver computed for the loop) and the core's :class:`CoreSettings`.
 
 Modes: several workers (or any ``general.ray_address``) run on Ray Train (V2) as ``TorchTrainer`` does —
 ``DataParallelTrainer`` with a torch process-group backend (:mod:`rlhfctl.training.torch_backend`, which keeps
@@ -28,33 +31,45 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal
 
 from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
 from rlhfctl.progress.events import Notice, NullSink, ProgressSink, RunFinished
 from rlhfctl.training import checkpoint as ckpt
-from rlhfctl.training.metrics import EVENTS_FILE, METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR, MetricsRecorder
-from rlhfctl.training.worker import CoreSettings
+from rlhfctl.runfiles import (
+    EVENTS_FILE,
+    METRICS_FILE,
+    RAY_SNAPSHOT_GLOB,
+    RESOLVED_CONFIG_FILE,
+    SAMPLES_FILE,
+    TENSORBOARD_DIR,
+    run_dir_name,
+)
+from rlhfctl.training.metrics import MetricsRecorder
+from rlhfctl.training.worker import ConfigT, CoreSettings, LoopConfig, PayloadT
 
-RAY_SNAPSHOT_GLOB = "checkpoint_manager_snapshot*"
-RESOLVED_CONFIG_FILE = "resolved_config.toml"
 POLL_INTERVAL_S = 0.25
 
 
 @dataclass
-class TrainingJob:
-    """Everything the driver needs to run one stage. Built by the stage's driver-side code."""
+class TrainingJob(Generic[ConfigT, PayloadT]):
+    """Everything the driver needs to run one stage. Built by the recipe's ``build_job``."""
 
     stage: str
-    config: Any  # SFTConfig | RMConfig | PPOConfig
-    train_loop: Callable[[dict], dict]  # module-level (picklable) function run on every worker
-    loop_payload: dict[str, Any]  # extra keys of loop_config (data rows, tokenizer path ...)
+    config: ConfigT  # the stage's validated config (SFTConfig, RMConfig, PPOConfig, ...)
+    train_loop: Callable[[LoopConfig], dict[str, float]]  # module-level (picklable) function run on every worker
+    payload: PayloadT  # the recipe's frozen dataclass: what every worker needs besides the config
     total_steps: int  # optimizer steps of the whole run
     samples_per_step: int  # examples per optimizer step over all workers (for samples/s)
     train_rows: int | None = None  # for the plan
     validation_rows: int | None = None
     steps_per_epoch: int | None = None
     plan_notes: dict[str, str] = field(default_factory=dict)  # stage-specific lines for the plan ("max length": ..)
+    warnings: tuple[str, ...] = ()  # shown as the plan's last lines and logged when the run starts
+
+    def loop_config(self, core: CoreSettings) -> LoopConfig:
+        """What ``train_loop`` receives on every worker (unpacked there by ``setup_worker``)."""
+        return LoopConfig(config=self.config, payload=self.payload, core=core)
 
     @property
     def output_dir(self) -> Path:
@@ -66,7 +81,7 @@ class TrainingJob:
 
     @property
     def run_name(self) -> str:
-        return f"{self.stage}_run"
+        return run_dir_name(self.stage)
 
     @property
     def run_dir(self) -> Path:
@@ -86,7 +101,8 @@ class TrainingJob:
             train_rows=self.train_rows, validation_rows=self.validation_rows, epochs=training.epochs,
             steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
             samples_per_step=self.samples_per_step, output_dir=self.output_dir, run_dir=self.run_dir,
-            checkpoint_dir=self.checkpoint_dir, notes=dict(self.plan_notes),
+            checkpoint_dir=self.checkpoint_dir,
+            notes={**self.plan_notes, **{f"warning {number}": text for number, text in enumerate(self.warnings, 1)}},
         )
 
 
@@ -308,10 +324,6 @@ def _discard_fresh_run(job: TrainingJob, *, remove_output_dir: bool) -> None:
         (job.output_dir / name).unlink(missing_ok=True)
 
 
-def _loop_config(job: TrainingJob, core: CoreSettings) -> dict[str, Any]:
-    return {"config": job.config, **job.loop_payload, "_core": core}
-
-
 def _failure_message(job: TrainingJob, what: str, config_path: str | None) -> RuntimeFailure:
     latest = ckpt.latest_checkpoint(job.run_dir)
     where = (f"The latest complete checkpoint is {latest} (step {ckpt.read_step(latest)})." if latest
@@ -331,7 +343,7 @@ def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, 
     poller = _Poller(channel.drain, recorder)
     poller.start()
     try:
-        return job.train_loop(_loop_config(job, core))
+        return job.train_loop(job.loop_config(core))
     except RlhfctlError:
         raise
     except KeyboardInterrupt:
@@ -366,7 +378,7 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
         trainer = LeanTrainer(  # = TorchTrainer without torch in this process or the controller, fewer helper actors
             job.train_loop,
             owns_cluster=owns_cluster,
-            train_loop_config=_loop_config(job, core),
+            train_loop_config=job.loop_config(core),
             backend_config=TorchBackendConfig(backend="nccl" if training.use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=training.num_training_workers, use_gpu=training.use_gpu,
                                          resources_per_worker=per_worker | (

@@ -33,11 +33,7 @@ from rlhfctl.progress.events import (
     SampleEvent,
     StepEvent,
 )
-
-METRICS_FILE = "metrics.jsonl"
-EVENTS_FILE = "events.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from rlhfctl.runfiles import EVENTS_FILE, METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR
 
 
 def _json_line(record: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """Worker side of the core: what a stage's training loop calls on every Ray Train worker.
 
 ```python
-def train_loop(loop_config: dict) -> dict:
-    ctx = setup_worker(loop_config)                  # rank, world size, device, seeds, threads
+def train_loop(loop_config: LoopConfig) -> dict[str, float]:
+    ctx: WorkerContext[RMConfig, RMPayload] = setup_worker(loop_config)   # rank, world size, device, seeds, threads
     model = ctx.prepare_model(build_model())         # DDP when world_size > 1
     optimizer = build_optimizer(model, ctx.config.training)
     scheduler = build_scheduler(optimizer, ctx.config.training, ctx.total_steps)
@@ -16,8 +16,9 @@ def train_loop(loop_config: dict) -> dict:
     return final_metrics                             # rank 0's dict becomes RunSummary.final_metrics
 ```
 
-The same loop runs in two modes chosen by the driver (``loop_config["_core"]["mode"]``): ``"ray"`` (Ray Train
-workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
+``ctx.config`` is the stage's validated config and ``ctx.payload`` the recipe's frozen payload dataclass, both as
+the driver built them. The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"``
+(Ray Train workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
 ``"local"`` (one worker in the driver process, no Ray: checkpoints written atomically into the run directory).
 """
 
@@ -33,23 +34,25 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from rlhfctl.progress.events import CheckpointSaved, RunStarted, SampleEvent, StepEvent
+from rlhfctl.runfiles import CHECKPOINT_PREFIX
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training.batching import shard_indices
 from rlhfctl.training.checkpoint import TrainState
 from rlhfctl.training.progress_actor import ProgressSender
 
-MODES = ("ray", "local")
+ConfigT = TypeVar("ConfigT")  # the stage's config (SFTConfig, RMConfig, PPOConfig, ...): has .general and .training
+PayloadT = TypeVar("PayloadT")  # the recipe's frozen payload dataclass (SFTPayload, RMPayload, PPOPayload, ...)
 
 
 @dataclass
 class CoreSettings:
-    """What the driver tells every worker besides the stage config (``loop_config["_core"]``)."""
+    """What the driver tells every worker about the run itself (the stage's config and payload travel beside it)."""
 
     stage: str
-    mode: str  # "ray" | "local"
+    mode: Literal["ray", "local"]
     run_dir: str  # absolute: output_dir/<stage>_run, where checkpoints live
     checkpoint_dir: str  # the final HF export
     total_steps: int
@@ -61,15 +64,25 @@ class CoreSettings:
     fault_injection: dict[str, Any] = field(default_factory=dict)  # tests only: {"after_step", "marker", "action"}
 
 
+class LoopConfig(TypedDict):
+    """What every worker's ``train_loop`` receives (Ray Train's ``train_loop_config``), built by the driver
+    (:meth:`rlhfctl.training.launch.TrainingJob.loop_config`) and unpacked by :func:`setup_worker`; the loop
+    annotates the context it gets back with its own types (``WorkerContext[RMConfig, RMPayload]``)."""
+
+    config: Any  # the stage's validated config
+    payload: Any  # the recipe's frozen payload dataclass
+    core: CoreSettings
+
+
 @dataclass
-class WorkerContext:
+class WorkerContext(Generic[ConfigT, PayloadT]):
     """One worker's view of the run. Build it with :func:`setup_worker`."""
 
     rank: int
     world_size: int
     device: Any  # torch.device
-    config: Any  # the stage config object (RMConfig, SFTConfig, PPOConfig)
-    payload: dict[str, Any]
+    config: ConfigT  # the stage's validated config
+    payload: PayloadT  # the recipe's frozen payload: data rows and what the driver computed for the loop
     core: CoreSettings
     _sender: ProgressSender
     _grad_scaler: Any = None
@@ -298,7 +311,7 @@ class WorkerContext:
     def _prune_local_checkpoints(self, run_dir: Path) -> None:
         complete = sorted(
             (ckpt.read_step(child), child) for child in run_dir.iterdir()
-            if child.is_dir() and child.name.startswith(ckpt.CHECKPOINT_PREFIX) and ckpt.is_complete(child)
+            if child.is_dir() and child.name.startswith(CHECKPOINT_PREFIX) and ckpt.is_complete(child)
         )
         for _, old in complete[: max(0, len(complete) - self.core.num_to_keep)]:
             shutil.rmtree(old, ignore_errors=True)
@@ -331,14 +344,11 @@ class WorkerContext:
 # ----------------------------------------------------------------------------------------------- setup
 
 
-def setup_worker(loop_config: dict[str, Any]) -> WorkerContext:
+def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
     """Build this worker's context: rank/world size, device, per-rank seeds, torch threads = its CPU share."""
     import torch
 
-    core = loop_config["_core"]
-    core = core if isinstance(core, CoreSettings) else CoreSettings(**core)
-    config = loop_config["config"]
-    payload = {key: value for key, value in loop_config.items() if key not in ("config", "_core")}
+    core, config, payload = loop_config["core"], loop_config["config"], loop_config["payload"]
     training = config.training
 
     rank, world_size = 0, 1
@@ -367,15 +377,6 @@ def setup_worker(loop_config: dict[str, Any]) -> WorkerContext:
     sender = ProgressSender(actor=core.progress_actor, local_channel_id=core.local_channel_id, enabled=rank == 0)
     return WorkerContext(rank=rank, world_size=world_size, device=device, config=config, payload=payload,
                          core=core, _sender=sender, _grad_scaler=grad_scaler)
-
-
-def disable_dropout(model) -> None:
-    """Set every dropout probability to 0 (RL stages and reward models train deterministically)."""
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 # ----------------------------------------------------------------------------------------------- optimizer

@@ -38,9 +38,9 @@ def test_every_stage_ran_and_exported(example_run):
     for source in RAW_SOURCES:
         assert (paths.data_dir / source.output_name).is_file()
     assert "rm_hh.jsonl -> rm.jsonl: 500 rows, 3 skipped" in output  # the converter's report is shown
-    for model in (paths.tiny_model, paths.sft_model, paths.rm_model, paths.ppo_model):
+    for model in (paths.model_dir("tiny"), paths.model_dir("sft"), paths.model_dir("rm"), paths.model_dir("ppo")):
         assert (model / "model.safetensors").is_file() and (model / "tokenizer.json").is_file()
-    assert (paths.rm_model / "reward_stats.json").is_file()
+    assert (paths.model_dir("rm") / "reward_stats.json").is_file()
     assert "What each stage bought" in output and "Responses side by side" in output
     assert "warning" not in output
 

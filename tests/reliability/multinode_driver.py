@@ -35,7 +35,7 @@ def main(config_path: str, result_path: str, mode: str = "replace") -> None:
     from ray.cluster_utils import Cluster
 
     from rlhfctl.config import load_config
-    from rlhfctl.stages import rm
+    from rlhfctl.recipes import rm
 
     report: dict = {"events": []}
     started = time.monotonic()

@@ -22,7 +22,7 @@ runner = CliRunner()
 
 def _run(workspace, name: str, **kwargs):
     from rlhfctl.config import load_config
-    from rlhfctl.stages import rm
+    from rlhfctl.recipes import rm
 
     config = workspace.config_dict(
         general={"output_dir": str(workspace.root / name / "out"), "checkpoint_dir": str(workspace.root / name / "export")},

@@ -62,7 +62,7 @@ def make_run(root: Path, model_dir: Path, **training) -> Run:
 
 def run_in_process(run: Run, **kwargs):
     from rlhfctl.config import load_config
-    from rlhfctl.stages import rm
+    from rlhfctl.recipes import rm
 
     return rm.run(load_config(run.config), config_path=str(run.config), **kwargs)
 

@@ -103,7 +103,7 @@ def test_scanner_flags_each_unsafe_call(snippet):
 
 @pytest.mark.parametrize("snippet", [
     "torch.load(path, weights_only=True)", "ast.literal_eval(text)", "yaml.safe_load(text)",
-    "subprocess.run(['ray', 'stop'])", "re.compile(pattern)", "importlib.import_module(f'rlhfctl.stages.{stage}')",
+    "subprocess.run(['ray', 'stop'])", "re.compile(pattern)", "importlib.import_module(f'rlhfctl.recipes.{stage}')",
     "AutoTokenizer.from_pretrained(p, trust_remote_code=trust)", "getattr(torch.optim, 'AdamW')",
 ])
 def test_scanner_allows_safe_calls(snippet):
@@ -137,7 +137,7 @@ def test_custom_model_code_is_not_imported_without_trust(workspace, tiny_model_c
     """A model folder that ships its own Python (``auto_map``) is loaded with the built-in class; its code never
     runs unless general.trust_remote_code is true."""
     from rlhfctl.errors import UserError
-    from rlhfctl.stages._modeling import load_reward_model, load_tokenizer
+    from rlhfctl.models.loading import load_reward_model, load_tokenizer
 
     marker = tmp_path / "REMOTE_CODE_RAN"
     (tiny_model_copy / "evil_model.py").write_text(

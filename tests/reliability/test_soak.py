@@ -37,7 +37,7 @@ def _measure() -> dict[str, float]:
 @pytest.mark.timeout(240)
 def test_back_to_back_trainings_do_not_leak(workspace):
     from rlhfctl.config import load_config
-    from rlhfctl.stages import rm
+    from rlhfctl.recipes import rm
 
     def train(index: int):
         config = workspace.config_dict(

@@ -15,9 +15,10 @@ from rlhfctl.report.run_data import load_runs
 from rlhfctl.report.terminal import print_summary
 from rlhfctl.report.timeline import timeline
 from rlhfctl.training.launch import TrainingJob, run_training
+from rlhfctl.training.worker import LoopConfig
 
 
-def logging_loop(loop_config: dict) -> dict:
+def logging_loop(loop_config: LoopConfig) -> dict[str, float]:
     """Logs RM-like metrics and a few samples per step and checkpoints every 4 steps; trains nothing."""
     from rlhfctl.training.checkpoint import TrainState
     from rlhfctl.training.worker import setup_worker
@@ -42,7 +43,7 @@ def job(tmp_path) -> TrainingJob:
         "dataset": {"train_file": str(tmp_path / "unused.jsonl")},
         "training": {"num_training_workers": 1, "save_every_steps": 4},
     })
-    return TrainingJob(stage="rm", config=config, train_loop=logging_loop, loop_payload={}, total_steps=12,
+    return TrainingJob(stage="rm", config=config, train_loop=logging_loop, payload=None, total_steps=12,
                        samples_per_step=8)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 
@@ -10,9 +11,15 @@ from rlhfctl.config.schema import RMConfig
 from rlhfctl.errors import RuntimeFailure, UserError
 from rlhfctl.progress.events import Notice, RecordingSink, RunFinished, RunStarted, StepEvent
 from rlhfctl.training.launch import TrainingJob, run_training
+from rlhfctl.training.worker import LoopConfig
 
 
-def toy_loop(loop_config: dict) -> dict:
+@dataclass(frozen=True)
+class ToyPayload:
+    inputs: list[list[float]]  # (rows, 2)
+
+
+def toy_loop(loop_config: LoopConfig) -> dict[str, float]:
     """A linear regression trained with the core's pieces (stands in for a stage)."""
     import torch
 
@@ -20,7 +27,7 @@ def toy_loop(loop_config: dict) -> dict:
     from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
 
     ctx = setup_worker(loop_config)
-    inputs = torch.tensor(ctx.payload["inputs"])  # (rows, 2)
+    inputs = torch.tensor(ctx.payload.inputs)  # (rows, 2)
     targets = inputs @ torch.tensor([2.0, -1.0])  # (rows,)
     model = ctx.prepare_model(torch.nn.Linear(2, 1))
     optimizer = build_optimizer(model, ctx.training)
@@ -55,7 +62,7 @@ def _job(tmp_path, name="run", **training) -> TrainingJob:
                      "optimizer": "SGD", **training},
     })
     inputs = [[float(i % 5), float(i % 3)] for i in range(24)]
-    return TrainingJob(stage="rm", config=config, train_loop=toy_loop, loop_payload={"inputs": inputs},
+    return TrainingJob(stage="rm", config=config, train_loop=toy_loop, payload=ToyPayload(inputs),
                        total_steps=8, samples_per_step=6)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from rlhfctl.config.schema import RMConfig
 from rlhfctl.progress.events import CheckpointSaved, RunStarted, StepEvent
 from rlhfctl.training.checkpoint import TrainState, checkpoint_name, latest_checkpoint
 from rlhfctl.training.progress_actor import LocalChannel
-from rlhfctl.training.worker import CoreSettings, build_optimizer, build_scheduler, disable_dropout, setup_worker
+from rlhfctl.training.worker import CoreSettings, LoopConfig, build_optimizer, build_scheduler, setup_worker
 
 
 def _config(tmp_path, **training) -> RMConfig:
@@ -21,11 +23,16 @@ def _config(tmp_path, **training) -> RMConfig:
     })
 
 
-def _loop_config(tmp_path, channel: LocalChannel, resume_from=None, **training) -> dict:
+@dataclass(frozen=True)
+class RowsPayload:
+    rows: list[int]
+
+
+def _loop_config(tmp_path, channel: LocalChannel, resume_from=None, **training) -> LoopConfig:
     core = CoreSettings(stage="rm", mode="local", run_dir=str(tmp_path / "out" / "rm_run"),
                         checkpoint_dir=str(tmp_path / "model"), total_steps=10, samples_per_step=4,
                         resume_from=resume_from, local_channel_id=channel.channel_id)
-    return {"config": _config(tmp_path, **training), "rows": [1, 2, 3], "_core": core}
+    return LoopConfig(config=_config(tmp_path, **training), payload=RowsPayload(rows=[1, 2, 3]), core=core)
 
 
 class _Tiny(torch.nn.Module):
@@ -66,17 +73,11 @@ def test_scheduler_warms_up_then_decays(tmp_path):
     assert lrs[3] == pytest.approx(7 / 8) and lrs[-1] == pytest.approx(1 / 8)
 
 
-def test_disable_dropout():
-    model = _Tiny()
-    disable_dropout(model)
-    assert model.dropout.p == 0.0
-
-
 def test_local_context_logs_saves_and_restores(tmp_path):
     channel = LocalChannel()
     ctx = setup_worker(_loop_config(tmp_path, channel, save_every_steps=2))
     assert (ctx.rank, ctx.world_size, ctx.is_main) == (0, 1, True)
-    assert ctx.payload == {"rows": [1, 2, 3]}
+    assert ctx.payload == RowsPayload(rows=[1, 2, 3])
     assert torch.get_num_threads() == 1  # the worker's CPU share
     assert ctx.all_reduce_mean({"loss": 2.0}) == {"loss": 2.0}
     assert ctx.checkpoint_due(4) and not ctx.checkpoint_due(3)

@@ -1,0 +1,120 @@
+"""Generation for PPO and ``ppo sample``: prompts tokenised and left-padded, responses sampled with the KV cache and
+cut after their first stop token.
+
+Only imported by code that already runs torch (the PPO worker loop and ``ppo sample``), so torch is imported at the
+top here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from rlhfctl.errors import UserError
+from rlhfctl.objectives import ppo as ppo_objective
+
+
+def stop_token_ids(tokenizer: Any, stop_token: str | None) -> list[int]:
+    """Ids that end a response: the configured ``stop_token`` (one token of the vocabulary) or else EOS."""
+    if stop_token is not None:
+        vocab_id = tokenizer.convert_tokens_to_ids(stop_token)
+        if vocab_id is not None and vocab_id != tokenizer.unk_token_id:
+            return [vocab_id]
+        ids = tokenizer.encode(stop_token, add_special_tokens=False)
+        if len(ids) == 1:
+            return ids
+        raise UserError(
+            f"generation.stop_token: {stop_token!r} is {len(ids)} tokens for this tokenizer; a stop token must be "
+            "exactly one token.",
+            hint="Leave generation.stop_token out to stop at the tokenizer's EOS token.",
+        )
+    if tokenizer.eos_token_id is None:
+        raise UserError(
+            "the policy's tokenizer has no EOS token, so responses cannot end.",
+            hint="Set generation.stop_token to a token that ends a response.",
+        )
+    return [tokenizer.eos_token_id]
+
+
+def tokenize_prompts(
+    prompt_texts: list[str], tokenizer: Any, max_prompt_tokens: int, add_special_tokens: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise rendered prompts, keep their last ``max_prompt_tokens`` tokens and left-pad them.
+
+    Returns ``(input_ids, attention_mask)``, both ``(batch, prompt_len)``.
+    """
+    encoded = [
+        tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"][-max_prompt_tokens:]
+        for text in prompt_texts
+    ]
+    prompt_len = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), prompt_len), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), prompt_len), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        if ids:
+            input_ids[row, prompt_len - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, prompt_len - len(ids) :] = 1
+    return input_ids, attention_mask
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What ``generate`` needs, resolved from ``[generation]`` and the tokenizer."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    do_sample: bool
+    stop_ids: tuple[int, ...]
+    pad_token_id: int
+
+    def to_generation_config(self):
+        """A fresh ``transformers.GenerationConfig`` (nothing inherited from the model's own defaults)."""
+        from transformers import GenerationConfig
+
+        settings: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "eos_token_id": list(self.stop_ids),
+            "pad_token_id": self.pad_token_id,
+            "use_cache": True,
+        }
+        if self.do_sample:
+            settings.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        return GenerationConfig(**settings)
+
+
+class Generation(NamedTuple):
+    query_responses: torch.Tensor  # (batch, prompt_len + response_len), padding after the first stop token
+    attention_mask: torch.Tensor  # (batch, prompt_len + response_len), 0 on prompt and response padding
+    prompt_len: int
+    truncated: ppo_objective.TruncatedResponses  # response ids, response_mask (batch, response_len), has_stop, lengths
+
+
+@torch.no_grad()
+def generate_responses(
+    policy: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingSettings
+) -> Generation:
+    """Sample one response per prompt with the KV cache and cut it after its first stop token.
+
+    ``policy`` must be the bare model (for a DDP-wrapped model pass ``.module``).
+    """
+    was_training = policy.training
+    policy.eval()
+    try:
+        output = policy.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            generation_config=sampling.to_generation_config(),
+        )  # (batch, prompt_len + generated_len)
+    finally:
+        policy.train(was_training)
+    prompt_len = prompt_ids.shape[1]
+    truncated = ppo_objective.truncate_after_stop(output[:, prompt_len:], list(sampling.stop_ids), sampling.pad_token_id)
+    query_responses = torch.cat([prompt_ids, truncated.response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, truncated.response_mask.long()], dim=1)
+    return Generation(query_responses, attention_mask, prompt_len, truncated)

@@ -1,0 +1,160 @@
+"""PPO experience: scoring generated responses and the no-grad forwards that make a rollout batch.
+
+A rollout batch is built in three phases, each timed separately by the caller:
+
+1. **generate** — :func:`rlhfctl.models.generation.generate_responses`;
+2. **score** — the reward model's score at the last real token, then missing-EOS penalty / clipping /
+   normalisation (:func:`score_sequences`);
+3. **forwards** — one no-grad forward each of policy, reference and value model over prompt + response, keeping
+   only the chosen tokens' log-probs and the per-token values (:func:`collect_rollout`).
+
+Only imported by code that already runs torch (the PPO worker loop and ``ppo sample``), so torch is imported at the
+top here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from rlhfctl.models.generation import Generation
+from rlhfctl.models.scoring import TokenScoreModel, position_ids_from_mask
+from rlhfctl.objectives import ppo as ppo_objective
+
+
+def policy_logprobs(
+    policy: nn.Module,
+    query_responses: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    temperature: float,
+    *,
+    return_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs ``(batch, response_len)`` of the response tokens (and optionally the per-token entropy, with
+    gradients only when ``entropy_grad``). The full-vocabulary logits live only inside this call.
+    """
+    logits = policy(
+        input_ids=query_responses,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    ).logits  # (batch, seq, vocab)
+    logprobs = ppo_objective.logprobs_from_logits(logits, query_responses, prompt_len, temperature)
+    entropy = None
+    if return_entropy:
+        response_logits = logits[:, prompt_len - 1 : -1]
+        response_logits = response_logits if entropy_grad else response_logits.detach()
+        entropy = ppo_objective.entropy_from_logits(response_logits.float() / temperature)
+    return logprobs, entropy
+
+
+def response_values(
+    value_model: nn.Module, query_responses: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+) -> torch.Tensor:
+    """Values ``(batch, response_len)``: the value model read at the position before each response token."""
+    values = value_model(query_responses, attention_mask, position_ids_from_mask(attention_mask))
+    return values[:, prompt_len - 1 : -1]
+
+
+@torch.no_grad()
+def reward_scores(reward_model: TokenScoreModel, generation: Generation) -> torch.Tensor:
+    """Raw reward-model scores ``(batch,)`` read at each sequence's last real response token."""
+    last_index = generation.prompt_len + generation.truncated.lengths - 1  # (batch,)
+    return reward_model.score_at(
+        generation.query_responses,
+        generation.attention_mask,
+        position_ids_from_mask(generation.attention_mask),
+        last_index,
+    )
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """Score post-processing from ``[training]`` and the RM export's statistics."""
+
+    reward_mean: float | None = None
+    reward_std: float | None = None
+    score_clip: float | None = None
+    missing_eos_penalty: float | None = None
+
+
+def score_sequences(
+    reward_model: TokenScoreModel, generation: Generation, settings: ScoreSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(raw_scores, scores)``, both ``(batch,)``: the reward model's output and the score PPO optimises."""
+    raw = reward_scores(reward_model, generation)
+    processed = ppo_objective.process_scores(
+        raw,
+        generation.truncated.has_stop,
+        reward_mean=settings.reward_mean,
+        reward_std=settings.reward_std,
+        score_clip=settings.score_clip,
+        missing_eos_penalty=settings.missing_eos_penalty,
+    )
+    return raw, processed
+
+
+class Rollout(NamedTuple):
+    """One batch of experience; every per-token tensor is ``(batch, response_len)``."""
+
+    query_responses: torch.Tensor  # (batch, prompt_len + response_len)
+    attention_mask: torch.Tensor  # (batch, prompt_len + response_len)
+    prompt_len: int
+    response_mask: torch.Tensor
+    has_stop: torch.Tensor  # (batch,) bool
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    raw_scores: torch.Tensor  # (batch,)
+    scores: torch.Tensor  # (batch,)
+
+
+@torch.no_grad()
+def collect_rollout(
+    generation: Generation,
+    raw_scores: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    policy: nn.Module,
+    reference: nn.Module,
+    value_model: nn.Module,
+    temperature: float,
+    chunk_size: int,
+) -> Rollout:
+    """Old/ref log-probs and values for a generated batch, in chunks of ``chunk_size`` sequences.
+
+    ``policy`` and ``value_model`` should be the bare (non-DDP) modules: these forwards need no gradients.
+    """
+    mask = generation.truncated.response_mask
+    old_logprobs, ref_logprobs, old_values = [], [], []
+    was_training = policy.training, value_model.training
+    policy.eval()
+    value_model.eval()
+    try:
+        for start in range(0, generation.query_responses.shape[0], chunk_size):
+            ids = generation.query_responses[start : start + chunk_size]
+            attention = generation.attention_mask[start : start + chunk_size]
+            old_logprobs.append(policy_logprobs(policy, ids, attention, generation.prompt_len, temperature)[0])
+            ref_logprobs.append(policy_logprobs(reference, ids, attention, generation.prompt_len, temperature)[0])
+            old_values.append(response_values(value_model, ids, attention, generation.prompt_len))
+    finally:
+        policy.train(was_training[0])
+        value_model.train(was_training[1])
+    return Rollout(
+        query_responses=generation.query_responses,
+        attention_mask=generation.attention_mask,
+        prompt_len=generation.prompt_len,
+        response_mask=mask,
+        has_stop=generation.truncated.has_stop,
+        # padding positions carry no meaning; zero them so no stray value leaks into sums
+        old_logprobs=torch.cat(old_logprobs) * mask,
+        ref_logprobs=torch.cat(ref_logprobs) * mask,
+        old_values=torch.cat(old_values) * mask,
+        raw_scores=raw_scores,
+        scores=scores,
+    )

@@ -1,0 +1,350 @@
+"""PPO: optimise the SFT policy against the reward model, held near the SFT model by a per-token KL penalty.
+
+The recipe, top to bottom (driver side first, then the loop every Ray Train worker runs):
+
+1. ``build_job(config)`` -> ``prepare(config)``: check the PPO-specific settings, load the prompts in the driver
+   (errors name file, line and key before Ray starts), read the RM export's reward statistics, warn when the
+   reward head looks untrained; then a :class:`~rlhfctl.training.launch.TrainingJob` with a :class:`PPOPayload`.
+   ``plan(config)`` is the core's printable plan of it (``--dry-run``).
+2. ``run(config)``: hand that job to the shared core.
+3. ``train_loop`` on each worker:
+
+   - **setup**: the policy (``model_pretrain`` or ``model_name``), a frozen reference copy of it, the frozen reward
+     model (``rm_pretrain`` or ``rm_name``) and the value model (initialised from the reward model, or from the
+     policy's backbone with ``value_model_init = "policy"``); dropout off in all four; policy and value model
+     DDP-wrapped, each with its own optimizer and scheduler; then the latest checkpoint if there is one.
+   - **loop**, one PPO iteration per step, over this worker's shard of the prompts (reshuffled every epoch):
+     ``experience_batch_size`` prompts -> generate -> score -> old/ref log-probs and values -> per-token rewards
+     (KL penalty + score on the last real token) -> GAE -> whitened advantages -> ``ppo_epochs`` passes of
+     ``num_mini_batches`` clipped policy + value updates (micro-batches of ``batch_size``) -> metrics, samples.
+     The KL coefficient is fixed or adapted toward ``target_kl``. A non-finite loss on any worker stops the run
+     before the optimizer step (the last checkpoint stays the last good one).
+   - **validation** before training and after every epoch: responses to the validation prompts, their reward
+     score, KL and length.
+   - **checkpoint** at ``save_every_steps`` and epoch ends: policy, value model, both optimizers and schedulers,
+     the KL controller, RNG states, the sampler position and the episode counter (``--resume`` continues exactly).
+   - **export**: the policy and tokenizer to ``checkpoint_dir`` (Hugging Face format), the value model to
+     ``checkpoint_dir/value_model``.
+
+The math lives in :mod:`rlhfctl.objectives.ppo`, generation in :mod:`rlhfctl.models.generation`, scoring and
+forwards in :mod:`rlhfctl.models.rollout`, the per-iteration machinery (rollout -> advantages -> clipped updates) in
+:mod:`rlhfctl.recipes.ppo_trainer`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfctl.config.schema import PPOConfig
+from rlhfctl.data.loading import TrainingData, load_training_data
+from rlhfctl.errors import ConfigError, ConfigIssue, DataError
+from rlhfctl.recipes.ppo_trainer import PPOModels, PPOTrainer
+from rlhfctl.recipes.registry import Recipe
+from rlhfctl.runfiles import REWARD_STATS_FILE
+from rlhfctl.training.checkpoint import TrainState, unwrap_model
+from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
+
+STAGE = "ppo"
+# printed after the stage: final metrics by name, 3 decimals each
+HEADLINE = ("held-out mean score {validation_initial_score_mean} -> {validation_score_mean}, "
+            "KL to the SFT policy {validation_kl_k1}")
+
+
+@dataclass(frozen=True)
+class RewardStats:
+    """The reward model's score mean and std (its export's ``reward_stats.json``), for score normalisation."""
+
+    mean: float
+    std: float  # > 0
+
+
+@dataclass(frozen=True)
+class PPOPayload:
+    """What the driver hands every PPO worker besides the config."""
+
+    train_rows: list[dict]  # {"prompt": str | list[message]} rows of the training split
+    validation_rows: list[dict]  # held-out prompts (may be empty)
+    iterations_per_epoch: int  # PPO iterations (= steps) per pass over each worker's shard
+    reward_stats: RewardStats | None  # set when training.normalize_scores
+
+
+@dataclass(frozen=True)
+class PPOPlan:
+    """What a run will do, PPO's view (the core's printable plan comes from :func:`plan`)."""
+
+    config: PPOConfig
+    data: TrainingData
+    iterations_per_epoch: int  # PPO iterations (= steps) per pass over the prompts
+    total_steps: int
+    episodes_per_step: int  # rollouts per iteration over all workers
+    reward_stats: RewardStats | None  # the RM export's statistics when scores are normalised
+    warnings: tuple[str, ...]  # shown before training starts
+
+
+def prepare(config: PPOConfig) -> PPOPlan:
+    """Validate the PPO settings, load the prompts (raising DataError on bad rows) and count the iterations."""
+    training = config.training
+    _check_settings(config)
+    data = load_training_data(config.dataset, STAGE, config.general.seed)
+    workers = training.num_training_workers
+    if len(data.train) < workers:
+        raise DataError(f"{len(data.train)} prompts cannot feed {workers} workers", path=data.train_file,
+                        hint="Use more prompts or fewer training.num_training_workers.")
+    prompts_per_worker = len(data.train) // workers
+    iterations_per_epoch = math.ceil(prompts_per_worker / training.experience_batch_size)
+    warnings = [message for message in (reward_head_warning(config.reward_source),) if message]
+    return PPOPlan(
+        config=config,
+        data=data,
+        iterations_per_epoch=iterations_per_epoch,
+        total_steps=iterations_per_epoch * training.epochs,
+        episodes_per_step=training.experience_batch_size * workers,
+        reward_stats=read_reward_stats(config) if training.normalize_scores else None,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_settings(config: PPOConfig) -> None:
+    training, generation = config.training, config.generation
+    issues = []
+    if training.experience_batch_size % training.num_mini_batches:
+        issues.append(ConfigIssue(
+            "training.num_mini_batches",
+            f"must divide training.experience_batch_size ({training.experience_batch_size}) so every mini-batch "
+            "has the same number of rollouts", training.num_mini_batches))
+    if training.gradient_accumulation_steps != 1:
+        issues.append(ConfigIssue(
+            "training.gradient_accumulation_steps",
+            "PPO takes one optimizer step per mini-batch; set num_mini_batches (and batch_size for the "
+            "micro-batches that bound memory) instead", training.gradient_accumulation_steps))
+    if config.dataset.max_length <= generation.max_new_tokens:
+        issues.append(ConfigIssue(
+            "dataset.max_length",
+            f"must be larger than generation.max_new_tokens ({generation.max_new_tokens}): prompts get "
+            "max_length - max_new_tokens tokens", config.dataset.max_length))
+    if issues:
+        raise ConfigError(issues)
+
+
+def read_reward_stats(config: PPOConfig) -> RewardStats:
+    """The reward mean/std stored by ``rlhfctl rm train`` in ``rm_pretrain/reward_stats.json``."""
+    folder = config.general.rm_pretrain
+    problem = None
+    if folder is None:
+        problem = "needs general.rm_pretrain (an RM export with reward_stats.json) to normalise scores"
+    else:
+        path = Path(folder) / REWARD_STATS_FILE
+        try:
+            stats = json.loads(path.read_text(encoding="utf-8"))
+            mean = float(stats.get("mean", stats.get("reward_mean")))
+            std = float(stats.get("std", stats.get("reward_std")))
+            if math.isfinite(mean) and math.isfinite(std) and std > 0:
+                return RewardStats(mean=mean, std=std)
+            problem = f"{path} holds mean={mean}, std={std}; expected finite values and std > 0"
+        except FileNotFoundError:
+            problem = f"{path} does not exist (is general.rm_pretrain an export of `rlhfctl rm train`?)"
+        except (ValueError, TypeError, AttributeError):
+            problem = f"{path} is not JSON with numeric 'mean' and 'std'"
+    raise ConfigError([ConfigIssue("training.normalize_scores", problem, True)])
+
+
+def reward_head_warning(reward_source: str) -> str | None:
+    """A warning when the reward model's folder has no trained score head (PPO against a random reward).
+
+    Checks the safetensors headers of a local folder for a ``score.weight`` tensor; an RM export (with
+    ``reward_stats.json``) is trusted. Hub ids cannot be checked offline here; the worker checks the load report.
+    """
+    folder = Path(reward_source)
+    if not folder.is_dir() or (folder / REWARD_STATS_FILE).exists():
+        return None
+    names: set[str] = set()
+    for weights in folder.glob("*.safetensors"):
+        names |= _safetensors_names(weights)
+    if any(name == "score.weight" or name.endswith(".score.weight") for name in names):
+        return None
+    return (f"the reward model {reward_source} has no trained score head (no 'score.weight' in its weights): it "
+            "will be freshly initialised and PPO will optimise a random reward. Point general.rm_pretrain at an "
+            "export of `rlhfctl rm train`.")
+
+
+def _safetensors_names(path: Path) -> set[str]:
+    """Tensor names from a safetensors header (8-byte little-endian length, then JSON) without loading weights."""
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        return {name for name in header if name != "__metadata__"}
+    except (OSError, ValueError, struct.error):
+        return set()
+
+
+def build_job(config: PPOConfig) -> TrainingJob[PPOConfig, PPOPayload]:
+    """:func:`prepare`, then the core's job description (the prompts travel to the workers in the payload; the
+    warnings are the plan's last lines and logged when the run starts)."""
+    ppo_plan = prepare(config)
+    training, generation = config.training, config.generation
+    return TrainingJob(
+        stage=STAGE,
+        config=config,
+        train_loop=train_loop,
+        payload=PPOPayload(
+            train_rows=ppo_plan.data.train,
+            validation_rows=ppo_plan.data.validation,
+            iterations_per_epoch=ppo_plan.iterations_per_epoch,
+            reward_stats=ppo_plan.reward_stats,
+        ),
+        total_steps=ppo_plan.total_steps,
+        samples_per_step=ppo_plan.episodes_per_step,
+        train_rows=len(ppo_plan.data.train),
+        validation_rows=len(ppo_plan.data.validation),
+        steps_per_epoch=ppo_plan.iterations_per_epoch,
+        plan_notes={
+            "policy": config.policy_source,
+            "reward model": config.reward_source,
+            "rollouts per step": f"{training.experience_batch_size} per worker; {training.ppo_epochs} PPO epoch(s) "
+                                 f"of {training.num_mini_batches} mini-batch(es)",
+            "response length": f"up to {generation.max_new_tokens} new tokens",
+            "KL": f"{training.kl_estimator}, coef {training.kl_coeff}"
+                  + (f" adapting toward {training.target_kl}" if training.target_kl else " (fixed)"),
+            "validation": ppo_plan.data.validation_source,
+        },
+        warnings=ppo_plan.warnings,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- worker side
+
+
+def train_loop(loop_config: LoopConfig) -> dict[str, float]:
+    """The loop every Ray Train worker runs (module level, so Ray can pickle it)."""
+    import time
+
+    from rlhfctl.models.rollout import ScoreSettings
+    from rlhfctl.objectives import ppo as ppo_objective
+
+    ctx: WorkerContext[PPOConfig, PPOPayload] = setup_worker(loop_config)
+    config, payload = ctx.config, ctx.payload
+    training = config.training
+
+    # -- setup: four models, optimizers, schedulers, KL controller; then the latest checkpoint if any
+    models = _build_models(config, ctx.device)
+    policy = ctx.prepare_model(models.policy)
+    value_model = ctx.prepare_model(models.value_model)
+    optimizer_steps = ctx.total_steps * training.ppo_epochs * training.num_mini_batches
+    optimizers = {"policy": build_optimizer(policy, training), "value_model": build_optimizer(value_model, training)}
+    schedulers = {name: build_scheduler(optimizer, training, optimizer_steps) for name, optimizer in optimizers.items()}
+    kl_controller = ppo_objective.KLController(training.kl_coeff, training.target_kl, training.kl_horizon)
+    state = TrainState(
+        models={"policy": unwrap_model(policy), "value_model": unwrap_model(value_model)},
+        optimizers=optimizers, schedulers=schedulers,
+        extra={"kl_controller": kl_controller.state_dict(), "episodes": 0},
+    )
+    ctx.restore(state)
+    kl_controller.load_state_dict(state.extra["kl_controller"])
+    stats = payload.reward_stats
+    score_settings = ScoreSettings(reward_mean=stats.mean if stats else None, reward_std=stats.std if stats else None,
+                                   score_clip=training.score_clip, missing_eos_penalty=training.missing_eos_penalty)
+    trainer = PPOTrainer(
+        ctx=ctx, models=models, policy=policy, value_model=value_model, optimizers=optimizers,
+        schedulers=schedulers, kl_controller=kl_controller, score_settings=score_settings,
+    )
+    train_prompts = trainer.render_prompts(payload.train_rows)
+    validation_prompts = trainer.render_prompts(payload.validation_rows)
+    validation_shard = validation_prompts[ctx.rank :: ctx.world_size]
+
+    validation: dict[str, float] = {}
+    if state.step == 0 and validation_prompts:
+        validation = trainer.evaluate(validation_shard)
+        ctx.log(0, validation, epoch=0, split="validation")
+        state.extra["initial_validation_score"] = validation["score_mean"]
+
+    # -- loop: one PPO iteration per step over this worker's shard, reshuffled every epoch
+    iterations_per_epoch = payload.iterations_per_epoch
+    batch_size = training.experience_batch_size
+    metrics: dict[str, float] = {}
+    start_epoch, start_batch = state.epoch, state.batch_in_epoch
+    for epoch in range(start_epoch, training.epochs):
+        shard = ctx.shard(len(train_prompts), epoch)
+        first = start_batch if epoch == start_epoch else 0
+        for batch_index in range(first, iterations_per_epoch):
+            started = time.perf_counter()
+            # a fixed batch size keeps every worker in step; the last batch wraps around to the shard's start
+            prompts = [train_prompts[shard[(batch_index * batch_size + i) % len(shard)]] for i in range(batch_size)]
+            state.step += 1
+            metrics, samples = trainer.iteration(prompts, step=state.step,
+                                                 with_samples=_samples_due(training, state.step))
+            state.extra["episodes"] += batch_size * ctx.world_size
+            metrics["episodes"] = float(state.extra["episodes"])
+            metrics["episodes_per_s"] = batch_size * ctx.world_size / (time.perf_counter() - started)
+            ctx.log(state.step, metrics, epoch=epoch, split="train")
+            if samples:
+                ctx.log_samples(state.step, samples)
+            state.epoch, state.batch_in_epoch = epoch, batch_index + 1
+            state.extra["kl_controller"] = kl_controller.state_dict()
+            if ctx.checkpoint_due(state.step) and state.batch_in_epoch < iterations_per_epoch:
+                ctx.save(state, metrics)
+        if validation_prompts:
+            validation = trainer.evaluate(validation_shard)
+            ctx.log(state.step, validation, epoch=epoch, split="validation")
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        ctx.save(state, {**metrics, **{f"validation_{key}": value for key, value in validation.items()}})
+
+    # -- export: the policy (PPO's result) and, beside it, the trained value model
+    trainer.export()
+    final = {f"train_{key}": value for key, value in metrics.items() if not key.startswith("time_")}
+    final.update({f"validation_{key}": value for key, value in validation.items()})
+    if "initial_validation_score" in state.extra:
+        final["validation_initial_score_mean"] = float(state.extra["initial_validation_score"])
+    return final
+
+
+def _build_models(config: PPOConfig, device) -> PPOModels:
+    """Load policy, reference, reward and value models; dropout off in all four, the reference and reward frozen."""
+    from rlhfctl.models.loading import (
+        check_same_vocabulary,
+        disable_dropout,
+        ensure_distinct_pad_token,
+        load_model,
+        load_tokenizer,
+    )
+    from rlhfctl.models.scoring import TokenScoreModel
+
+    trust = config.general.trust_remote_code
+    tokenizer = load_tokenizer(config.policy_source, trust_remote_code=trust, padding_side="left")
+    policy = load_model("AutoModelForCausalLM", config.policy_source, trust_remote_code=trust)
+    reference = load_model("AutoModelForCausalLM", config.policy_source, trust_remote_code=trust)
+    reward_model, load_info = load_model("AutoModelForSequenceClassification", config.reward_source,
+                                         trust_remote_code=trust, num_labels=1, output_loading_info=True)
+    value_source = config.reward_source if config.training.value_model_init == "reward" else config.policy_source
+    value_model = load_model("AutoModelForSequenceClassification", value_source, trust_remote_code=trust,
+                             num_labels=1)
+    check_same_vocabulary(tokenizer, reward_model, config.reward_source)
+    if ensure_distinct_pad_token(tokenizer):
+        for model in (policy, reference, reward_model, value_model):
+            if model.get_input_embeddings().num_embeddings < len(tokenizer):
+                model.resize_token_embeddings(len(tokenizer))
+    for model in (policy, reference, reward_model, value_model):
+        disable_dropout(model)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.to(device)
+    for frozen in (reference, reward_model):
+        frozen.eval().requires_grad_(False)
+    policy.train()
+    value_model.train()
+    missing = list(load_info.get("missing_keys", []))
+    head_fresh = any(name.split(".")[-2:-1] in (["score"], ["classifier"]) for name in missing)
+    return PPOModels(policy, reference, TokenScoreModel(reward_model), TokenScoreModel(value_model), tokenizer,
+                     head_fresh)
+
+
+def _samples_due(training, step: int) -> bool:
+    return training.sample_every_steps > 0 and (step == 1 or step % training.sample_every_steps == 0)
+
+
+RECIPE = Recipe(stage=STAGE, build_job=build_job, headline_template=HEADLINE)
+plan, run = RECIPE.plan, RECIPE.run  # ppo.plan(config) -> TrainingPlan, ppo.run(config, resume=...) -> RunSummary

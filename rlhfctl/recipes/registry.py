@@ -1,0 +1,148 @@
+"""The stages rlhfctl knows: the recipe contract every stage satisfies, and one registry entry per stage.
+
+Everything that dispatches on a stage reads it from here: the CLI (one ``rlhfctl <stage>`` group with a ``train``
+command per entry, ``--dry-run`` included), the example pipeline, and the stages' own tools (``rm eval``,
+``rm score``, ``ppo sample`` hang on the groups made from these entries). Adding a stage = a recipe module
+``rlhfctl/recipes/<stage>.py`` ending in ``RECIPE = Recipe(...)`` + one :class:`StageEntry` in :data:`STAGES` + its
+config schema (``rlhfctl/config/schema.py``); nothing else needs editing.
+
+Cheap to import (the CLI imports it at start-up): no torch, ray, transformers or pydantic here; a recipe module is
+imported only when :func:`load_recipe` is called, and the training core only when a recipe runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
+
+from rlhfctl.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Unpack
+
+    from rlhfctl.progress.events import ProgressSink
+    from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
+
+ConfigT = TypeVar("ConfigT")
+
+
+class RunOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Recipe.run`, passed on to :func:`rlhfctl.training.launch.run_training`."""
+
+    resume: bool | Literal["auto"]  # continue from the latest checkpoint ("auto": only if there is one)
+    force: bool  # delete an earlier run in output_dir and replace checkpoint_dir
+    progress: ProgressSink | None  # where progress events go (None: nowhere)
+    config_path: str | None  # the config path and overrides as typed, for the printed --resume command
+    fault_injection: dict[str, Any] | None  # tests only: a worker dies or raises after a given checkpoint
+
+
+@dataclass(frozen=True)
+class Recipe(Generic[ConfigT]):
+    """A stage's recipe, as its module registers it (``RECIPE = Recipe(...)`` at the end of the module).
+
+    ``build_job(config)`` is the recipe's driver side: it validates the data (errors name file, line and key before
+    any worker starts), sizes the run and returns a :class:`~rlhfctl.training.launch.TrainingJob` carrying the
+    recipe's frozen payload dataclass and its module-level worker loop. Planning, running and the headline are the
+    same for every stage, so they are written once, here.
+    """
+
+    stage: str
+    build_job: Callable[[ConfigT], TrainingJob[ConfigT, Any]]
+    headline_template: str  # e.g. "held-out accuracy {validation_accuracy}": final metrics by name, 3 decimals
+
+    def plan(self, config: ConfigT) -> TrainingPlan:
+        """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
+        return self.build_job(config).plan()
+
+    def run(self, config: ConfigT, **options: Unpack[RunOptions]) -> RunSummary:
+        """Log the job's warnings, then train, validate and export; returns the core's run summary."""
+        from rlhfctl.training.launch import run_training
+
+        job = self.build_job(config)
+        for message in job.warnings:
+            logging.getLogger(f"rlhfctl.{self.stage}").warning("WARNING: %s", message)
+        return run_training(job, **options)
+
+    def headline(self, final_metrics: Mapping[str, float]) -> str:
+        """The one line that shows the stage learned (``?`` for a figure the run did not report)."""
+        return self.headline_template.format_map(_Figures(final_metrics))
+
+
+class _Figures(dict):
+    """``str.format_map`` source: each ``{key}`` becomes ``final_metrics[key]`` to 3 decimals, or ``?``."""
+
+    def __init__(self, final_metrics: Mapping[str, float]) -> None:
+        super().__init__()
+        self._metrics = final_metrics
+
+    def __missing__(self, key: str) -> str:
+        return f"{self._metrics[key]:.3f}" if key in self._metrics else "?"
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    """One stage: its name (the CLI group, the config's ``stage`` value, the recipe module ``rlhfctl.recipes.<name>``)
+    and the words the CLI shows for it."""
+
+    name: str
+    help: str  # `rlhfctl <name> --help`: what the stage is for
+    train_help: str  # `rlhfctl <name> train --help`: one line
+    train_examples: tuple[str, ...]  # real invocations for the train command's epilog
+
+    def recipe(self) -> Recipe[Any]:
+        """The recipe (``RECIPE`` of ``rlhfctl.recipes.<name>``), its module imported now."""
+        recipe = importlib.import_module(f"rlhfctl.recipes.{self.name}").RECIPE
+        if not isinstance(recipe, Recipe) or recipe.stage != self.name:
+            raise TypeError(f"rlhfctl.recipes.{self.name}.RECIPE must be a Recipe for stage {self.name!r}")
+        return recipe
+
+
+STAGES: dict[str, StageEntry] = {entry.name: entry for entry in (
+    StageEntry(
+        "sft",
+        help="Supervised fine-tuning: teach a base model to answer like the data.",
+        train_help="Fine-tune on instruction/response or chat data (loss on response tokens) and export in HF format.",
+        train_examples=(
+            "rlhfctl sft train examples/configs/sft.toml",
+            "rlhfctl sft train sft.toml training.epochs=3 training.learning_rate=5e-5 --dry-run",
+            "rlhfctl sft train sft.toml --resume auto",
+        ),
+    ),
+    StageEntry(
+        "rm",
+        help="Reward model: train on preference pairs, evaluate, score texts.",
+        train_help="Train a reward model (pairwise loss, chosen vs rejected) on Ray Train workers.",
+        train_examples=(
+            "rlhfctl rm train examples/configs/rm.toml",
+            "rlhfctl rm train rm.toml training.learning_rate=2e-5 --dry-run",
+            "rlhfctl rm train rm.toml --resume auto",
+        ),
+    ),
+    StageEntry(
+        "ppo",
+        help="PPO: train a policy against a reward model; sample and compare.",
+        train_help="Train the policy with PPO (KL-penalised reward, clipped updates, a value model) on Ray Train "
+                   "workers.",
+        train_examples=(
+            "rlhfctl ppo train examples/configs/ppo.toml",
+            "rlhfctl ppo train ppo.toml training.kl_coeff=0.1 generation.max_new_tokens=48 --dry-run",
+            "rlhfctl ppo train ppo.toml --resume",
+        ),
+    ),
+)}
+
+
+def stage_names() -> tuple[str, ...]:
+    """The registered stages, in pipeline order."""
+    return tuple(STAGES)
+
+
+def load_recipe(stage: str) -> Recipe[Any]:
+    """The recipe of ``stage`` (a UserError naming the known stages for any other name)."""
+    entry = STAGES.get(stage)
+    if entry is None:
+        raise UserError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    return entry.recipe()

@@ -1,0 +1,51 @@
+"""Generation on the tiny model: left padding, stop tokens, truncation after the first stop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhfctl.errors import UserError
+from rlhfctl.models import generation as pr
+
+
+def test_prompts_are_left_padded_and_left_truncated(tiny):
+    tokenizer = tiny[0]
+    long_ids = tokenizer("one two three four five six seven")["input_ids"]
+    short_ids = tokenizer("hi")["input_ids"]
+    ids, mask = pr.tokenize_prompts(["one two three four five six seven", "hi"], tokenizer, max_prompt_tokens=4)
+    assert ids.shape == (2, 4)
+    assert ids[0].tolist() == long_ids[-4:]  # the end of the prompt (where the assistant turn opens) is kept
+    assert ids[1, -len(short_ids):].tolist() == short_ids
+    assert ids[1, : 4 - len(short_ids)].tolist() == [tokenizer.pad_token_id] * (4 - len(short_ids))
+    assert mask[1].tolist() == [0] * (4 - len(short_ids)) + [1] * len(short_ids)
+
+
+def test_stop_token_ids(tiny):
+    tokenizer = tiny[0]
+    assert pr.stop_token_ids(tokenizer, None) == [tokenizer.eos_token_id]
+    assert pr.stop_token_ids(tokenizer, "<|pad|>") == [tokenizer.pad_token_id]
+    with pytest.raises(UserError, match="exactly one token"):
+        pr.stop_token_ids(tokenizer, "a long stop sequence that is many tokens")
+
+
+def test_generation_truncates_and_masks_consistently(tiny, sampling):
+    tokenizer, policy, _ = tiny
+    ids, mask = pr.tokenize_prompts(["\n\nHuman: hello\n\nAssistant:", "hi"], tokenizer, 64)
+    torch.manual_seed(1)
+    # a frequent one-character token doubles as a stop token so that some responses stop early
+    stop = (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("e"))
+    generation = pr.generate_responses(policy, ids, mask, sampling(tokenizer, stop_ids=stop, max_new_tokens=12))
+    assert torch.equal(generation.query_responses[:, : ids.shape[1]], ids)
+    response = generation.query_responses[:, generation.prompt_len :]
+    truncated = generation.truncated
+    for row in range(2):
+        length = int(truncated.lengths[row])
+        assert truncated.response_mask[row].sum() == length
+        assert (response[row, length:] == tokenizer.pad_token_id).all()
+        real = response[row, :length].tolist()
+        if truncated.has_stop[row]:
+            assert real[-1] in stop and not any(token in stop for token in real[:-1])
+        else:
+            assert not any(token in stop for token in real)
+    assert torch.equal(generation.attention_mask[:, generation.prompt_len :], truncated.response_mask.long())

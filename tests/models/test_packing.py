@@ -1,0 +1,95 @@
+"""Packed preference pairs (shared prompt once) give the two-row forward's rewards and gradients."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from rlhfctl.models import preference  # noqa: E402
+from rlhfctl.models.packing import collate_packed_pairs, packing_supported, shared_prefix_length  # noqa: E402
+from rlhfctl.models.scoring import make_scorer  # noqa: E402
+
+if int(transformers.__version__.split(".")[0]) < 5:
+    pytest.skip("packing needs the transformers 5 final-block shortcut", allow_module_level=True)
+
+PAIRS = [
+    preference.TokenizedPair([5, 6, 7, 8, 9, 10], [5, 6, 7, 11], 0.0),  # shared prompt, replies of different lengths
+    preference.TokenizedPair([5, 6, 12, 13], [5, 6, 12, 13], 1.0),  # identical replies: everything shared
+    preference.TokenizedPair([20, 21], [20, 21, 22, 23, 24], 0.5),  # chosen is a prefix of rejected
+    preference.TokenizedPair([30, 31, 32], [40, 41], 0.0),  # nothing shared (prompts cut differently by max_length)
+    preference.TokenizedPair([7], [7, 8], 0.0),
+]
+
+
+def test_shared_prefix_length():
+    assert shared_prefix_length([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert shared_prefix_length([1, 2], [1, 2, 3]) == 2
+    assert shared_prefix_length([1], [2]) == 0
+    assert shared_prefix_length([], [1]) == 0
+
+
+def test_the_packed_layout_of_one_pair():
+    batch = collate_packed_pairs([PAIRS[0], PAIRS[4]], pad_token_id=0, device="cpu")
+    assert batch["input_ids"][0].tolist() == [5, 6, 7, 8, 9, 10, 11]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 3]
+    assert batch["read_index"].tolist() == [[5, 6], [0, 1]]
+    assert batch["input_ids"][1].tolist() == [7, 8, 0, 0, 0, 0, 0]
+    mask = batch["attention_mask"][0, 0]  # (T, T), True = the query (row) attends the key (column)
+    assert mask[6].tolist() == [True, True, True, False, False, False, True]  # rejected: prompt + itself only
+    assert mask[5].tolist() == [True] * 6 + [False]  # last chosen token: prompt + chosen
+    padded = batch["attention_mask"][1, 0]
+    assert padded.any(dim=-1).all()  # every query row attends something: no NaN from an empty softmax
+    assert not padded[:2, 2:].any()  # real tokens never attend padding
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2"])
+def test_packed_rewards_and_gradients_equal_the_two_row_forward(tiny_classifier, kind):
+    model = tiny_classifier(kind).train()
+    scorer = make_scorer(model)
+    assert scorer.packs_pairs and preference.collate_for(scorer) is collate_packed_pairs
+
+    def rewards_and_grads(collate):
+        model.zero_grad()
+        chosen, rejected = preference.score_pairs(scorer, collate(PAIRS, 0, "cpu"))
+        (chosen * 1.5 - rejected * torch.arange(1.0, 6.0)).sum().backward()
+        return torch.stack([chosen, rejected]).detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                          if p.grad is not None}
+
+    expected, expected_grads = rewards_and_grads(preference.collate_pairs)
+    got, got_grads = rewards_and_grads(collate_packed_pairs)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)  # the scorer returns fp32
+    assert got_grads.keys() == expected_grads.keys()
+    for name, grad in expected_grads.items():
+        # fp64 models, but Llama/Qwen2's RMSNorm computes in fp32 and the two layouts add in other orders
+        assert torch.allclose(got_grads[name], grad, rtol=0, atol=1e-6 * float(grad.abs().max())), name
+
+
+def test_models_without_the_shortcut_keep_two_rows(tiny_classifier):
+    model = tiny_classifier("gpt2", reorder_and_upcast_attn=True)
+    assert not packing_supported(model)
+    assert preference.collate_for(make_scorer(model)) is preference.collate_pairs
+
+
+def test_size_weighted_shares_give_the_gradient_of_the_whole_step(tiny_classifier):
+    """The RM recipe's train_loop re-cuts a step's pairs into even-cost shares; weighting each share's mean loss by
+    ``len(share) * workers / len(step)`` makes the workers' averaged gradient the mean over the whole step."""
+    from rlhfctl.objectives.rm import pairwise_loss
+    from rlhfctl.training.batching import balanced_shares
+
+    model = tiny_classifier("gpt2").train()
+    scorer = make_scorer(model)
+    step = list(range(len(PAIRS)))
+    shares = balanced_shares(step, preference.pair_cost_lengths(PAIRS, packed=True), 2)
+
+    def gradient(rows, weight):
+        model.zero_grad()
+        chosen, rejected = preference.score_pairs(scorer, collate_packed_pairs([PAIRS[i] for i in rows], 0, "cpu"))
+        (pairwise_loss(chosen, rejected, torch.tensor([PAIRS[i].margin for i in rows])).loss * weight).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    whole = gradient(step, 1.0)
+    averaged = sum(gradient(share, len(share) * 2 / len(step)) for share in shares) / 2  # what DDP averages
+    assert len(shares[0]) != len(shares[1])  # uneven shares: the weighting is what makes this hold
+    assert torch.allclose(averaged, whole, atol=1e-6, rtol=1e-6)

@@ -1,0 +1,37 @@
+"""Preference pairs: tokenised with the prompt cut from the left, chosen and rejected scored in one forward."""
+
+from __future__ import annotations
+
+from rlhfctl.models import preference
+from rlhfctl.models.loading import load_tokenizer
+
+
+def test_truncation_keeps_the_response_end_and_eos(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    row = {"prompt": "\n\nHuman: " + "please tell me a very long story " * 20 + "\n\nAssistant:",
+           "chosen": " Sure! Happy to help.", "rejected": " No.", "margin": None}
+    (pair,) = preference.tokenize_pairs([row], tokenizer, max_length=16)
+    chosen_response = tokenizer(" Sure! Happy to help.", add_special_tokens=False)["input_ids"]
+    assert len(pair.chosen_ids) == 16 and len(pair.rejected_ids) == 16
+    assert pair.chosen_ids[-1] == tokenizer.eos_token_id
+    assert pair.chosen_ids[-1 - len(chosen_response):-1] == chosen_response
+    prompt_ids = tokenizer(row["prompt"])["input_ids"]
+    assert pair.chosen_ids[:16 - len(chosen_response) - 1] == prompt_ids[-(16 - len(chosen_response) - 1):]
+    assert pair.margin == 0.0
+
+
+def test_chosen_and_rejected_share_one_forward(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    pairs = [preference.TokenizedPair([1, 2, 3], [4, 5], 0.0), preference.TokenizedPair([6], [7, 8, 9, 10], 1.5)]
+    batch = preference.collate_pairs(pairs, tokenizer.pad_token_id, "cpu")
+    assert batch["input_ids"].shape == (4, 4)  # (2 x pairs, longest)
+    assert batch["attention_mask"].sum(-1).tolist() == [3, 1, 2, 4]
+    assert batch["margin"].tolist() == [0.0, 1.5]
+    calls = []
+
+    def scorer(input_ids, attention_mask):
+        calls.append(input_ids.shape)
+        return attention_mask.sum(-1).float()
+
+    chosen, rejected = preference.score_pairs(scorer, batch)
+    assert calls == [(4, 4)] and chosen.tolist() == [3.0, 1.0] and rejected.tolist() == [2.0, 4.0]

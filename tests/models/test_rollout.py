@@ -1,0 +1,77 @@
+"""Rollout pieces on the tiny model: log-prob and score read-out positions, the rollout batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhfctl.models.generation import Generation, generate_responses, tokenize_prompts
+from rlhfctl.models.rollout import ScoreSettings, collect_rollout, policy_logprobs, score_sequences
+from rlhfctl.models.scoring import TokenScoreModel
+
+
+def test_forward_logprobs_match_what_generate_sampled_from_under_left_padding(tiny):
+    tokenizer, policy, _ = tiny
+    ids, mask = tokenize_prompts(["\n\nHuman: a longer question here\n\nAssistant:", "hi"], tokenizer, 64)
+    torch.manual_seed(2)
+    temperature = 0.7
+    out = policy.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=True, temperature=temperature, top_k=0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=[], output_logits=True, return_dict_in_generate=True,
+    )
+    sequences = out.sequences
+    full_mask = torch.cat([mask, torch.ones_like(sequences[:, ids.shape[1]:])], dim=1)
+    generate_logits = torch.stack(out.logits, dim=1)  # (batch, 5, vocab): raw logits at each generation step
+    expected = torch.log_softmax(generate_logits / temperature, -1)
+    expected = expected.gather(2, sequences[:, ids.shape[1]:].unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        logprobs, entropy = policy_logprobs(
+            policy, sequences, full_mask, ids.shape[1], temperature, return_entropy=True
+        )
+    assert torch.allclose(logprobs, expected, atol=1e-4)
+    assert entropy.shape == logprobs.shape and (entropy > 0).all()
+
+
+def test_reward_is_read_at_the_last_real_token(tiny):
+    tokenizer, _, scorer = tiny
+    reward_model = TokenScoreModel(scorer)
+    eos = tokenizer.eos_token_id
+    texts = ["\n\nHuman: hello\n\nAssistant:", "hi"]
+    ids, mask = tokenize_prompts(texts, tokenizer, 64)
+    responses = torch.tensor([[17, eos, 5, 5], [17, 18, 19, 20]])  # stop in the middle / no stop
+    from rlhfctl.objectives.ppo import truncate_after_stop
+
+    truncated = truncate_after_stop(responses, [eos], tokenizer.pad_token_id)
+    generation = Generation(
+        torch.cat([ids, truncated.response_ids], 1), torch.cat([mask, truncated.response_mask.long()], 1),
+        ids.shape[1], truncated,
+    )
+    raw, processed = score_sequences(reward_model, generation, ScoreSettings(missing_eos_penalty=1.0))
+    # reference: the classification model's own output on each unpadded sequence
+    for row, text in enumerate(texts):
+        real = tokenizer(text)["input_ids"] + truncated.response_ids[row, : int(truncated.lengths[row])].tolist()
+        with torch.no_grad():
+            own = scorer(input_ids=torch.tensor([real])).logits[0, 0]
+        assert raw[row].item() == pytest.approx(own.item(), abs=1e-4)
+    assert processed.tolist() == pytest.approx([raw[0].item(), raw[1].item() - 1.0])
+
+
+def test_collect_rollout_shapes_and_zeroed_padding(tiny, sampling):
+    tokenizer, policy, scorer = tiny
+    value_model = TokenScoreModel(scorer)
+    ids, mask = tokenize_prompts(["\n\nHuman: hello\n\nAssistant:", "hi", "ok"], tokenizer, 64)
+    torch.manual_seed(3)
+    generation = generate_responses(policy, ids, mask, sampling(tokenizer))
+    raw, scores = score_sequences(value_model, generation, ScoreSettings())
+    rollout = collect_rollout(
+        generation, raw, scores, policy=policy, reference=policy, value_model=value_model, temperature=0.7,
+        chunk_size=2,
+    )
+    response_len = generation.query_responses.shape[1] - generation.prompt_len
+    for tensor in (rollout.old_logprobs, rollout.ref_logprobs, rollout.old_values):
+        assert tensor.shape == (3, response_len)
+        assert (tensor[rollout.response_mask == 0] == 0).all()
+    assert torch.allclose(rollout.old_logprobs, rollout.ref_logprobs)  # same model: k1 = 0
+    assert (rollout.old_logprobs[rollout.response_mask == 1] < 0).all()
+
+

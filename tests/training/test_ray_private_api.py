@@ -1,0 +1,162 @@
+"""Every private (or V2-internal) Ray name rlhfctl relies on still exists with the shape it is used with.
+
+rlhfctl's torch backend (``training/torch_backend.py``), its lean trainer (``training/ray_trainer.py``), the
+driver's failure messages (``training/launch.py``) and the embedded Ray's settings (``training/ray_cluster.py``)
+use Ray Train internals, so pyproject pins ``ray[train]`` to the minor version tested. A Ray upgrade that moves
+or renames any of them fails here, in CI, instead of in a user's run. The last test keeps the list complete: any
+new import of a private Ray module or name in ``rlhfctl/`` must be added here.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray.train")
+
+PACKAGE = Path(__file__).resolve().parents[2] / "rlhfctl"
+PYPROJECT = PACKAGE.parent / "pyproject.toml"
+
+# (module, name) of every import from a private Ray module or of a private or undocumented name, as rlhfctl
+# spells it.
+PRIVATE_IMPORTS = {
+    ("ray.train.v2._internal.util", "TrainingFramework"),  # torch_backend: the framework tag of our backend
+    ("ray.train._internal.utils", "get_address_and_port"),  # torch_backend: MASTER_ADDR/PORT on worker 0
+    ("ray.train.torch.config", "TorchConfigContextManager"),  # torch_backend: the worker's default device
+    ("ray.train.torch.config", "_set_torch_distributed_env_vars"),  # torch_backend: RANK, LOCAL_RANK, ...
+    ("ray.train.torch.config", "_setup_torch_process_group"),  # torch_backend: init_process_group on a worker
+    ("ray.train.torch.config", "_shutdown_torch"),  # torch_backend: destroy_process_group at the end
+    ("ray.train.v2.api.data_parallel_trainer", "DataParallelTrainer"),  # ray_trainer: LeanTrainer's base
+}
+
+# Ray's own environment variables rlhfctl sets, and where Ray defines each name.
+RAY_ENVIRONMENT = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": ("ray.train.v2._internal.constants", "HEALTH_CHECK_INTERVAL_S_ENV_VAR"),
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": ("ray.train.v2._internal.constants",
+                                               "WORKER_GROUP_START_TIMEOUT_S_ENV_VAR"),
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": ("ray.train.v2._internal.constants", "ENABLE_PREEMPTION_WATCHER_ENV_VAR"),
+    "RAY_TRAIN_METRICS_ENABLED": ("ray.train.v2._internal.constants", "METRICS_ENABLED_ENV_VAR"),
+    "RAY_TRAIN_V2_ENABLED": ("ray.train.v2._internal.constants", "V2_ENABLED_ENV_VAR"),
+    "RAY_AUTH_MODE": ("ray._private.authentication.authentication_token_setup", "AUTH_MODE_ENV_VAR"),
+    "RAY_USAGE_STATS_ENABLED": ("ray._common.usage.usage_constants", "USAGE_STATS_ENABLED_ENV_VAR"),
+}
+
+
+@pytest.mark.parametrize(("module", "name"), sorted(PRIVATE_IMPORTS))
+def test_each_private_name_resolves(module, name):
+    assert hasattr(importlib.import_module(module), name), f"{module}.{name} is gone: see pyproject's ray pin"
+
+
+def test_the_torch_helpers_take_the_arguments_rlhfctl_passes():
+    from ray.train._internal.utils import get_address_and_port
+    from ray.train.torch import config as torch_config
+    from ray.train.v2._internal.util import TrainingFramework
+
+    setup = inspect.signature(torch_config._setup_torch_process_group).parameters
+    assert {"backend", "world_rank", "world_size", "init_method", "timeout_s"} <= set(setup)
+    assert "destroy_process_group" in inspect.signature(torch_config._shutdown_torch).parameters
+    assert not inspect.signature(torch_config._set_torch_distributed_env_vars).parameters
+    assert not inspect.signature(get_address_and_port).parameters
+    assert TrainingFramework.TORCH is not None
+    context = torch_config.TorchConfigContextManager()
+    assert hasattr(context, "__enter__") and hasattr(context, "__exit__")
+
+
+def test_the_backend_and_worker_group_hooks_rlhfctl_uses():
+    from ray.train.backend import Backend, BackendConfig
+    from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
+
+    for name in ("backend_cls", "train_func_context", "framework"):
+        assert isinstance(inspect.getattr_static(BackendConfig, name), property), name
+    for name in ("on_start", "on_shutdown"):
+        assert list(inspect.signature(getattr(Backend, name)).parameters) == ["self", "worker_group", "backend_config"]
+    for name in ("execute", "execute_async", "execute_single", "execute_single_async", "__len__"):
+        assert callable(getattr(WorkerGroup, name, None)), f"WorkerGroup.{name}"
+
+
+def test_the_trainer_hook_and_failure_attributes_rlhfctl_reads():
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
+
+    from rlhfctl.training import launch, ray_trainer
+
+    assert callable(getattr(DataParallelTrainer, "_create_default_callbacks", None))  # LeanTrainer overrides it
+    assert "datasets" in inspect.signature(DataParallelTrainer.__init__).parameters  # LeanTrainer reads .datasets
+    # launch._describe_ray_failure and _user_error_inside read these
+    assert issubclass(WorkerGroupError, TrainingFailedError) and issubclass(ControllerError, TrainingFailedError)
+    assert vars(WorkerGroupError("boom", {0: ValueError("x")}))["worker_failures"][0].args == ("x",)
+    assert "controller_failure" in vars(ControllerError(ValueError("x")))
+    assert WorkerGroupStartupTimeoutError.__name__ in inspect.getsource(launch._describe_ray_failure)
+    # the callbacks LeanTrainer leaves out (by class name) still exist under those names
+    callbacks = importlib.import_module("ray.train.v2._internal.callbacks")
+    placement = importlib.import_module("ray.train.v2._internal.callbacks.placement_group_callback")
+    assert {"DatasetsCallback"} <= set(vars(callbacks)) and ray_trainer.NEVER_NEEDED == {"DatasetsCallback"}
+    assert ray_trainer.NOT_NEEDED_ON_OWN_CLUSTER == {"PlacementGroupCleanerCallback"}
+    assert hasattr(placement, "PlacementGroupCleanerCallback")
+
+
+def test_prepare_model_takes_the_ddp_options_rlhfctl_passes():
+    from ray.train.torch import prepare_model
+
+    assert {"parallel_strategy", "parallel_strategy_kwargs"} <= set(inspect.signature(prepare_model).parameters)
+
+
+@pytest.mark.parametrize("variable", sorted(RAY_ENVIRONMENT))
+def test_each_ray_environment_variable_is_still_read_by_ray(variable):
+    module, name = RAY_ENVIRONMENT[variable]
+    assert getattr(importlib.import_module(module), name) == variable
+
+
+def test_the_worker_start_timeout_default_matches_rays():
+    from ray.train.v2._internal.constants import DEFAULT_WORKER_GROUP_START_TIMEOUT_S
+
+    from rlhfctl.training.ray_cluster import DEFAULT_WORKER_START_TIMEOUT_S, WORKER_START_TIMEOUT_ENV
+
+    assert DEFAULT_WORKER_START_TIMEOUT_S == DEFAULT_WORKER_GROUP_START_TIMEOUT_S
+    assert WORKER_START_TIMEOUT_ENV in RAY_ENVIRONMENT
+
+
+def _ray_imports_and_variables() -> tuple[set[tuple[str, str]], set[str]]:
+    """Every (module, name) imported from a private Ray module or private name, and every RAY_* string, in rlhfctl/."""
+    imports: set[tuple[str, str]] = set()
+    variables: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ray":
+                parts = node.module.split(".")
+                for alias in node.names:
+                    if any(part.startswith("_") or part == "v2" for part in parts) or alias.name.startswith("_"):
+                        imports.add((node.module, alias.name))
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[0] == "ray" and any(part.startswith("_") or part == "v2" for part in parts):
+                        imports.add((alias.name, ""))
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and re.fullmatch(r"RAY_[A-Z0-9_]+", node.value):
+                variables.add(node.value)
+    return imports, variables
+
+
+def test_this_list_names_every_private_ray_import_and_variable_in_the_package():
+    imports, variables = _ray_imports_and_variables()
+    assert imports <= PRIVATE_IMPORTS, f"add {sorted(imports - PRIVATE_IMPORTS)} to PRIVATE_IMPORTS (and check the pin)"
+    source = "\n".join(path.read_text(encoding="utf-8") for path in PACKAGE.rglob("*.py"))
+    assert all(f"from {module} import {name}" in source for module, name in PRIVATE_IMPORTS)  # none listed unused
+    assert variables <= set(RAY_ENVIRONMENT), f"add {sorted(variables - set(RAY_ENVIRONMENT))} to RAY_ENVIRONMENT"
+
+
+def test_pyproject_pins_ray_to_the_tested_minor_version():
+    import ray
+
+    pin = re.search(r'"ray\[train\]>=(\d+)\.(\d+),<(\d+)\.(\d+)"', PYPROJECT.read_text(encoding="utf-8"))
+    assert pin, "pyproject.toml must pin ray[train] as >=X.Y,<X.Z while private Ray APIs are used"
+    low, high = (int(pin[1]), int(pin[2])), (int(pin[3]), int(pin[4]))
+    installed = tuple(int(part) for part in ray.__version__.split(".")[:2])
+    assert low <= installed < high, f"ray {ray.__version__} is outside the pin {pin[0]}"
