@@ -94,6 +94,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     tokenizer = load_tokenizer(config.general.base_model, trust_remote_code=trust)
     model = load_reward_model(config.general.base_model, tokenizer, trust_remote_code=trust)
     disable_dropout(model)
+    ctx.phase(f"tokenising {len(payload.train_rows) + len(payload.validation_rows):,} pairs")
     train_pairs = tokenize_pairs(payload.train_rows, tokenizer, config.dataset.max_length)
     validation_pairs = tokenize_pairs(payload.validation_rows, tokenizer, config.dataset.max_length)
     lengths = pair_cost_lengths(train_pairs, packed=False)  # bucketing key: the longer sequence of a pair

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
-from rlhfctl.progress.events import CheckpointSaved, RunStarted, SampleEvent, StepEvent
+from rlhfctl.progress.events import CheckpointSaved, PhaseStarted, RunStarted, SampleEvent, StepEvent
 from rlhfctl.runfiles import CHECKPOINT_PREFIX
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training.batching import shard_indices
@@ -222,6 +222,12 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         if self.is_main:
             self._sender.send(SampleEvent(step=step, rows=list(rows)))
 
+    def phase(self, name: str) -> None:
+        """Tell the driver a start-up phase began (``"tokenising 1,900 pairs"``); the live display shows it with
+        its elapsed time until the next phase, and :meth:`restore` begins the last one (the first step)."""
+        if self.is_main:
+            self._sender.send(PhaseStarted(name))
+
     def announce_start(self, start_step: int) -> None:
         """Tell the driver the loop is running from ``start_step`` (called by :meth:`restore`)."""
         if self.is_main:
@@ -375,8 +381,10 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
     if training.mixed_precision == "fp16" and device.type == "cuda":
         grad_scaler = torch.amp.GradScaler("cuda")
     sender = ProgressSender(actor=core.progress_actor, local_channel_id=core.local_channel_id, enabled=rank == 0)
-    return WorkerContext(rank=rank, world_size=world_size, device=device, config=config, payload=payload,
-                         core=core, _sender=sender, _grad_scaler=grad_scaler)
+    context = WorkerContext(rank=rank, world_size=world_size, device=device, config=config, payload=payload,
+                            core=core, _sender=sender, _grad_scaler=grad_scaler)
+    context.phase("loading model")  # what every stage's loop does next
+    return context
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
