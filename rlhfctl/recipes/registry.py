@@ -13,7 +13,6 @@ imported only when :func:`load_recipe` is called, and the training core only whe
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
@@ -55,16 +54,15 @@ class Recipe(Generic[ConfigT]):
 
     def plan(self, config: ConfigT) -> TrainingPlan:
         """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
-        return self.build_job(config).plan()
+        from rlhfctl.training.launch import prepare_job
+
+        return prepare_job(self.build_job, config).plan()
 
     def run(self, config: ConfigT, **options: Unpack[RunOptions]) -> RunSummary:
-        """Log the job's warnings, then train, validate and export; returns the core's run summary."""
-        from rlhfctl.training.launch import run_training
+        """Train, validate and export (the job's warnings logged first); returns the core's run summary."""
+        from rlhfctl.training.launch import run_stage
 
-        job = self.build_job(config)
-        for message in job.warnings:
-            logging.getLogger(f"rlhfctl.{self.stage}").warning("WARNING: %s", message)
-        return run_training(job, **options)
+        return run_stage(self.build_job, config, **options)
 
     def headline(self, final_metrics: Mapping[str, float]) -> str:
         """The one line that shows the stage learned (``?`` for a figure the run did not report)."""
