@@ -11,7 +11,9 @@
 6. the comparison (:mod:`rlhfctl.example.compare`): RM held-out accuracy and the mean RM score of SFT vs PPO
    responses on held-out prompts, with a few responses side by side (also written to ``comparison.json``).
 
-Ray is started once for the three training stages (the core reuses an initialised Ray) and shut down at the end.
+A stage that runs on Ray starts it once for every stage after it (the core reuses an initialised Ray), and it is
+shut down at the end; with the example configs' ``num_training_workers = "auto"`` on a machine without GPUs every
+stage runs in this process and Ray never starts.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def run_example(
     ``quiet``).
     """
     from rlhfctl.example.kit import example_data_dir
-    from rlhfctl.training.ray_cluster import ray_session
+    from rlhfctl.training.ray_cluster import shared_ray_sessions
 
     started = time.time()
     console = console or Console(highlight=False)
@@ -173,7 +175,7 @@ def run_example(
     result.conversions = timed("convert", lambda: _convert_raw_data(paths, examples_dir, console, quiet))
 
     configs = {stage: examples_dir / "configs" / f"{stage}.toml" for stage in ("sft", "rm", "ppo")}
-    with ray_session(None):  # one Ray for the three stages: the core reuses an initialised Ray
+    with shared_ray_sessions():  # stages on Ray share one (none starts when every stage runs in this process)
         for number, stage in ((3, "sft"), (4, "rm"), (5, "ppo")):
             config = _load_stage_config(configs[stage], stage, paths.stage_overrides(stage) + extra.get(stage, []))
             _heading(console, number, f"{stage} train",
