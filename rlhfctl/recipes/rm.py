@@ -17,9 +17,10 @@ the **left of the prompt**, so the response end, where the reward is read, is al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from rlhfctl.config.schema import RMConfig
-from rlhfctl.data.loading import load_training_data
+from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import DataError
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
@@ -31,6 +32,7 @@ from rlhfctl.training.batching import (
 )
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.memory import ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "rm"
@@ -66,6 +68,25 @@ def build_job(config: RMConfig) -> TrainingJob[RMConfig, RMPayload]:
         train_rows=len(data.train), validation_rows=len(data.validation), steps_per_epoch=per_epoch,
         plan_notes={"validation": data.validation_source, "max length": f"{config.dataset.max_length} tokens",
                     "model": config.general.base_model, "unit": "preference pairs"},
+        memory=partial(memory_workload, data=data),
+    )
+
+
+def memory_workload(config: RMConfig, data: TrainingData) -> StageWorkload:
+    """The memory hook: one trained scalar-head model; a micro-step scores ``batch_size`` pairs (chosen and
+    rejected: twice as many sequences of up to ``max_length`` tokens), read at the last token; validation scores
+    as many without gradients."""
+    training, length = config.training, config.dataset.max_length
+    sequences = 2 * training.batch_size
+    return StageWorkload(
+        models=(ModelUse("reward_model", config.general.base_model, head="score", trained=True),),
+        phases=(
+            Phase("train step", (ForwardPass("reward_model", sequences, length, grad=True, loss="score",
+                                             reads_per_row=1),)),
+            Phase("validation", (ForwardPass("reward_model", sequences, length, grad=False, loss="score",
+                                             reads_per_row=1),)),
+        ),
+        data_bytes=rows_bytes(data.train + data.validation, token_lists_per_row=2, max_length=length),
     )
 
 

@@ -45,6 +45,8 @@ from rlhfctl.runfiles import (
     TENSORBOARD_DIR,
     run_dir_name,
 )
+from rlhfctl.training.memory import StageWorkload
+from rlhfctl.training.memory_plan import MemoryPlan, Probe, WorkerMemoryCheck, check_memory, plan_memory, probe_for_job
 from rlhfctl.training.metrics import MetricsRecorder
 from rlhfctl.training.worker import ConfigT, CoreSettings, LoopConfig, PayloadT
 
@@ -66,6 +68,9 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
     steps_per_epoch: int | None = None
     plan_notes: dict[str, str] = field(default_factory=dict)  # stage-specific lines for the plan ("max length": ..)
     warnings: tuple[str, ...] = ()  # shown as the plan's last lines and logged when the run starts
+    # The recipe's memory hook: the stage's workload (models, phases) for a config like this one, with this job's
+    # data; the memory plan (--dry-run) and the pre-flight check estimate from it (training/memory_plan.py).
+    memory: Callable[[ConfigT], StageWorkload] | None = None
 
     def loop_config(self, core: CoreSettings) -> LoopConfig:
         """What ``train_loop`` receives on every worker (unpacked there by ``setup_worker``)."""
@@ -93,7 +98,7 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
         single = self.config.training.num_training_workers == 1 and self.config.general.ray_address is None
         return "local" if single else "ray"
 
-    def plan(self) -> "TrainingPlan":
+    def plan(self, memory_probe: Probe | None = probe_for_job) -> "TrainingPlan":
         training = self.config.training
         return TrainingPlan(
             stage=self.stage, mode=self.mode, workers=training.num_training_workers,
@@ -103,6 +108,7 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
             samples_per_step=self.samples_per_step, output_dir=self.output_dir, run_dir=self.run_dir,
             checkpoint_dir=self.checkpoint_dir,
             notes={**self.plan_notes, **{f"warning {number}": text for number, text in enumerate(self.warnings, 1)}},
+            memory=plan_memory(self, memory_probe),
         )
 
 
@@ -125,6 +131,22 @@ class TrainingPlan:
     run_dir: Path
     checkpoint_dir: Path
     notes: dict[str, str]
+    memory: MemoryPlan | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as one JSON-ready object (``--dry-run --json``)."""
+        data: dict[str, Any] = {
+            "stage": self.stage, "mode": self.mode, "workers": self.workers,
+            "resources_per_worker": dict(self.resources_per_worker), "ray_address": self.ray_address,
+            "train_rows": self.train_rows, "validation_rows": self.validation_rows, "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "samples_per_step": self.samples_per_step, "output_dir": str(self.output_dir),
+            "run_dir": str(self.run_dir), "checkpoint_dir": str(self.checkpoint_dir),
+            "notes": {name: text for name, text in self.notes.items() if not name.startswith("warning ")},
+            "warnings": [text for name, text in self.notes.items() if name.startswith("warning ")],
+        }
+        data["memory"] = self.memory.to_dict() if self.memory is not None else None
+        return data
 
 
 @dataclass(frozen=True)
@@ -259,12 +281,16 @@ def run_training(
     progress: ProgressSink | None = None,
     config_path: str | None = None,
     fault_injection: dict[str, Any] | None = None,
+    memory_check: bool = True,
+    memory_probe: Probe | None = probe_for_job,
 ) -> RunSummary:
     """Run ``job`` to the end and return its summary (see the module docstring for modes and resume rules).
 
     ``config_path`` only improves the ``--resume`` command printed after a failure. ``fault_injection`` is for
     tests: ``{"after_step": N, "marker": path, "action": "kill" | "raise"}`` makes the last worker die (or raise)
-    once, right after the checkpoint of step N.
+    once, right after the checkpoint of step N. ``memory_check`` refuses (UserError) a run whose memory plan
+    clearly exceeds what a worker has (``memory_probe`` says what this machine offers; where it cannot know, each
+    worker checks its own device).
     """
     from rlhfctl.config.render import write_resolved_config
     from rlhfctl.training.ray_cluster import ResourceRequest, check_fits_this_machine
@@ -275,6 +301,7 @@ def run_training(
     if job.mode == "local":
         check_fits_this_machine(ResourceRequest(job.config.training.num_training_workers,
                                                 dict(job.config.training.resources_per_worker)))
+    memory_plan = check_memory(job, memory_probe) if memory_check else None
     resume_from = prepare_run_directory(job, resume=resume, force=force)
     resumed_from_step = ckpt.read_step(resume_from) if resume_from else None  # read now: the run may prune it
     resuming = bool(resume) and has_previous_run(job)
@@ -284,10 +311,13 @@ def run_training(
     if changed:  # through the recorder: the notice lands in events.jsonl too
         recorder.handle(Notice(f"the config changed since the run being resumed ({', '.join(changed)}); "
                                "the new values are used from here on"))
+    if memory_plan is not None and memory_plan.verdict == "tight":
+        recorder.handle(Notice(memory_plan.tight_notice()))
     core = CoreSettings(
         stage=job.stage, mode=job.mode, run_dir=str(job.run_dir), checkpoint_dir=str(job.checkpoint_dir),
         total_steps=job.total_steps, samples_per_step=job.samples_per_step,
         resume_from=str(resume_from) if resume_from else None, fault_injection=dict(fault_injection or {}),
+        memory_check=WorkerMemoryCheck.for_workers(job.stage, memory_plan),
     )
     try:
         if job.mode == "local":

@@ -62,6 +62,7 @@ class CoreSettings:
     progress_actor: Any = None
     local_channel_id: str | None = None
     fault_injection: dict[str, Any] = field(default_factory=dict)  # tests only: {"after_step", "marker", "action"}
+    memory_check: Any = None  # a memory_plan.WorkerMemoryCheck when the driver could not check this worker's device
 
 
 class LoopConfig(TypedDict):
@@ -351,7 +352,7 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
     core, config, payload = loop_config["core"], loop_config["config"], loop_config["payload"]
     training = config.training
 
-    rank, world_size = 0, 1
+    rank, world_size, local_workers = 0, 1, 1
     device = torch.device("cuda" if training.use_gpu and torch.cuda.is_available() else "cpu")
     if core.mode == "ray":
         import ray.train
@@ -359,7 +360,12 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
 
         context = ray.train.get_context()
         rank, world_size = context.get_world_rank(), context.get_world_size()
+        local_workers = context.get_local_world_size()
         device = ray.train.torch.get_device()
+    if core.memory_check is not None:  # before any model is loaded: refuse what clearly cannot fit (exit 2)
+        from rlhfctl.training.memory_probe import probe_worker_device
+
+        core.memory_check.check(probe_worker_device(device, local_workers, training.gpus_per_worker))
 
     cpu_share = max(1, int(math.floor(training.cpus_per_worker)) or 1)
     torch.set_num_threads(cpu_share)
