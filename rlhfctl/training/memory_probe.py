@@ -41,9 +41,11 @@ class DeviceMemory:
 
 
 def format_bytes(count: float) -> str:
-    """``1536 MiB`` -> ``"1.5 GiB"``; below 1 GiB in MiB."""
+    """``1536 MiB`` -> ``"1.5 GiB"``; below 1 GiB in MiB (``"<1 MiB"`` for a few bytes)."""
     if abs(count) >= GiB:
         return f"{count / GiB:.1f} GiB"
+    if 0 < abs(count) < 1024**2 / 2:
+        return "<1 MiB"
     return f"{count / 1024**2:.0f} MiB"
 
 

@@ -101,7 +101,8 @@ def test_the_driver_gives_its_own_memory_back_when_it_is_the_worker():
     assert local.bytes_per_worker == 4 * GiB
 
 
-@pytest.mark.parametrize(("count", "text"), [(3 * GiB / 2, "1.5 GiB"), (300 * MiB, "300 MiB"), (0, "0 MiB")])
+@pytest.mark.parametrize(("count", "text"), [(3 * GiB / 2, "1.5 GiB"), (300 * MiB, "300 MiB"), (0, "0 MiB"),
+                                           (1000, "<1 MiB")])
 def test_format_bytes(count, text):
     assert format_bytes(count) == text
 
