@@ -10,8 +10,11 @@ from rlhfctl.config.schema import StageConfig
 
 
 def config_to_dict(config: StageConfig) -> dict:
-    """Plain, TOML-ready dict: paths as strings, unset optional keys left out (TOML has no null)."""
-    return config.model_dump(mode="json", exclude_none=True)
+    """Plain, TOML-ready dict: paths as strings, unset optional keys left out (TOML has no null); ``stage`` first,
+    then the sections in file order (:meth:`StageConfigBase.sections`)."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    return {"stage": data.pop("stage"), **{name: data.pop(name) for name in type(config).sections() if name in data},
+            **data}
 
 
 def config_to_toml(config: StageConfig) -> str:

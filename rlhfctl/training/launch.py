@@ -24,6 +24,7 @@ latest complete checkpoint; ``"auto"`` = only if one exists) or ``force`` (wipe 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
 import threading
@@ -39,13 +40,18 @@ from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.runfiles import (
     EVENTS_FILE,
     METRICS_FILE,
+    MLFLOW_DIR,
     RAY_SNAPSHOT_GLOB,
     RESOLVED_CONFIG_FILE,
     SAMPLES_FILE,
     TENSORBOARD_DIR,
+    TRACKERS_FILE,
+    WANDB_DIR,
     run_dir_name,
 )
+from rlhfctl.training.health import HealthStopped, run_stoppable
 from rlhfctl.training.metrics import MetricsRecorder
+from rlhfctl.training.trackers import TrackerRun, open_trackers, trackers_to_open
 from rlhfctl.training.worker import ConfigT, CoreSettings, LoopConfig, PayloadT
 
 POLL_INTERVAL_S = 0.25
@@ -209,9 +215,7 @@ def prepare_run_directory(job: TrainingJob, *, resume: bool | str, force: bool) 
                             hint="Pass --resume to continue it, or --force to delete it and start over.")
     if force:
         shutil.rmtree(job.run_dir, ignore_errors=True)
-        for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE):
-            (output_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(output_dir / TENSORBOARD_DIR, ignore_errors=True)
+        _remove_run_logs(output_dir)
     elif job.checkpoint_dir.exists() and any(job.checkpoint_dir.iterdir()):
         raise UserError(f"general.checkpoint_dir already exists and is not empty: {job.checkpoint_dir}",
                         hint="Choose another checkpoint_dir, or pass --force to replace it at the end of the run.")
@@ -266,12 +270,14 @@ def run_training(
     tests: ``{"after_step": N, "marker": path, "action": "kill" | "raise"}`` makes the last worker die (or raise)
     once, right after the checkpoint of step N.
     """
-    from rlhfctl.config.render import write_resolved_config
+    from rlhfctl.config.render import config_to_dict, write_resolved_config
     from rlhfctl.training.ray_cluster import ResourceRequest, check_fits_this_machine
 
     started = time.time()
     sink = progress or NullSink()
     output_dir_existed = job.output_dir.exists()
+    general = job.config.general
+    tracker_names = trackers_to_open(general.report_to, explicit="report_to" in general.model_fields_set)
     if job.mode == "local":
         check_fits_this_machine(ResourceRequest(job.config.training.num_training_workers,
                                                 dict(job.config.training.resources_per_worker)))
@@ -280,20 +286,33 @@ def run_training(
     resuming = bool(resume) and has_previous_run(job)
     changed = changed_config_keys(job.output_dir / RESOLVED_CONFIG_FILE, job.config) if resuming else []
     write_resolved_config(job.config, job.output_dir)
-    recorder = MetricsRecorder(job.output_dir, sink, keep_existing=resuming)
+    try:
+        trackers = open_trackers(tracker_names, TrackerRun(job.output_dir, job.stage, config_to_dict(job.config),
+                                                           resuming=resuming))
+    except UserError:
+        if not resuming:
+            _discard_fresh_run(job, remove_output_dir=not output_dir_existed)
+        raise
+    recorder = MetricsRecorder(job.output_dir, sink, keep_existing=resuming, trackers=trackers)
     if changed:  # through the recorder: the notice lands in events.jsonl too
         recorder.handle(Notice(f"the config changed since the run being resumed ({', '.join(changed)}); "
                                "the new values are used from here on"))
+    for tracker in trackers:
+        if getattr(tracker, "where", None):
+            recorder.handle(Notice(f"metrics also go to the {tracker.where}"))
     core = CoreSettings(
         stage=job.stage, mode=job.mode, run_dir=str(job.run_dir), checkpoint_dir=str(job.checkpoint_dir),
         total_steps=job.total_steps, samples_per_step=job.samples_per_step,
         resume_from=str(resume_from) if resume_from else None, fault_injection=dict(fault_injection or {}),
+        health_history=list(recorder.history) if resuming else [],
     )
     try:
         if job.mode == "local":
             final_metrics = _run_local(job, core, recorder, config_path)
         else:
             final_metrics = _run_on_ray(job, core, recorder, config_path)
+        if isinstance(final_metrics, HealthStopped):
+            raise _health_stop_message(job, final_metrics, config_path)
     except UserError:  # bad input found by the workers (model, tokenizer): leave no half-started run behind
         recorder.close()
         if not resuming and not has_previous_run(job):
@@ -319,20 +338,45 @@ def _discard_fresh_run(job: TrainingJob, *, remove_output_dir: bool) -> None:
         shutil.rmtree(job.output_dir, ignore_errors=True)
         return
     shutil.rmtree(job.run_dir, ignore_errors=True)
-    shutil.rmtree(job.output_dir / TENSORBOARD_DIR, ignore_errors=True)
-    for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE, RESOLVED_CONFIG_FILE):
-        (job.output_dir / name).unlink(missing_ok=True)
+    _remove_run_logs(job.output_dir)
+    (job.output_dir / RESOLVED_CONFIG_FILE).unlink(missing_ok=True)
 
 
-def _failure_message(job: TrainingJob, what: str, config_path: str | None) -> RuntimeFailure:
+def _remove_run_logs(output_dir: Path) -> None:
+    """The logs of a run in ``output_dir``: its files, and the trackers' local folders (never a remote server)."""
+    for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE, TRACKERS_FILE):
+        (output_dir / name).unlink(missing_ok=True)
+    for name in (TENSORBOARD_DIR, WANDB_DIR, MLFLOW_DIR):
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+
+
+def _failure_message(job: TrainingJob, what: str, config_path: str | None, *,
+                     outcome: str = "failed") -> RuntimeFailure:
     latest = ckpt.latest_checkpoint(job.run_dir)
     where = (f"The latest complete checkpoint is {latest} (step {ckpt.read_step(latest)})." if latest
              else "No checkpoint was written yet.")
-    return RuntimeFailure(f"{job.stage} training failed: {what}\n{where}",
+    return RuntimeFailure(f"{job.stage} training {outcome}: {what}\n{where}",
                           hint=f"Continue with: {resume_command(job, config_path)}")
 
 
-def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:
+def _health_stop_message(job: TrainingJob, stopped: HealthStopped, config_path: str | None) -> RuntimeFailure:
+    """A run stopped by a health alarm: the reason, the checkpoint it kept, how to continue (exit 1)."""
+    alarm = stopped.alarm
+    return _failure_message(
+        job, f"the {alarm.check} health check stopped it at step {alarm.step}: {alarm.message}. Fix the cause, or "
+             f"make the check only warn (monitor.{_action_key(alarm.check)} = \"warn\"), then continue from the "
+             "checkpoint", config_path, outcome="stopped")
+
+
+def _action_key(check: str) -> str:
+    """The ``[monitor]`` key that sets a check's action (``kl_ceiling`` -> ``kl_action``)."""
+    from rlhfctl.monitor.monitor import ACTION_KEYS
+
+    return ACTION_KEYS.get(check, "<check>_action")
+
+
+def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
+               config_path: str | None) -> dict | HealthStopped:
     from rlhfctl.training.progress_actor import LocalChannel
 
     import torch  # the loop imports it anyway; here to give the process its thread count back afterwards
@@ -343,7 +387,7 @@ def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, 
     poller = _Poller(channel.drain, recorder)
     poller.start()
     try:
-        return job.train_loop(job.loop_config(core))
+        return run_stoppable(job.train_loop, job.loop_config(core))
     except RlhfctlError:
         raise
     except KeyboardInterrupt:
@@ -356,7 +400,8 @@ def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, 
         torch.set_num_threads(threads_before)
 
 
-def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:
+def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
+                config_path: str | None) -> dict | HealthStopped:
     from rlhfctl.training.ray_cluster import ResourceRequest, check_fits, ray_session, worker_start_retries
 
     training = job.config.training
@@ -376,7 +421,7 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
         poller.start()
         per_worker = {name: amount for name, amount in request.per_worker.items() if name != "GPU"}
         trainer = LeanTrainer(  # = TorchTrainer without torch in this process or the controller, fewer helper actors
-            job.train_loop,
+            functools.partial(run_stoppable, job.train_loop),
             owns_cluster=owns_cluster,
             train_loop_config=job.loop_config(core),
             backend_config=TorchBackendConfig(backend="nccl" if training.use_gpu else "gloo"),
