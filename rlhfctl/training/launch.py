@@ -40,13 +40,11 @@ from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.runfiles import (
     EVENTS_FILE,
     METRICS_FILE,
-    MLFLOW_DIR,
     RAY_SNAPSHOT_GLOB,
     RESOLVED_CONFIG_FILE,
     SAMPLES_FILE,
     TENSORBOARD_DIR,
     TRACKERS_FILE,
-    WANDB_DIR,
     run_dir_name,
 )
 from rlhfctl.training.health import HealthStopped, run_stoppable
@@ -343,11 +341,11 @@ def _discard_fresh_run(job: TrainingJob, *, remove_output_dir: bool) -> None:
 
 
 def _remove_run_logs(output_dir: Path) -> None:
-    """The logs of a run in ``output_dir``: its files, and the trackers' local folders (never a remote server)."""
+    """The logs of the run in ``output_dir``, so a new run starts a new timeline and new tracker runs. The local W&B
+    and MLflow stores stay: they hold each run separately (TensorBoard's folder would mix two runs' curves)."""
     for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE, TRACKERS_FILE):
         (output_dir / name).unlink(missing_ok=True)
-    for name in (TENSORBOARD_DIR, WANDB_DIR, MLFLOW_DIR):
-        shutil.rmtree(output_dir / name, ignore_errors=True)
+    shutil.rmtree(output_dir / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def _failure_message(job: TrainingJob, what: str, config_path: str | None, *,

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +206,7 @@ class WandbTracker:
         import wandb
 
         environ = run.environ
-        run_id = stored.get("run_id") or wandb.util.generate_id()
+        run_id = stored.get("run_id") or uuid.uuid4().hex[:8]  # W&B's own ids: 8 characters of [a-z0-9]
         self._run = wandb.init(
             project=None if environ.get("WANDB_PROJECT") else DEFAULT_PROJECT,
             name=None if environ.get("WANDB_NAME") else run.run_label,
@@ -252,6 +254,10 @@ class MlflowTracker:
         _quiet_by_default(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
         from mlflow.entities import Param, RunStatus
         from mlflow.tracking import MlflowClient
+
+        # MLflow logs at INFO (set up when it is imported) while it creates a new store's tables: not for the terminal
+        # the live display draws on
+        logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger("mlflow").getEffectiveLevel()))
 
         environ = run.environ
         local = not environ.get("MLFLOW_TRACKING_URI")
