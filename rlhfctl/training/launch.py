@@ -361,9 +361,9 @@ def _health_stop_message(job: TrainingJob, stopped: HealthStopped, config_path: 
     """A run stopped by a health alarm: the reason, the checkpoint it kept, how to continue (exit 1)."""
     alarm = stopped.alarm
     return _failure_message(
-        job, f"the {alarm.check} health check stopped it at step {alarm.step}: {alarm.message}. Fix the cause, or "
-             f"make the check only warn (monitor.{_action_key(alarm.check)} = \"warn\"), then continue from the "
-             "checkpoint", config_path, outcome="stopped")
+        job, f"{alarm.message}. Fix the cause, or make the check only warn (monitor.{_action_key(alarm.check)} = "
+             "\"warn\"), then continue from the checkpoint", config_path,
+        outcome=f"stopped by the {alarm.check} health check at step {alarm.step}")
 
 
 def _action_key(check: str) -> str:

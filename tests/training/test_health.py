@@ -28,7 +28,7 @@ def test_a_stop_alarm_saves_a_checkpoint_where_it_fired_and_stops_with_the_resum
         run_training(make_job(tmp_path, HIGH_FROM_STEP_3), progress=sink, config_path="rm.toml")
     failure = stopped.value
     assert failure.exit_code == 1
-    assert failure.message.startswith("rm training stopped: the kl_ceiling health check stopped it at step 4: KL ")
+    assert failure.message.startswith("rm training stopped by the kl_ceiling health check at step 4: KL ")
     assert 'monitor.kl_action = "warn"' in failure.message
     assert "checkpoint_00000004 (step 4)" in failure.message
     assert failure.hint == "Continue with: rlhfctl rm train rm.toml --resume"
@@ -40,7 +40,7 @@ def test_a_stop_alarm_saves_a_checkpoint_where_it_fired_and_stops_with_the_resum
     health = events(tmp_path)[1]
     assert {key: health[key] for key in ("check", "action", "step", "split", "value", "threshold")} == {
         "check": "kl_ceiling", "action": "stop", "step": 4, "split": "train", "value": 9.0, "threshold": 5.0}
-    assert "kl_ceiling health check" in events(tmp_path)[-1]["message"]
+    assert "stopped by the kl_ceiling health check" in events(tmp_path)[-1]["message"]
     alarms = [event.alarm for event in sink.events if isinstance(event, HealthAlarm)]
     assert [(alarm.check, alarm.step, alarm.action) for alarm in alarms] == [("kl_ceiling", 4, "stop")]
     assert not (tmp_path / "run-model").exists()  # a stopped run exports nothing
@@ -48,7 +48,7 @@ def test_a_stop_alarm_saves_a_checkpoint_where_it_fired_and_stops_with_the_resum
 
 def test_a_stop_on_the_last_step_of_an_epoch_keeps_the_epoch_end_checkpoint(tmp_path):
     schedule = [1.0, 1.0, 1.0, 9.0, 9.0, 1.0, 1.0, 1.0, 1.0, 1.0]  # fires at step 5, the first epoch's last
-    with pytest.raises(RuntimeFailure, match="at step 5"):
+    with pytest.raises(RuntimeFailure, match="health check at step 5"):
         run_training(make_job(tmp_path, schedule))
     assert read_step(latest_checkpoint(tmp_path / "run" / "rm_run")) == 5
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -71,10 +71,10 @@ def test_monitor_enabled_false_runs_no_check(tmp_path):
 
 
 def test_resume_after_a_stop_rebuilds_the_checks_and_stops_again_while_the_cause_remains(tmp_path):
-    with pytest.raises(RuntimeFailure, match="at step 4"):
+    with pytest.raises(RuntimeFailure, match="health check at step 4"):
         run_training(make_job(tmp_path, HIGH_FROM_STEP_3))
     # unchanged: the KL is still high, so after kl_patience more steps the run stops again (not silently on)
-    with pytest.raises(RuntimeFailure, match="at step 6"):
+    with pytest.raises(RuntimeFailure, match="health check at step 6"):
         run_training(make_job(tmp_path, HIGH_FROM_STEP_3), resume=True)
     assert read_step(latest_checkpoint(tmp_path / "run" / "rm_run")) == 6
     # with the check set to warn the run finishes; the alarm is recorded once more, two steps after the restart
@@ -87,7 +87,7 @@ def test_resume_after_a_stop_rebuilds_the_checks_and_stops_again_while_the_cause
 
 def test_a_samples_alarm_stops_the_run_at_the_next_logged_step(tmp_path):
     job = make_job(tmp_path, [1.0] * 10, looping_samples_at=(2,), monitor={"ngram_action": "stop"})
-    with pytest.raises(RuntimeFailure, match="repeated_ngrams health check stopped it at step 2"):
+    with pytest.raises(RuntimeFailure, match="stopped by the repeated_ngrams health check at step 2"):
         run_training(job)
     assert read_step(latest_checkpoint(tmp_path / "run" / "rm_run")) == 3  # decided at step 3's log
 
@@ -144,7 +144,7 @@ def test_two_workers_stop_together_on_rank_0s_samples_alarm(ray_cluster, tmp_pat
     assert job.mode == "ray"
     with pytest.raises(RuntimeFailure) as stopped:
         run_training(job)
-    assert "repeated_ngrams health check stopped it at step 2" in stopped.value.message
+    assert "stopped by the repeated_ngrams health check at step 2" in stopped.value.message
     assert read_step(latest_checkpoint(tmp_path / "run" / "rm_run")) == 3
     assert train_steps(tmp_path) == [1, 2, 3]
     assert [event["kind"] for event in events(tmp_path)].count("start") == 1  # not retried as a worker failure
