@@ -52,8 +52,8 @@ def alarm_text(event: HealthAlarm) -> Text:
     """One line for a health alarm: yellow for a warning, bold red for one that stops the run."""
     alarm = event.alarm
     if alarm.stops_run:
-        return Text(f"health check {alarm.check} stops the run at step {alarm.step} (after saving a checkpoint): "
-                    f"{alarm.message}", style="bold red")
+        return Text(f"health check {alarm.check} stops the run at step {alarm.step}: {alarm.message}",
+                    style="bold red")
     return Text(f"health warning {alarm.check} at step {alarm.step}: {alarm.message}", style="yellow")
 
 

@@ -12,7 +12,8 @@ The checks are :mod:`rlhfctl.monitor`'s, configured by the stage's ``[monitor]``
 
 A stop alarm does not end the loop at once: ``ctx.checkpoint_due`` answers True from then on, so the loop saves a
 checkpoint at its next consistent point (after the step's bookkeeping, or the epoch-end save), and ``ctx.save``
-then raises :class:`HealthStop` on every rank. :func:`run_stoppable` wraps the stage's loop (on Ray and in-process
+then raises :class:`HealthStop` on every rank. After a NaN/inf (:data:`BROKEN_STATE_CHECKS`) the weights are not
+worth a checkpoint: ``ctx.log`` raises at once and the last good checkpoint stays the latest. :func:`run_stoppable` wraps the stage's loop (on Ray and in-process
 alike) and turns that into a normal return of :class:`HealthStopped`, so Ray Train does not restart the workers;
 the driver reports the reason, exits 1 and prints the ``--resume`` command.
 
@@ -43,7 +44,7 @@ class HealthStopped:
     """What a stage's loop returns (through :func:`run_stoppable`) when a stop alarm ended it."""
 
     alarm: Alarm
-    checkpoint_step: int | None  # the checkpoint saved where the run stopped
+    checkpoint_step: int | None  # the checkpoint saved where the run stopped (None after a NaN/inf)
 
 
 def run_stoppable(train_loop: Callable[[Any], dict[str, float]], loop_config: Any) -> dict[str, float] | HealthStopped:
@@ -67,17 +68,18 @@ def settings_for(config: Any) -> HealthSettings:
 
 
 OTHER_RANK_STOPPED = "a stop alarm raised on another worker (see the driver's log and events.jsonl)"
+BROKEN_STATE_CHECKS = frozenset({"nonfinite"})  # stop without a checkpoint: the state that raised them is broken
 
 
 class WorkerHealth:
     """One worker's health checks and its share of the stop decision.
 
-    ``send(alarm)`` hands an alarm to the driver (rank 0 only does anything with it); ``agree(flag)`` returns
-    True when any rank's flag is True (an all-reduce; the identity on one worker).
+    ``send(alarm)`` hands an alarm to the driver (rank 0 only does anything with it); ``agree(flags)`` sums
+    ``{"stop": 0/1, "broken": 0/1}`` over the ranks (an all-reduce; the identity on one worker).
     """
 
     def __init__(self, settings: HealthSettings, *, rank: int, send: Callable[[Alarm], None],
-                 agree: Callable[[bool], bool]) -> None:
+                 agree: Callable[[dict[str, float]], dict[str, float]]) -> None:
         self.monitor = HealthMonitor(settings)
         self.enabled = settings.enabled
         self.rank = rank
@@ -96,8 +98,15 @@ class WorkerHealth:
         if not self.enabled:
             return
         self._raise(self.monitor.observe(step, split, metrics))
-        if self.stop_pending is None and self._agree(self._local_stop is not None):
-            self.stop_pending = self._local_stop or Alarm("other_worker", "stop", OTHER_RANK_STOPPED, step, split)
+        if self.stop_pending is not None:
+            return  # every rank agreed at the same call: none calls the all-reduce again
+        local = self._local_stop
+        agreed = self._agree({"stop": float(local is not None),
+                              "broken": float(local is not None and local.check in BROKEN_STATE_CHECKS)})
+        if agreed["stop"] > 0:
+            self.stop_pending = local or Alarm("other_worker", "stop", OTHER_RANK_STOPPED, step, split)
+        if agreed["broken"] > 0:
+            raise HealthStop(self.stop_pending, checkpoint_step=None)
 
     def observe_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
         """Rank 0's sampled rows (no collective: the decision is shared at the next :meth:`observe`)."""

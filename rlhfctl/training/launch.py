@@ -156,23 +156,13 @@ def has_previous_run(job: TrainingJob) -> bool:
 def changed_config_keys(previous_path: Path, config: Any) -> list[str]:
     """Dotted keys whose value differs between the earlier run's resolved config and ``config``."""
     from rlhfctl.config.loader import tomllib
-    from rlhfctl.config.render import config_to_dict
+    from rlhfctl.config.render import config_to_dict, dotted_values
 
     try:
         previous = tomllib.loads(previous_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-
-    def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            if isinstance(value, dict) and key != "resources_per_worker":
-                flat.update(flatten(value, f"{prefix}{key}."))
-            else:
-                flat[f"{prefix}{key}"] = value
-        return flat
-
-    before, after = flatten(previous), flatten(config_to_dict(config))
+    before, after = dotted_values(previous), dotted_values(config_to_dict(config))
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 

@@ -255,6 +255,8 @@ class MlflowTracker:
         from mlflow.entities import Param, RunStatus
         from mlflow.tracking import MlflowClient
 
+        from rlhfctl.config.render import dotted_values
+
         # MLflow logs at INFO (set up when it is imported) while it creates a new store's tables: not for the terminal
         # the live display draws on
         logging.getLogger("mlflow").setLevel(max(logging.WARNING, logging.getLogger("mlflow").getEffectiveLevel()))
@@ -277,7 +279,7 @@ class MlflowTracker:
             run_id = client.create_run(experiment_id, run_name=run.run_label,
                                        tags={"rlhfctl.stage": run.stage,
                                              "rlhfctl.output_dir": str(run.output_dir)}).info.run_id
-            params = [Param(key, str(value)[:6000]) for key, value in _flatten(run.config).items()]
+            params = [Param(key, str(value)[:6000]) for key, value in dotted_values(run.config).items()]
             for start in range(0, len(params), MLFLOW_BATCH):  # params are write-once: logged when created
                 client.log_batch(run_id, params=params[start:start + MLFLOW_BATCH])
         self.run_id = run_id
@@ -311,16 +313,6 @@ def _mlflow_run_exists(client, run_id: str) -> bool:
     except Exception:  # MlflowException(RESOURCE_DOES_NOT_EXIST): the store was deleted or replaced
         return False
     return True
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and key != "resources_per_worker":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _quiet_by_default(environ: MutableMapping[str, str], **defaults: str) -> None:

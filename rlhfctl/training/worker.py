@@ -17,7 +17,8 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 ```
 
 ``ctx.config`` is the stage's validated config and ``ctx.payload`` the recipe's frozen payload dataclass, both as
-the driver built them. The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"``
+the driver built them. ``ctx.log`` also runs the ``[monitor]`` health checks (:mod:`rlhfctl.training.health`):
+every rank calls it at the same points, and a "stop" alarm is honoured at the next ``checkpoint_due``/``save``. The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"``
 (Ray Train workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
 ``"local"`` (one worker in the driver process, no Ray: checkpoints written atomically into the run directory).
 """
@@ -241,9 +242,6 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             if self._health is not None:
                 self._health.observe_samples(step, rows)
 
-    def _any_rank(self, flag: bool) -> bool:
-        """True when ``flag`` is True on any rank (every rank must call it)."""
-        return self._all_reduce({"flag": float(flag)}, average=False)["flag"] > 0
 
     def announce_start(self, start_step: int) -> None:
         """Tell the driver the loop is running from ``start_step`` (called by :meth:`restore`)."""
@@ -403,7 +401,7 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
     ctx = WorkerContext(rank=rank, world_size=world_size, device=device, config=config, payload=payload,
                         core=core, _sender=sender, _grad_scaler=grad_scaler)
     ctx._health = WorkerHealth(settings_for(config), rank=rank, send=lambda alarm: sender.send(HealthAlarm(alarm)),
-                               agree=ctx._any_rank)
+                               agree=ctx.all_reduce_sum)
     return ctx
 
 

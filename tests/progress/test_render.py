@@ -102,7 +102,7 @@ def test_health_alarms_are_one_line_each_in_both_modes():
     plain.handle(stop)
     assert buffer.getvalue().splitlines() == [
         "health warning entropy_collapse at step 40: policy entropy fell to 0.1",
-        "health check kl_ceiling stops the run at step 41 (after saving a checkpoint): KL is 25 nats"]
+        "health check kl_ceiling stops the run at step 41: KL is 25 nats"]
 
     console, buffer = _console(terminal=True)
     live = LiveSink(console, clock=FakeClock())

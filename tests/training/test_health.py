@@ -55,6 +55,18 @@ def test_a_stop_on_the_last_step_of_an_epoch_keeps_the_epoch_end_checkpoint(tmp_
     assert [(row["step"], row["split"]) for row in metrics][-2:] == [(5, "train"), (5, "validation")]
 
 
+def test_a_nan_stops_at_once_and_keeps_the_last_good_checkpoint(tmp_path):
+    """After a NaN the weights are not worth saving: no checkpoint at the stop, the epoch-end one stays latest."""
+    schedule = [1.0] * 6 + [float("nan")] + [1.0] * 3
+    with pytest.raises(RuntimeFailure) as stopped:
+        run_training(make_job(tmp_path, schedule))
+    assert "stopped by the nonfinite health check at step 7: train/kl_k1 is NaN" in stopped.value.message
+    assert "checkpoint_00000005 (step 5)" in stopped.value.message
+    assert read_step(latest_checkpoint(tmp_path / "run" / "rm_run")) == 5
+    assert train_steps(tmp_path) == [1, 2, 3, 4, 5, 6, 7]
+    assert [event["kind"] for event in events(tmp_path)] == ["start", "checkpoint", "health", "failure"]
+
+
 def test_a_warning_is_shown_and_recorded_and_the_run_goes_on(tmp_path):
     sink = RecordingSink()
     summary = run_training(make_job(tmp_path, HIGH_FROM_STEP_3, monitor={"kl_action": "warn"}), progress=sink)
@@ -109,12 +121,12 @@ def test_settings_for_passes_the_response_length_limit_of_a_generating_stage(tmp
 def test_ranks_agree_to_stop_when_any_rank_raised_a_stop_alarm():
     """Rank 1 has no alarm of its own (the looping samples were rank 0's) yet stops at the same log call."""
     sent: list[Alarm] = []
-    flags: dict[int, bool] = {}
+    flags: dict[int, dict[str, float]] = {}
 
     def agree_for(rank):
-        def agree(flag: bool) -> bool:
-            flags[rank] = flag
-            return any(flags.values())
+        def agree(rank_flags: dict[str, float]) -> dict[str, float]:
+            flags[rank] = rank_flags
+            return {key: sum(given[key] for given in flags.values()) for key in rank_flags}
         return agree
 
     settings = HealthSettings(ngram_action="stop")
