@@ -46,6 +46,8 @@ REQUIREMENTS = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb
 MLFLOW_LOCAL_STORE_MODULES = ("sqlalchemy", "alembic")  # the default SQLite store needs these beside mlflow
 DEFAULT_PROJECT = "rlhfctl"  # W&B project and MLflow experiment unless WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME
 MLFLOW_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+MLFLOW_METRICS_PER_BATCH = 1000  # ... and at most 1000 metrics
+MLFLOW_FLUSH_S = 5.0  # metrics reach the MLflow store at least this often (and at every alarm and at the end)
 
 
 class Tracker(Protocol):
@@ -284,6 +286,8 @@ class MlflowTracker:
                 client.log_batch(run_id, params=params[start:start + MLFLOW_BATCH])
         self.run_id = run_id
         self.ids = {"run_id": run_id, "tracking_uri": uri}
+        self._pending: list[Any] = []  # metrics not written yet (see _flush)
+        self._flushed_ms = int(time.time() * 1000)
         self.where = (f"MLflow run {run_id} in {uri} (browse it with: mlflow ui --backend-store-uri {uri})" if local
                       else f"MLflow run {run_id} at {uri}")
 
@@ -291,20 +295,29 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(f"{split}/{name}", value, now, step) for name, value in _finite(metrics).items()]
-        if batch:
-            self._client.log_batch(self.run_id, metrics=batch)
+        self._pending += [Metric(f"{split}/{name}", value, now, step) for name, value in _finite(metrics).items()]
+        if len(self._pending) >= MLFLOW_METRICS_PER_BATCH or now - self._flushed_ms >= MLFLOW_FLUSH_S * 1000:
+            self._flush()
 
     def log_alarm(self, alarm: Alarm) -> None:
         from mlflow.entities import Metric, RunTag
 
-        self._client.log_batch(self.run_id, metrics=[Metric(f"health/{alarm.check}", _alarm_value(alarm),
-                                                            int(time.time() * 1000), alarm.step)],
-                               tags=[RunTag(f"health.{alarm.check}",
-                                            f"{alarm.action} at step {alarm.step}: {alarm.message}"[:5000])])
+        self._pending.append(Metric(f"health/{alarm.check}", _alarm_value(alarm), int(time.time() * 1000),
+                                    alarm.step))
+        self._flush(tags=[RunTag(f"health.{alarm.check}",
+                                 f"{alarm.action} at step {alarm.step}: {alarm.message}"[:5000])])
 
     def close(self, *, failed: bool) -> None:
+        self._flush()
         self._client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+    def _flush(self, tags: Sequence[Any] = ()) -> None:
+        """One write per batch: a SQLite commit per step would cost the driver ~25 ms of CPU every step."""
+        while self._pending or tags:
+            batch, self._pending = self._pending[:MLFLOW_METRICS_PER_BATCH], self._pending[MLFLOW_METRICS_PER_BATCH:]
+            self._client.log_batch(self.run_id, metrics=batch, tags=list(tags))
+            tags = ()
+        self._flushed_ms = int(time.time() * 1000)
 
 
 def _mlflow_run_exists(client, run_id: str) -> bool:
