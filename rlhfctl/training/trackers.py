@@ -10,7 +10,8 @@ tracker), through each tool's own client library:
   ``WANDB_DIR`` and the rest of W&B's variables are honoured by W&B itself. Upload later with ``wandb sync``.
 - ``"mlflow"``: an MLflow run (``pip install rlhfctl[mlflow]``) in a local SQLite store,
   ``output_dir/mlflow/mlflow.db``, unless ``MLFLOW_TRACKING_URI`` names another; ``MLFLOW_EXPERIMENT_NAME``
-  (default ``rlhfctl``). Browse it with ``mlflow ui --backend-store-uri sqlite:///.../mlflow.db``.
+  (default ``rlhfctl``). Browse it with ``mlflow ui --backend-store-uri sqlite:///.../mlflow.db``. Metrics are
+  written in batches (every 5 s, at each alarm, at the end); the config is logged as the run's parameters.
 
 Nothing goes over the network unless those variables say so: W&B's error reports and MLflow's usage telemetry are
 switched off (``WANDB_ERROR_REPORTING=false``, ``MLFLOW_DISABLE_TELEMETRY=true``) unless the user set them.
