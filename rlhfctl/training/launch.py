@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal
 
 from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
+from rlhfctl.monitor import Alarm
 from rlhfctl.progress.events import Notice, NullSink, ProgressSink, RunFinished
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.runfiles import (
@@ -143,6 +144,7 @@ class RunSummary:
     checkpoint_dir: Path
     wall_time_s: float
     resumed_from_step: int | None = None
+    alarms: tuple[Alarm, ...] = ()  # health warnings raised during the run (a stop alarm raises instead)
 
 
 # ----------------------------------------------------------------------------------------------- run directory
@@ -316,7 +318,7 @@ def run_training(
     return RunSummary(
         stage=job.stage, final_metrics=final_metrics, history=list(recorder.history), steps=recorder.last_step,
         output_dir=job.output_dir, checkpoint_dir=job.checkpoint_dir, wall_time_s=time.time() - started,
-        resumed_from_step=resumed_from_step,
+        resumed_from_step=resumed_from_step, alarms=tuple(recorder.alarms),
     )
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rlhfctl.fileio import atomic_write_text
+from rlhfctl.monitor import Alarm
 from rlhfctl.progress.events import (
     CheckpointSaved,
     HealthAlarm,
@@ -81,6 +82,7 @@ class MetricsRecorder:
         self._metrics_file: TextIO = open(self.metrics_path, "a", encoding="utf-8")
         self._samples_file: TextIO = open(self.samples_path, "a", encoding="utf-8")
         self.trackers = list(trackers)
+        self.alarms: list[Alarm] = []  # the health alarms of this run (this process; earlier ones are in events.jsonl)
         self._failed = False
         self._closed = False
 
@@ -107,6 +109,7 @@ class MetricsRecorder:
             if key in self._alarms_recorded:  # raised again by a worker group restarted from a checkpoint
                 return
             self._alarms_recorded.add(key)
+            self.alarms.append(event.alarm)
             self.record_event(event.alarm.to_record(), at=event.time)
             self._to_trackers("log_alarm", event.alarm)
         elif isinstance(event, StepEvent):

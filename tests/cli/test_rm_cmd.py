@@ -31,6 +31,8 @@ def trained_rm(tmp_path_factory, tiny_model_dir) -> Path:
     assert result.exit_code == 0, result.output
     assert "rm training finished: 58 steps" in result.output
     assert "validation_accuracy" in result.output and str(tmp_path / "model") in result.output
+    # the example's chosen replies are all the longer ones: the length-bias warning, in the summary even with --quiet
+    assert "health warning rm_length_bias at step" in result.output
     return tmp_path
 
 

@@ -71,6 +71,7 @@ def test_a_warning_is_shown_and_recorded_and_the_run_goes_on(tmp_path):
     sink = RecordingSink()
     summary = run_training(make_job(tmp_path, HIGH_FROM_STEP_3, monitor={"kl_action": "warn"}), progress=sink)
     assert summary.steps == 10
+    assert [(alarm.check, alarm.step) for alarm in summary.alarms] == [("kl_ceiling", 4)]
     health = [event for event in events(tmp_path) if event["kind"] == "health"]
     assert [(event["check"], event["step"], event["action"]) for event in health] == [("kl_ceiling", 4, "warn")]
     assert [event.alarm.check for event in sink.events if isinstance(event, HealthAlarm)] == ["kl_ceiling"]
