@@ -224,9 +224,10 @@ class WandbTracker:
         self._run.define_metric("step")
         self._run.define_metric("*", step_metric="step")  # steps replayed after a restart are still accepted
         self.ids = {"run_id": run_id}
+        mode = self._run.settings.mode  # "offline", "online", or "disabled" (WANDB_MODE): then nothing to say
         sync_dir = Path(self._run.settings.sync_dir)
-        self.where = (f"W&B run {run_id}, offline in {sync_dir} (upload it with: wandb sync {sync_dir})"
-                      if self._run.settings._offline else f"W&B run {run_id} ({self._run.url or 'online'})")
+        self.where = {"offline": f"W&B run {run_id}, offline in {sync_dir} (upload it with: wandb sync {sync_dir})",
+                      "online": f"W&B run {run_id} ({self._run.url})"}.get(mode)
 
     def log_metrics(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         values = {f"{split}/{name}": value for name, value in _finite(metrics).items()}
