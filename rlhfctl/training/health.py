@@ -13,9 +13,10 @@ The checks are :mod:`rlhfctl.monitor`'s, configured by the stage's ``[monitor]``
 A stop alarm does not end the loop at once: ``ctx.checkpoint_due`` answers True from then on, so the loop saves a
 checkpoint at its next consistent point (after the step's bookkeeping, or the epoch-end save), and ``ctx.save``
 then raises :class:`HealthStop` on every rank. After a NaN/inf (:data:`BROKEN_STATE_CHECKS`) the weights are not
-worth a checkpoint: ``ctx.log`` raises at once and the last good checkpoint stays the latest. :func:`run_stoppable` wraps the stage's loop (on Ray and in-process
-alike) and turns that into a normal return of :class:`HealthStopped`, so Ray Train does not restart the workers;
-the driver reports the reason, exits 1 and prints the ``--resume`` command.
+worth a checkpoint: ``ctx.log`` raises at once and the last good checkpoint stays the latest.
+:func:`run_stoppable` wraps the stage's loop (on Ray and in-process alike) and turns that into a normal return of
+:class:`HealthStopped`, so Ray Train does not restart the workers; the driver reports the reason, exits 1 and
+prints the ``--resume`` command.
 
 After a restart from a checkpoint the checks get the run's earlier metrics up to that step
 (``CoreSettings.health_history``): baselines come back, streaks count again (:meth:`HealthMonitor.resume`).

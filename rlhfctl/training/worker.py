@@ -18,9 +18,10 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
 ``ctx.config`` is the stage's validated config and ``ctx.payload`` the recipe's frozen payload dataclass, both as
 the driver built them. ``ctx.log`` also runs the ``[monitor]`` health checks (:mod:`rlhfctl.training.health`):
-every rank calls it at the same points, and a "stop" alarm is honoured at the next ``checkpoint_due``/``save``. The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"``
-(Ray Train workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
-``"local"`` (one worker in the driver process, no Ray: checkpoints written atomically into the run directory).
+every rank calls it at the same points, and a "stop" alarm is honoured at the next ``checkpoint_due``/``save``.
+The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"`` (Ray Train workers:
+checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and ``"local"`` (one
+worker in the driver process, no Ray: checkpoints written atomically into the run directory).
 """
 
 from __future__ import annotations
