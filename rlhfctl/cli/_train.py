@@ -177,5 +177,7 @@ def render_summary(summary, console: Console) -> None:
     console.print(table)
     if summary.resumed_from_step is not None:
         console.print(f"resumed from step {summary.resumed_from_step}")
+    for alarm in summary.alarms:
+        console.print(f"[yellow]health warning[/] {escape(alarm.check)} at step {alarm.step}: {escape(alarm.message)}")
     console.print(f"model:   {escape(str(summary.checkpoint_dir))}")
     console.print(f"metrics: {escape(str(Path(summary.output_dir) / METRICS_FILE))}")
