@@ -247,7 +247,7 @@ def estimate_memory(inputs: MemoryInputs) -> MemoryEstimate:
     for role, parts in static.items():
         base = base + Breakdown(weights=parts.weights, optimizer_state=parts.optimizer_state,
                                 gradients=parts.gradients if persistent_grads else 0)
-    base = base + Breakdown(gradients=_communication_buffers(inputs, static))
+    base = base + Breakdown(gradients=_communication_buffers(inputs, static)) + _fsdp_gathered(workload, inputs)
 
     best: tuple[int, str, Breakdown, dict[str, Breakdown]] | None = None
     phase_peaks: dict[str, int] = {}
@@ -328,6 +328,17 @@ def _communication_buffers(inputs: MemoryInputs, static: Mapping[str, Breakdown]
     return 0
 
 
+def _fsdp_gathered(workload: StageWorkload, inputs: MemoryInputs) -> Breakdown:
+    """FSDP gathers the full parameters of the block it computes and prefetches the next (two of the largest
+    model's largest units), and reduce-scatters one block's full gradients of a trained model at a time."""
+    if inputs.strategy != "fsdp" or inputs.world_size < 2:
+        return Breakdown()
+    units = [inputs.shapes[use.source].largest_block_parameters() for use in workload.models]
+    trained = [inputs.shapes[use.source].largest_block_parameters() for use in workload.models if use.trained]
+    return Breakdown(weights=2 * max(units, default=0) * FP32,
+                     gradients=max(trained, default=0) * FP32 if inputs.lora is None else 0)
+
+
 def _framework_overhead(inputs: MemoryInputs) -> int:
     if inputs.device == "cuda":
         return CUDA_CONTEXT_BYTES
@@ -375,8 +386,11 @@ def _phase_transient(phase: Phase, models: Mapping[str, ModelUse], inputs: Memor
             use = models[step.role]
             shape = inputs.shapes[use.source]
             settings = _pass_settings(use, shape, inputs)
-            new_grads += transient_gradients(shape, _trainable_parameters(use, inputs), inputs.lora is None,
-                                             settings, lm_head=use.head == "lm")
+            trainable = _trainable_parameters(use, inputs)
+            if inputs.strategy == "fsdp" and inputs.world_size > 1:
+                trainable = math.ceil(trainable / inputs.world_size)  # each worker keeps its shard's gradients
+            new_grads += transient_gradients(shape, trainable, inputs.lora is None, settings,
+                                             lm_head=use.head == "lm")
             last_block = max(last_block, one_block_bytes(shape, step.rows, step.length, settings))
     backward_end = Breakdown(gradients=new_grads, activations=last_block)
     return (backward_end, {}) if backward_end.total > forward_peak.total else (forward_peak, by_role)

@@ -8,7 +8,7 @@ check_memory(job, probe=probe_for_job)            # raises UserError (exit 2) wh
 ```
 
 The stage supplies its workload (``TrainingJob.memory``, the recipe's hook; :mod:`rlhfctl.training.memory`); the
-models' shapes come from their ``config.json`` (:mod:`rlhfctl.training.model_shape`); everything else from the
+models' shapes come from their ``config.json`` (:mod:`rlhfctl.training.model_config`); everything else from the
 config: ``training.mixed_precision``, ``optimizer``, ``num_training_workers``, the GPU resource. "Clearly cannot
 fit" means the estimate exceeds the memory a worker has by more than :data:`REFUSE_RATIO` (the estimate's measured
 error is within 25 %); between 1x and that the run starts with a warning. The advice re-estimates the run with one
@@ -25,7 +25,8 @@ from typing import Any, Literal, Protocol
 from rlhfctl.errors import UserError
 from rlhfctl.training.memory import LoraSpec, MemoryEstimate, MemoryInputs, StageWorkload, estimate_memory
 from rlhfctl.training.memory_probe import DeviceMemory, format_bytes, probe_this_machine
-from rlhfctl.training.model_shape import ModelShape, ModelShapeError, read_model_shape
+from rlhfctl.training.model_config import read_model_shape
+from rlhfctl.training.model_shape import ModelShape, ModelShapeError
 
 REFUSE_RATIO = 1.2
 Verdict = Literal["fits", "tight", "refuse", "unknown"]

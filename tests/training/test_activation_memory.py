@@ -17,7 +17,7 @@ from rlhfctl.training.activation_memory import (
     resident,
     transient_gradients,
 )
-from rlhfctl.training.model_shape import shape_from_config
+from rlhfctl.training.model_config import shape_from_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 

@@ -22,7 +22,7 @@ from rlhfctl.training.memory import (
     estimate_memory,
     rows_bytes,
 )
-from rlhfctl.training.model_shape import shape_from_config
+from rlhfctl.training.model_config import shape_from_config
 
 SHAPE = shape_from_config({"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2,
                            "num_attention_heads": 4, "intermediate_size": 96})
@@ -80,9 +80,16 @@ def test_ddp_on_cpu_keeps_gradient_buckets_and_two_shared_memory_slots():
 def test_sgd_keeps_no_optimizer_state_and_fsdp_shards_the_static_memory():
     assert estimate_memory(MemoryInputs(sft(), SHAPES, optimizer="SGD")).breakdown.optimizer_state == 0
     sharded = estimate_memory(MemoryInputs(sft(), SHAPES, world_size=4, strategy="fsdp"))
-    assert sharded.per_model["model"].weights == -(-4 * LM // 4)
+    assert sharded.per_model["model"].weights == 4 * LM // 4
     assert sharded.per_model["model"].optimizer_state == 2 * LM
-    assert sharded.breakdown.gradients == 0  # no DDP bucket, no shared-memory slots: reduce-scattered
+    # the largest unit FSDP gathers is the 1000 x 64 embedding (or the head): two at a time, plus one unit's
+    # full gradients before the reduce-scatter; no DDP bucket, no shared-memory slots
+    unit = 1000 * 64
+    assert SHAPE.largest_block_parameters() == unit
+    assert sharded.breakdown.weights == 4 * LM // 4 + 2 * 4 * unit
+    assert sharded.breakdown.gradients == 4 * unit
+    replicated = estimate_memory(MemoryInputs(sft(), SHAPES, world_size=4))
+    assert sharded.per_worker_peak_bytes < replicated.per_worker_peak_bytes
 
 
 def test_the_breakdown_is_the_peak_phase_and_every_phase_is_reported():
