@@ -18,6 +18,7 @@ from rich.text import Text
 
 from rlhfctl.progress.events import (
     CheckpointSaved,
+    HealthAlarm,
     Notice,
     NullSink,
     PhaseStarted,
@@ -106,6 +107,15 @@ class StartupPhases:
         return ", ".join(f"{name} {format_seconds(seconds)}" for name, seconds in self.durations())
 
 
+def alarm_text(event: HealthAlarm) -> Text:
+    """One line for a health alarm: yellow for a warning, bold red for one that stops the run."""
+    alarm = event.alarm
+    if alarm.stops_run:
+        return Text(f"health check {alarm.check} stops the run at step {alarm.step}: {alarm.message}",
+                    style="bold red")
+    return Text(f"health warning {alarm.check} at step {alarm.step}: {alarm.message}", style="yellow")
+
+
 @dataclass
 class ProgressState:
     """What the display knows about the run, updated from events."""
@@ -127,6 +137,7 @@ class ProgressState:
     first_step_at: tuple[int, float] | None = None  # (step, time) of the first step seen in this attempt
     last_step_at: float | None = None
     finished: bool = False
+    alarms: int = 0  # health alarms so far
 
     def update(self, event: ProgressEvent, now: float) -> None:
         if isinstance(event, RunLayout):
@@ -156,6 +167,8 @@ class ProgressState:
             self.samples = list(event.rows)[-3:]
         elif isinstance(event, RunFinished):
             self.finished = True
+        elif isinstance(event, HealthAlarm):
+            self.alarms += 1
 
     def samples_per_second(self) -> float | None:
         if not self.first_step_at or self.last_step_at is None or self.step <= self.first_step_at[0]:
@@ -193,7 +206,8 @@ class _BaseSink:
 
 
 class PlainSink(_BaseSink):
-    """Without a terminal (CI, pipes): one plain line every ``interval_s`` seconds, plus validation results."""
+    """Without a terminal (CI, pipes): one plain line every ``interval_s`` seconds, plus validation results,
+    notices and health alarms (one line each)."""
 
     def __init__(self, console: Console | None = None, *, interval_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -211,6 +225,8 @@ class PlainSink(_BaseSink):
             self.console.print(f"{event.stage}: {event.description}", highlight=False, markup=False)
         elif isinstance(event, PhaseStarted):
             self.console.print(f"{self.state.stage or 'run'}: {event.name} ...", highlight=False, markup=False)
+        elif isinstance(event, HealthAlarm):
+            self.console.print(alarm_text(event), highlight=False)
         elif isinstance(event, RunStarted):
             where = "resuming at" if event.start_step else "starting at"
             self.console.print(f"{event.stage}: {event.world_size} worker(s) running, {where} step "
@@ -233,7 +249,8 @@ class PlainSink(_BaseSink):
 
 
 class LiveSink(_BaseSink):
-    """On a terminal: one Rich live panel (stage, epoch, step/total bar, metrics, lr, samples/s, elapsed, ETA)."""
+    """On a terminal: one Rich live panel (stage, epoch, step/total bar, metrics, lr, samples/s, elapsed, ETA);
+    notices and health alarms are printed above it."""
 
     def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(console, clock)
@@ -271,6 +288,8 @@ class LiveSink(_BaseSink):
         footer.append(f"   elapsed {format_duration(self.elapsed())}   eta {format_duration(state.eta_seconds())}")
         if state.last_checkpoint_step is not None:
             footer.append(f"   checkpoint @ step {state.last_checkpoint_step}")
+        if state.alarms:
+            footer.append(f"   {state.alarms} health alarm(s)", style="yellow")
         parts = [header, table, footer]
         if state.phases.total() is not None:
             parts.append(Text(f"start-up {format_seconds(state.phases.total() or 0)}: {state.phases.summary()}",
@@ -293,6 +312,8 @@ class LiveSink(_BaseSink):
     def handle(self, event: ProgressEvent) -> None:
         if isinstance(event, Notice):
             self._live.console.print(f"note: {event.message}", highlight=False, markup=False)
+        elif isinstance(event, HealthAlarm):
+            self._live.console.print(alarm_text(event), highlight=False)
         with self._lock:
             self.state.update(event, self.clock())
         self._live.refresh()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from rlhfctl.progress.events import ProgressSink
     from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
+    from rlhfctl.training.memory_plan import Probe
 
 ConfigT = TypeVar("ConfigT")
 
@@ -36,6 +37,14 @@ class RunOptions(TypedDict, total=False):
     progress: ProgressSink | None  # where progress events go (None: nowhere)
     config_path: str | None  # the config path and overrides as typed, for the printed --resume command
     fault_injection: dict[str, Any] | None  # tests only: a worker dies or raises after a given checkpoint
+    memory_check: bool  # refuse a run whose memory plan clearly exceeds a worker's memory (--no-memory-check: off)
+    memory_probe: Probe | None  # what memory a worker has (default: this machine; tests inject their own)
+
+
+class PlanOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Recipe.plan`."""
+
+    memory_probe: Probe | None  # what memory a worker has, for the plan's verdict (None: not checked)
 
 
 @dataclass(frozen=True)
@@ -44,19 +53,26 @@ class Recipe(Generic[ConfigT]):
 
     ``build_job(config)`` is the recipe's driver side: it validates the data (errors name file, line and key before
     any worker starts), sizes the run and returns a :class:`~rlhfctl.training.launch.TrainingJob` carrying the
-    recipe's frozen payload dataclass and its module-level worker loop. Planning, running and the headline are the
-    same for every stage, so they are written once, here.
+    recipe's frozen payload dataclass, its module-level worker loop and its memory hook (``TrainingJob.memory``: the
+    models a worker holds and the phases of a step, for the memory plan). Planning, running and the headline are
+    the same for every stage, so they are written once, here.
     """
 
     stage: str
     build_job: Callable[[ConfigT], TrainingJob[ConfigT, Any]]
     headline_template: str  # e.g. "held-out accuracy {validation_accuracy}": final metrics by name, 3 decimals
 
-    def plan(self, config: ConfigT) -> TrainingPlan:
-        """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
+    def __post_init__(self) -> None:
+        # Every caller of build_job (plan, run, tests, tools) gets a job sized for the workers the run will use:
+        # training.num_training_workers = "auto" is resolved first (rlhfctl.config.layout; a number passes as is).
+        object.__setattr__(self, "build_job", _resolving_layout(self.build_job))
+
+    def plan(self, config: ConfigT, **options: Unpack[PlanOptions]) -> TrainingPlan:
+        """What a run would do (``--dry-run``): rows, steps, workers (``"auto"`` resolved), where outputs go, the
+        memory plan. Starts nothing."""
         from rlhfctl.training.launch import prepare_job
 
-        return prepare_job(self.build_job, config).plan()
+        return prepare_job(self.build_job, config).plan(**options)
 
     def run(self, config: ConfigT, **options: Unpack[RunOptions]) -> RunSummary:
         """Train, validate and export (the job's warnings logged first); returns the core's run summary."""
@@ -67,6 +83,19 @@ class Recipe(Generic[ConfigT]):
     def headline(self, final_metrics: Mapping[str, float]) -> str:
         """The one line that shows the stage learned (``?`` for a figure the run did not report)."""
         return self.headline_template.format_map(_Figures(final_metrics))
+
+
+def _resolving_layout(build_job: Callable[[Any], TrainingJob]) -> Callable[[Any], TrainingJob]:
+    if getattr(build_job, "resolves_layout", False):
+        return build_job
+
+    def build_resolved(config: Any) -> TrainingJob:
+        from rlhfctl.training.launch import prepare_job
+
+        return prepare_job(build_job, config)
+
+    build_resolved.resolves_layout = True  # type: ignore[attr-defined]
+    return build_resolved
 
 
 class _Figures(dict):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhfctl.config.schema import RMConfig
-from rlhfctl.progress.events import CheckpointSaved, RunStarted, StepEvent
+from rlhfctl.progress.events import CheckpointSaved, PhaseStarted, RunStarted, StepEvent
 from rlhfctl.training.checkpoint import TrainState, checkpoint_name, latest_checkpoint
 from rlhfctl.training.progress_actor import LocalChannel
 from rlhfctl.training.worker import CoreSettings, LoopConfig, build_optimizer, build_scheduler, setup_worker
@@ -90,7 +90,8 @@ def test_local_context_logs_saves_and_restores(tmp_path):
     ctx.log(1, {"loss": 0.5}, epoch=0)
     state.step, state.batch_in_epoch = 2, 4
     ctx.save(state, {"loss": 0.5})
-    events = channel.drain()
+    phase, *events = channel.drain()
+    assert phase == PhaseStarted("loading model", time=phase.time)  # set up: the display names what comes next
     assert isinstance(events[0], RunStarted) and events[0].start_step == 0
     assert events[1] == StepEvent(step=1, epoch=0, split="train", metrics={"loss": 0.5}, time=events[1].time)
     assert isinstance(events[2], CheckpointSaved) and events[2].step == 2
@@ -103,7 +104,7 @@ def test_local_context_logs_saves_and_restores(tmp_path):
     restored = resumed.restore(TrainState(models={"m": fresh}, optimizers={"m": build_optimizer(fresh, ctx.training)}))
     assert (restored.step, restored.batch_in_epoch) == (2, 4)
     assert torch.equal(fresh.weight, weights)
-    assert channel.drain()[0].start_step == 2
+    assert [event.start_step for event in channel.drain() if isinstance(event, RunStarted)] == [2]
     channel.close()
 
 
@@ -145,3 +146,27 @@ def test_gradient_sync_skips_the_all_reduce_only_when_asked(tmp_path):
     with ctx.gradient_sync(policy, value, bare, sync=False):
         assert entered == ["policy", "value"]  # the plain model has nothing to skip
     channel.close()
+
+
+def test_a_worker_refuses_a_plan_its_own_device_cannot_hold(tmp_path):
+    """The check the driver leaves to the workers (a joined cluster, a GPU without nvidia-smi): setup_worker
+    compares the plan with the worker's own device (here this machine's RAM) before any model is loaded."""
+    from rlhfctl.errors import UserError
+    from rlhfctl.training.memory import Breakdown, MemoryEstimate
+    from rlhfctl.training.memory_plan import WorkerMemoryCheck
+
+    def loop_config(peak_bytes: int) -> LoopConfig:
+        estimate = MemoryEstimate(per_worker_peak_bytes=peak_bytes, breakdown=Breakdown(weights=peak_bytes),
+                                  per_model={}, peak_phase="train step", phase_peaks={}, trainable_parameters=0,
+                                  total_parameters=0, device="cpu")
+        config = _loop_config(tmp_path, channel)
+        config["core"].memory_check = WorkerMemoryCheck("rm", estimate)
+        return config
+
+    channel = LocalChannel()
+    try:
+        with pytest.raises(UserError, match="this rm run needs about 1024.0 GiB per worker"):
+            setup_worker(loop_config(1024**4))  # 1 TiB: no machine running the suite has it free
+        assert setup_worker(loop_config(1024**2)).rank == 0  # 1 MiB fits anywhere
+    finally:
+        channel.close()
