@@ -2,8 +2,8 @@
 
 One TOML file configures one stage. Sections follow the workflow rlhfctl replaces (``[general]``, ``[dataset]``,
 ``[training]``; the seed's ``General``/``Dataset``/``Training`` spellings are accepted) plus ``[generation]`` for
-PPO. Every model forbids unknown keys; the loader turns pydantic's errors into :class:`rlhfctl.errors.ConfigIssue`
-objects with "did you mean" suggestions.
+PPO, and ``[monitor]`` (the health checks) in every stage. Every model forbids unknown keys; the loader turns
+pydantic's errors into :class:`rlhfctl.errors.ConfigIssue` objects with "did you mean" suggestions.
 
 Everything else about a key is derived from its field here (see :mod:`rlhfctl.config.keys`): path keys and model
 sources (from the type), files that must exist, the stage a file is for (its keys unique to one stage), the
@@ -26,14 +26,17 @@ from rlhfctl.config.schema.common import (
     OPTIMIZERS,
     DatasetConfig,
     GeneralCommon,
+    TRACKERS,
     MixedPrecision,
     ModelGeneral,
+    MonitorConfig,
     NonNegativeInt,
     Optimizer,
     PositiveFloat,
     PositiveInt,
     Section,
     StageConfigBase,
+    Tracker,
     TrainingCommon,
     seed_spellings,
 )
@@ -58,11 +61,13 @@ __all__ = [
     "OPTIMIZERS",
     "SECTION_ALIASES",
     "STAGES",
+    "TRACKERS",
     "DatasetConfig",
     "GeneralCommon",
     "GenerationConfig",
     "MixedPrecision",
     "ModelGeneral",
+    "MonitorConfig",
     "NonNegativeInt",
     "Optimizer",
     "PPOConfig",
@@ -81,5 +86,6 @@ __all__ = [
     "Stage",
     "StageConfig",
     "StageConfigBase",
+    "Tracker",
     "TrainingCommon",
 ]
