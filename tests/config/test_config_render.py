@@ -19,6 +19,6 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     data = tomllib.loads(text)
     assert data["stage"] == "ppo" and text.startswith('stage = "ppo"')
     assert data["training"]["kl_coeff"] == 0.3
-    assert "target_kl" not in data["training"]  # unset optional keys are left out
+    assert "score_clip" not in data["training"]  # unset optional keys are left out
     written = write_resolved_config(config, tmp_path / "run")
     assert load_config(written) == config
