@@ -25,7 +25,8 @@ _INTRO = """\
 
 One TOML file configures one stage. `stage = {stages}` sits at the top; the sections are
 `[general]`, `[dataset]`, `[training]` and, for PPO, `[generation]` (the seed's `General`/`Dataset`/`Training`
-spellings are accepted too). Unknown keys are errors. TOML has no null: an optional key is simply left out
+spellings are accepted too), plus the optional `[lora]` of every stage: its presence (or any `lora.<key>=...`
+override) trains LoRA adapters instead of every weight. Unknown keys are errors. TOML has no null: an optional key is simply left out
 ("unset" below). Relative paths in a file are resolved against the file's folder; relative paths given as
 `key=value` overrides on the command line against the current directory. Any key can be overridden on the command
 line, e.g. `rlhfctl rm train rm.toml training.learning_rate=2e-5 general.seed=3`.

@@ -2,7 +2,7 @@
 
 One TOML file configures one stage. Sections follow the workflow rlhfctl replaces (``[general]``, ``[dataset]``,
 ``[training]``; the seed's ``General``/``Dataset``/``Training`` spellings are accepted) plus ``[generation]`` for
-PPO. Every model forbids unknown keys; the loader turns pydantic's errors into :class:`rlhfctl.errors.ConfigIssue`
+PPO and the optional ``[lora]`` of every stage (present: LoRA on). Every model forbids unknown keys; the loader turns pydantic's errors into :class:`rlhfctl.errors.ConfigIssue`
 objects with "did you mean" suggestions.
 
 Everything else about a key is derived from its field here (see :mod:`rlhfctl.config.keys`): path keys and model
@@ -37,6 +37,7 @@ from rlhfctl.config.schema.common import (
     TrainingCommon,
     seed_spellings,
 )
+from rlhfctl.config.schema.lora import ALL_LINEAR, LoraConfig
 from rlhfctl.config.schema.ppo import GenerationConfig, PPOConfig, PPODataset, PPOGeneral, PPOTraining
 from rlhfctl.config.schema.rm import RMConfig, RMDataset, RMTraining
 from rlhfctl.config.schema.sft import SFTConfig, SFTDataset, SFTTraining
@@ -53,6 +54,7 @@ SECTION_ALIASES: dict[str, str] = seed_spellings(
 """The seed workflow's section spellings (``General``) -> ours (``general``)."""
 
 __all__ = [
+    "ALL_LINEAR",
     "CONFIG_CLASSES",
     "LR_SCHEDULERS",
     "OPTIMIZERS",
@@ -61,6 +63,7 @@ __all__ = [
     "DatasetConfig",
     "GeneralCommon",
     "GenerationConfig",
+    "LoraConfig",
     "MixedPrecision",
     "ModelGeneral",
     "NonNegativeInt",
