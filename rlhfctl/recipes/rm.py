@@ -2,7 +2,8 @@
 
 Supports: any ``AutoModelForSequenceClassification``-loadable model (a causal LM gets a new scalar head, a
 previous RM export continues), prompts as text or message lists (chat template or the plain template),
-per-row ``margin``, ``center_rewards_coefficient``, gradient accumulation, clipping, mixed precision, resume.
+per-row ``margin``, ``center_rewards_coefficient``, gradient accumulation, clipping, mixed precision, resume,
+LoRA (``[lora]``: adapters on the backbone, the score head trained in full) and gradient checkpointing.
 
 Recipe, top to bottom:
     driver:  build_job  -> load + validate data (before Ray), count steps        (plan / run call it)
@@ -74,6 +75,7 @@ def build_job(config: RMConfig) -> TrainingJob[RMConfig, RMPayload]:
 
 def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     """Runs on every Ray Train worker (module-level so Ray can pickle it)."""
+    from rlhfctl.models.adapters import adapt_for_training
     from rlhfctl.models.loading import disable_dropout, load_reward_model, load_tokenizer
     from rlhfctl.models.preference import (
         collate_for,
@@ -93,7 +95,8 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     # Model and data.
     tokenizer = load_tokenizer(config.general.base_model, trust_remote_code=trust)
     model = load_reward_model(config.general.base_model, tokenizer, trust_remote_code=trust)
-    disable_dropout(model)
+    disable_dropout(model)  # before LoRA: lora.dropout stays as configured
+    model = adapt_for_training(model, config, source=config.general.base_model, score_head=True)
     train_pairs = tokenize_pairs(payload.train_rows, tokenizer, config.dataset.max_length)
     validation_pairs = tokenize_pairs(payload.validation_rows, tokenizer, config.dataset.max_length)
     lengths = pair_cost_lengths(train_pairs, packed=False)  # bucketing key: the longer sequence of a pair

@@ -18,7 +18,8 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
 
 Supported: single- and multi-turn data (the final assistant message is the response, earlier turns are the
 prompt), resume from the latest checkpoint (same final metrics as an uninterrupted run on CPU), DDP on CPU
-(gloo) or GPU (nccl), bf16/fp16 autocast.
+(gloo) or GPU (nccl), bf16/fp16 autocast, LoRA adapters (``[lora]``: exported merged, or as the adapter folder)
+and gradient checkpointing (:mod:`rlhfctl.models.adapters`).
 """
 
 from __future__ import annotations
@@ -157,11 +158,13 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
 
 def _build_model_and_tokenizer(config: SFTConfig, device):
+    from rlhfctl.models.adapters import adapt_for_training
     from rlhfctl.models.loading import load_model, load_tokenizer
 
     general = config.general
     tokenizer = load_tokenizer(general.base_model, trust_remote_code=general.trust_remote_code)
     model = load_model("AutoModelForCausalLM", general.base_model, trust_remote_code=general.trust_remote_code)
+    model = adapt_for_training(model, config, source=general.base_model)  # [lora], gradient checkpointing
     return model.to(device), tokenizer
 
 

@@ -139,6 +139,7 @@ class RunSummary:
     checkpoint_dir: Path
     wall_time_s: float
     resumed_from_step: int | None = None
+    parameters: tuple[int | None, int] | None = None  # (trainable, total) of the trained models, as the run reported
 
 
 # ----------------------------------------------------------------------------------------------- run directory
@@ -309,7 +310,7 @@ def run_training(
     return RunSummary(
         stage=job.stage, final_metrics=final_metrics, history=list(recorder.history), steps=recorder.last_step,
         output_dir=job.output_dir, checkpoint_dir=job.checkpoint_dir, wall_time_s=time.time() - started,
-        resumed_from_step=resumed_from_step,
+        resumed_from_step=resumed_from_step, parameters=recorder.parameters,
     )
 
 
