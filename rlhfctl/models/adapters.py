@@ -59,7 +59,11 @@ def enable_gradient_checkpointing(model, source: str) -> None:
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise UserError(f"training.gradient_checkpointing: {type(model).__name__} ({source}) does not support "
                         "gradient checkpointing", hint="Set training.gradient_checkpointing = false.")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x; the older name warns
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def peft_lora_config(lora, *, head_name: str | None, transposed_weights: bool = False):
@@ -94,14 +98,21 @@ def add_lora(model, lora, *, source: str, score_head: bool = False):
     config = peft_lora_config(lora, head_name=head_name,
                               transposed_weights=any(isinstance(module, Conv1D) for module in model.modules()))
     try:
-        with warnings.catch_warnings():  # peft asks transformers a deprecated question (is_gradient_checkpointing)
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        with _peft_quietly():
             wrapper = get_peft_model(model, config)
     except ValueError as exc:  # peft's NoMatchingPeftModuleError is a ValueError too
         key = "lora.target_modules" if "arget module" in str(exc) else "lora"
         raise UserError(f"{key}: peft cannot add LoRA adapters to {type(model).__name__} ({source}): {exc}") from None
     model.__dict__[_PEFT_WRAPPER] = wrapper  # not a submodule: parameters and state dicts stay the model's own
     return model
+
+
+@contextlib.contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 a deprecated question (``is_gradient_checkpointing``): not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def score_head_name(model) -> str | None:
@@ -209,7 +220,8 @@ def load_adapter_folder(loader, source: str | Path, **kwargs):
     want_info = kwargs.get("output_loading_info", False)
     loaded = loader.from_pretrained(adapter_base(source), **kwargs)
     base, info = loaded if want_info else (loaded, None)
-    merged = PeftModel.from_pretrained(base, str(source)).merge_and_unload()
+    with _peft_quietly():
+        merged = PeftModel.from_pretrained(base, str(source)).merge_and_unload()
     if not want_info:
         return merged
     head = score_head_name(merged)
