@@ -34,7 +34,7 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _explain_load_error(what: str, source: str | Path, exc: Exception) -> UserError:
+def explain_load_error(what: str, source: str | Path, exc: Exception) -> UserError:
     local = Path(str(source)).expanduser()
     if local.exists():
         detail = f"{local} exists but could not be loaded as a {what}: {exc}"
@@ -62,7 +62,7 @@ def load_tokenizer(source: str | Path, *, trust_remote_code: bool = False, paddi
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise _explain_load_error("tokenizer", source, exc) from None
+        raise explain_load_error("tokenizer", source, exc) from None
     if tokenizer.pad_token is None:
         if add_pad_token:
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
@@ -99,7 +99,7 @@ def load_model(auto_class: str, source: str | Path, *, trust_remote_code: bool =
         else:
             loaded = loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _explain_load_error("model", source, exc) from None
+        raise explain_load_error("model", source, exc) from None
     use_fused_activations(loaded[0] if isinstance(loaded, tuple) else loaded)  # output_loading_info gives a tuple
     return loaded
 

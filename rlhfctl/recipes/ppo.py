@@ -44,6 +44,7 @@ from pathlib import Path
 from rlhfctl.config.schema import PPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import ConfigError, ConfigIssue, DataError
+from rlhfctl.models.preflight import ModelUse, check_model_settings
 from rlhfctl.recipes.ppo_trainer import PPOModels, PPOTrainer
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
@@ -97,6 +98,7 @@ def prepare(config: PPOConfig) -> PPOPlan:
     if len(data.train) < workers:
         raise DataError(f"{len(data.train)} prompts cannot feed {workers} workers", path=data.train_file,
                         hint="Use more prompts or fewer training.num_training_workers.")
+    check_model_settings(config, _trained_models(config))
     prompts_per_worker = len(data.train) // workers
     iterations_per_epoch = math.ceil(prompts_per_worker / training.experience_batch_size)
     warnings = [message for message in (reward_head_warning(config.reward_source),) if message]
@@ -131,6 +133,17 @@ def _check_settings(config: PPOConfig) -> None:
             "max_length - max_new_tokens tokens", config.dataset.max_length))
     if issues:
         raise ConfigError(issues)
+
+
+def _trained_models(config: PPOConfig) -> list[ModelUse]:
+    """The policy and the value model, where each comes from (what [lora] and checkpointing apply to)."""
+    general = config.general
+    policy_key = "general.model_pretrain" if general.model_pretrain else "general.model_name"
+    policy = ModelUse(policy_key, config.policy_source, "causal")
+    if config.training.value_model_init == "policy":
+        return [policy, ModelUse(policy_key, config.policy_source, "score")]
+    reward_key = "general.rm_pretrain" if general.rm_pretrain else "general.rm_name"
+    return [policy, ModelUse(reward_key, config.reward_source, "score")]
 
 
 def read_reward_stats(config: PPOConfig) -> RewardStats:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from rlhfctl.config.schema import RMConfig
 from rlhfctl.data.loading import load_training_data
 from rlhfctl.errors import DataError
+from rlhfctl.models.preflight import ModelUse, check_model_settings
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
 from rlhfctl.training.batching import (
@@ -58,6 +59,7 @@ def build_job(config: RMConfig) -> TrainingJob[RMConfig, RMPayload]:
     if len(data.train) < workers:
         raise DataError(f"{len(data.train)} training rows cannot be shared by {workers} workers "
                         "(each needs at least one)", path=data.train_file)
+    check_model_settings(config, [ModelUse("general.base_model", config.general.base_model, "score")])
     per_epoch = steps_per_epoch(len(data.train), workers, training.batch_size, training.gradient_accumulation_steps)
     return TrainingJob(
         stage=STAGE, config=config, train_loop=train_loop,

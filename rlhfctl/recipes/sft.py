@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from rlhfctl.config.schema import SFTConfig
 from rlhfctl.data.loading import load_training_data
 from rlhfctl.errors import DataError
+from rlhfctl.models.preflight import ModelUse, check_model_settings
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.training import batching
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
@@ -63,6 +64,7 @@ def build_job(config: SFTConfig) -> TrainingJob[SFTConfig, SFTPayload]:
         raise DataError(f"{len(data.train)} training rows cannot be shared by {workers} workers "
                         "(each needs at least one)", path=data.train_file,
                         hint="Use more data or fewer training.num_training_workers.")
+    check_model_settings(config, [ModelUse("general.base_model", config.general.base_model, "causal")])
     micro_batches = batching.micro_batches_per_epoch(len(data.train), workers, training.batch_size)
     per_epoch = batching.steps_per_epoch(len(data.train), workers, training.batch_size,
                                          training.gradient_accumulation_steps)
