@@ -74,6 +74,14 @@ def format_prompt(prompt: Prompt, tokenizer: Any) -> str:
     return render_plain(prompt)
 
 
+def _end_at_eos(response_text: str, eos_token: str | None) -> str:
+    """A template's turn that already ends in EOS (ChatML's ``<|im_end|>\n``) ends there: the response stops at
+    EOS, with nothing to learn after it (and no second EOS is appended)."""
+    if eos_token and response_text.rstrip().endswith(eos_token):
+        return response_text.rstrip()
+    return response_text
+
+
 def render_sft_example(messages: Sequence[Message], tokenizer: Any) -> tuple[str, str]:
     """Split a conversation ending in an assistant message into ``(prompt_text, response_text)``.
 
@@ -81,7 +89,8 @@ def render_sft_example(messages: Sequence[Message], tokenizer: Any) -> tuple[str
     With the plain template a prefix that is exactly one user message is used verbatim, like a string prompt
     (so ``{"instruction": "\\n\\nHuman: hi\\n\\nAssistant:", "response": " Hello"}`` trains on the very text that
     RM and PPO render for the same prompt). With a chat template the response text is what the template adds
-    for the final assistant message (end-of-turn tokens included), falling back to the raw content.
+    for the final assistant message (end-of-turn tokens included; ending at EOS when the template writes it, as
+    ChatML's ``<|im_end|>`` does), falling back to the raw content.
     """
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("an SFT example must end with an assistant message")
@@ -90,7 +99,7 @@ def render_sft_example(messages: Sequence[Message], tokenizer: Any) -> tuple[str
         prompt_text = format_prompt(prefix, tokenizer)
         full_text = apply_chat_template(tokenizer, messages, add_generation_prompt=False)
         if full_text.startswith(prompt_text):
-            return prompt_text, full_text[len(prompt_text):]
+            return prompt_text, _end_at_eos(full_text[len(prompt_text):], getattr(tokenizer, "eos_token", None))
         return prompt_text, response
     if len(prefix) == 1 and prefix[0]["role"] == "user":
         return prefix[0]["content"], response

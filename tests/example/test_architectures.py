@@ -140,3 +140,33 @@ def test_sft_rm_ppo_run_on_every_architecture(tmp_path, models_dir, data_dir, ar
                         ("ppo", AutoModelForCausalLM)):
         auto.from_pretrained(tmp_path / "models" / stage)
         assert AutoTokenizer.from_pretrained(tmp_path / "models" / stage).eos_token == base_tokenizer.eos_token
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_with_pad_falling_back_to_eos_the_response_still_ends_in_a_learned_eos(models_dir, architecture):
+    """The classic bug: padding with EOS and masking every pad id also masks the real EOS, so the model never learns
+    to stop. Labels here come from the layout, not from comparing ids with the pad id."""
+    from transformers import AutoTokenizer
+
+    from rlhfctl.models.conversation import collate, tokenize_conversation
+    from rlhfctl.models.loading import load_tokenizer
+    from rlhfctl.objectives.sft import IGNORE_INDEX
+
+    raw = AutoTokenizer.from_pretrained(models_dir / architecture)
+    assert raw.chat_template and (raw.pad_token is None) == (architecture != "qwen2")
+    tokenizer = load_tokenizer(models_dir / architecture)
+    if architecture != "qwen2":
+        assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the fallback
+    conversations = [
+        [*_conversation("\n\nHuman: How do I paint my room?\n\nAssistant:"), {"role": "assistant", "content": "Sure!"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, how can I help?"}],
+    ]
+    examples = [tokenize_conversation(messages, tokenizer, max_length=96) for messages in conversations]
+    for example in examples:
+        scored = [label for label in example.labels if label != IGNORE_INDEX]
+        assert scored[-1] == tokenizer.eos_token_id and scored.count(tokenizer.eos_token_id) == 1
+    batch = collate(examples, tokenizer.pad_token_id)
+    short = 0 if len(examples[0].input_ids) < len(examples[1].input_ids) else 1
+    length = len(examples[short].input_ids)
+    assert batch["labels"][short, length - 1] == tokenizer.eos_token_id  # the real EOS keeps its label
+    assert (batch["labels"][short, length:] == IGNORE_INDEX).all()  # the padding (EOS ids too) has none

@@ -19,7 +19,8 @@ TIMING_KEYS = ("time_", "episodes_per_s")
 
 
 def make_config(tmp_path: Path, policy: Path, reward: Path, *, train_file: Path = DATA / "ppo.jsonl",
-                validation_file: Path | None = DATA / "heldout_prompts.jsonl", **training) -> PPOConfig:
+                validation_file: Path | None = DATA / "heldout_prompts.jsonl", lora: dict | None = None,
+                **training) -> PPOConfig:
     options = {"num_training_workers": 1, "experience_batch_size": 8, "batch_size": 8, "num_mini_batches": 2,
                "ppo_epochs": 2, "learning_rate": 3e-4, "save_every_steps": 0, "sample_every_steps": 2,
                "max_failures": 0, **training}
@@ -32,6 +33,7 @@ def make_config(tmp_path: Path, policy: Path, reward: Path, *, train_file: Path 
         "dataset": dataset,
         "training": options,
         "generation": {"max_new_tokens": 16},
+        **({"lora": lora} if lora is not None else {}),
     })
 
 
@@ -105,12 +107,14 @@ def test_reward_stats_are_required_for_normalised_scores(tmp_path, tiny_model_di
 # ----------------------------------------------------------------------------------------------- in-process runs
 
 
-def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("lora", [None, {"r": 4, "dropout": 0.1}], ids=["full", "lora"])
+def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir, lora):
+    """With LoRA too (adapter dropout draws from the restored RNG; the checkpoint holds adapters and heads only)."""
     from safetensors.torch import load_file
 
     prompts = few_prompts(tmp_path, 32)
     config = make_config(tmp_path / "a", tiny_model_dir, tiny_model_dir, train_file=prompts,
-                         validation_file=None, epochs=2, save_every_steps=2)
+                         validation_file=None, epochs=2, save_every_steps=2, lora=lora)
     full = run_inline(config, tmp_path / "a" / "ckpt")  # 4 iterations per epoch, 8 in all
     checkpoints = sorted((tmp_path / "a" / "ckpt").glob("checkpoint_*"))
     assert [path.name for path in checkpoints] == [f"checkpoint_{step:08d}" for step in (2, 4, 6, 8)]
@@ -118,7 +122,7 @@ def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_pa
     assert json.loads((middle / "state.json").read_text())["batch_in_epoch"] == 2
 
     resumed_config = make_config(tmp_path / "b", tiny_model_dir, tiny_model_dir, train_file=prompts,
-                                 validation_file=None, epochs=2, save_every_steps=2)
+                                 validation_file=None, epochs=2, save_every_steps=2, lora=lora)
     resumed = run_inline(resumed_config, tmp_path / "b" / "ckpt", resume_from=middle)
 
     assert without_timings(resumed) == without_timings(full)
@@ -126,6 +130,7 @@ def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_pa
     weights_resumed = load_file(str(tmp_path / "b" / "export" / "model.safetensors"))
     assert all((weights_full[name] == weights_resumed[name]).all() for name in weights_full)
     state = json.loads((checkpoints[-1] / "state.json").read_text())
+    assert state["model_contents"] == {name: "trainable" if lora else "full" for name in ("policy", "value_model")}
     assert state["extra"]["episodes"] == 8 * 8
     assert set(state["extra"]["kl_controller"]) == {"value", "target", "horizon"}
 
