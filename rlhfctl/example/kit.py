@@ -171,14 +171,21 @@ def build_model_kit_folder(
     preset: str = "tiny",
     seed: int = 0,
     force: bool = False,
+    architecture: str = "gpt2",
 ) -> KitSummary:
-    """:func:`build_model_kit` written atomically, refusing to replace ``out_dir`` unless ``force``."""
+    """:func:`build_model_kit` (or, for another ``architecture``, :mod:`rlhfctl.example.architectures`' kit)
+    written atomically, refusing to replace ``out_dir`` unless ``force``."""
     from rlhfctl.fileio import atomic_directory, refuse_to_clobber
 
     out_dir = Path(out_dir)
     refuse_to_clobber(out_dir, force=force, what="model folder")
     with atomic_directory(out_dir, force=force) as tmp:
-        build_model_kit(tmp, corpus_files=corpus_files, preset=preset, seed=seed)
+        if architecture == "gpt2":
+            build_model_kit(tmp, corpus_files=corpus_files, preset=preset, seed=seed)
+        else:
+            from rlhfctl.example.architectures import build_architecture_kit
+
+            build_architecture_kit(tmp, architecture, corpus_files=corpus_files, preset=preset, seed=seed)
     config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
     return KitSummary(out_dir=out_dir, parameters=_count_parameters(out_dir), vocab_size=int(config["vocab_size"]))
 
