@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +37,7 @@ def models(
     from rich.console import Console
 
     from rlhfctl.errors import UserError
-    from rlhfctl.example.architectures import ARCHITECTURES
+    from rlhfctl.example.architectures import ARCHITECTURES, build_architecture_kit
     from rlhfctl.example.kit import PRESETS, build_model_kit_folder, example_data_dir
 
     if preset not in PRESETS:
@@ -44,8 +45,9 @@ def models(
     if architecture != "gpt2" and architecture not in ARCHITECTURES:
         raise UserError(f"unknown --architecture {architecture!r}; expected gpt2 or one of {', '.join(ARCHITECTURES)}")
     console = Console(highlight=False)
+    builder = None if architecture == "gpt2" else functools.partial(build_architecture_kit, architecture=architecture)
     with console.status(f"building the {preset} {architecture} model kit ..."):
-        summary = build_model_kit_folder(out_dir, preset=preset, seed=seed, force=force, architecture=architecture,
+        summary = build_model_kit_folder(out_dir, preset=preset, seed=seed, force=force, builder=builder,
                                          corpus_files=sorted(example_data_dir().glob("*.jsonl")))
     console.print(f"[green]wrote[/] {summary.out_dir}: {summary.parameters:,} parameters, "
                   f"vocabulary {summary.vocab_size:,} ({architecture}, preset {preset}, seed {seed})")

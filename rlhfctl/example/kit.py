@@ -7,7 +7,7 @@ loaded through the very same ``from_pretrained`` code path as a hub id or any lo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,21 +171,16 @@ def build_model_kit_folder(
     preset: str = "tiny",
     seed: int = 0,
     force: bool = False,
-    architecture: str = "gpt2",
+    builder: Callable[..., Path] | None = None,
 ) -> KitSummary:
-    """:func:`build_model_kit` (or, for another ``architecture``, :mod:`rlhfctl.example.architectures`' kit)
-    written atomically, refusing to replace ``out_dir`` unless ``force``."""
+    """:func:`build_model_kit` (or ``builder``, called the same way: another family's kit from
+    :mod:`rlhfctl.example.architectures`) written atomically, refusing to replace ``out_dir`` unless ``force``."""
     from rlhfctl.fileio import atomic_directory, refuse_to_clobber
 
     out_dir = Path(out_dir)
     refuse_to_clobber(out_dir, force=force, what="model folder")
     with atomic_directory(out_dir, force=force) as tmp:
-        if architecture == "gpt2":
-            build_model_kit(tmp, corpus_files=corpus_files, preset=preset, seed=seed)
-        else:
-            from rlhfctl.example.architectures import build_architecture_kit
-
-            build_architecture_kit(tmp, architecture, corpus_files=corpus_files, preset=preset, seed=seed)
+        (builder or build_model_kit)(tmp, corpus_files=corpus_files, preset=preset, seed=seed)
     config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
     return KitSummary(out_dir=out_dir, parameters=_count_parameters(out_dir), vocab_size=int(config["vocab_size"]))
 
