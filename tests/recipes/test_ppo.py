@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhfctl.config.schema import PPOConfig, RMConfig, SFTConfig
+from rlhfctl.config.schema import LoraConfig, PPOConfig, RMConfig, SFTConfig
 from rlhfctl.errors import ConfigError, RuntimeFailure
 from rlhfctl.recipes import ppo
 
@@ -237,3 +237,25 @@ def test_ppo_on_two_ray_workers_raises_heldout_reward_with_bounded_kl_and_resume
     assert resumed.resumed_from_step == 8
     assert without_timings(resumed.final_metrics) == pytest.approx(without_timings(metrics), rel=1e-6, abs=1e-9)
     shutil.rmtree(tmp_path / "killed" / "run", ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_lora_ppo_on_two_ray_workers_raises_heldout_reward_with_one_copy_of_each_base(tmp_path, trained_models):
+    """DDP over adapters: the value model's adapters and head train on the reward model's base, the reference is
+    the policy without adapters; gradient checkpointing on. The exports are adapter folders peft loads."""
+    from peft import AutoPeftModelForCausalLM
+
+    config = ray_config(tmp_path, trained_models).model_copy(update={"lora": LoraConfig(r=8, merge_on_export=False)})
+    config.training.learning_rate, config.training.gradient_checkpointing = 3e-3, True
+    summary = ppo.run(config)
+    metrics = summary.final_metrics
+    before, after = metrics["validation_initial_score_mean"], metrics["validation_score_mean"]
+    print(f"\nLoRA: held-out RM score {before:.3f} -> {after:.3f}, KL(k1) {metrics['validation_kl_k1']:.2f} nats, "
+          f"{metrics['train_episodes_per_s']:.1f} episodes/s, parameters {summary.parameters}")
+    assert after - before > 1.0
+    trainable, total = summary.parameters
+    assert trainable < 0.1 * total  # adapters and the value head
+    policy = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert policy.peft_config["default"].base_model_name_or_path == str(trained_models[0])
+    assert (tmp_path / "export" / "value_model" / "adapter_config.json").is_file()
