@@ -169,19 +169,25 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def build_architecture_kit(out_dir: Path | str, architecture: str, *, corpus_files: Iterable[Path | str] = (),
-                           preset: str = "tiny", seed: int = 0) -> Path:
-    """A random ``architecture`` model (a key of :data:`ARCHITECTURES`) + its tokenizer, saved into ``out_dir``."""
+                           preset: str = "tiny", seed: int = 0, shape: Shape | None = None,
+                           chat_template: bool = True) -> Path:
+    """A random ``architecture`` model (a key of :data:`ARCHITECTURES`) + its tokenizer, saved into ``out_dir``.
+
+    ``shape`` overrides the preset's sizes; ``chat_template=False`` leaves the template out (prompts are then used
+    as plain text, as by tools that apply no template to prompt/completion rows: the benchmarks compare so).
+    """
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    family, shape = ARCHITECTURES[architecture], SHAPES[preset]
+    family, shape = ARCHITECTURES[architecture], shape or SHAPES[preset]
     files = [Path(path) for path in corpus_files]
     texts = list(iter_corpus_texts(files)) if files else [_FALLBACK_CORPUS] * 4
     tokenizer = build_tokenizer(texts, shape.vocab, special_tokens=family.special_tokens,
                                 extra_special_tokens=family.extra_special_tokens, prepend_bos=family.prepend_bos)
-    tokenizer.chat_template = family.chat_template
+    if chat_template:
+        tokenizer.chat_template = family.chat_template
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(family.config(
         shape, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
