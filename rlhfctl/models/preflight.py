@@ -12,7 +12,7 @@ that has not imported torch (the Ray path keeps it out of the long-lived driver)
 process (``python -m rlhfctl.models.preflight``, JSON in and out) instead of importing it. A one-worker run trains
 in the driver's own process, which imports torch anyway, so it checks in-process.
 
-Recipes call :func:`check_model_settings` in ``build_job`` with the models they will adapt (:class:`ModelUse`).
+Recipes call :func:`check_model_settings` in ``build_job`` with the models they will adapt (:class:`AdaptedModel`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CHILD_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
-class ModelUse:
+class AdaptedModel:
     """A model a stage trains: where it comes from and what it is loaded as."""
 
     key: str  # the config key naming it, e.g. "general.base_model"
@@ -40,7 +40,7 @@ class ModelUse:
     kind: Literal["causal", "score"]  # a causal LM, or a scalar-head (reward / value) model
 
 
-def check_model_settings(config, uses: Sequence[ModelUse]) -> None:
+def check_model_settings(config, uses: Sequence[AdaptedModel]) -> None:
     """Raise a ConfigError listing every problem of ``config.lora`` / ``training.gradient_checkpointing`` with
     ``uses`` (nothing to do, and nothing imported, when neither is set)."""
     lora, checkpointing = getattr(config, "lora", None), config.training.gradient_checkpointing
@@ -56,7 +56,7 @@ def check_model_settings(config, uses: Sequence[ModelUse]) -> None:
         raise ConfigError(issues)
 
 
-def _adapter_source_issues(lora, uses: Sequence[ModelUse]) -> list[ConfigIssue]:
+def _adapter_source_issues(lora, uses: Sequence[AdaptedModel]) -> list[ConfigIssue]:
     from rlhfctl.models.adapters import is_adapter_folder
 
     if lora is None or lora.merge_on_export:
@@ -94,7 +94,7 @@ def inspect_models(request: dict[str, Any]) -> list[tuple[str, str]]:
 
     lora = LoraConfig.model_validate(request["lora"]) if request["lora"] else None
     issues: list[tuple[str, str]] = []
-    for use in (ModelUse(**fields) for fields in request["uses"]):
+    for use in (AdaptedModel(**fields) for fields in request["uses"]):
         model = _meta_model(use, trust_remote_code=request["trust_remote_code"])
         name = f"{type(model).__name__} ({use.source}, {use.key})"
         if request["gradient_checkpointing"] and not getattr(model, "supports_gradient_checkpointing", False):
@@ -105,7 +105,7 @@ def inspect_models(request: dict[str, Any]) -> list[tuple[str, str]]:
     return list(dict.fromkeys(issues))
 
 
-def _lora_issues(model, lora, use: ModelUse, name: str) -> list[tuple[str, str]]:
+def _lora_issues(model, lora, use: AdaptedModel, name: str) -> list[tuple[str, str]]:
     """What peft would refuse, found from the module tree (importing peft would add seconds to every start; the
     worker's :func:`~rlhfctl.models.adapters.add_lora` still has the last word)."""
     from rlhfctl.models.adapters import score_head_name
@@ -145,7 +145,7 @@ def _peft_can_adapt(module) -> bool:
                                                      nn.MultiheadAttention))
 
 
-def _meta_model(use: ModelUse, *, trust_remote_code: bool):
+def _meta_model(use: AdaptedModel, *, trust_remote_code: bool):
     """``use``'s model class built from its ``config.json`` on the meta device (no weights)."""
     import torch
     import transformers

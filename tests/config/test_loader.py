@@ -274,3 +274,16 @@ def test_detect_stage_from_the_keys_only_one_stage_has(data: dict, stage: str | 
     assert detect_stage(data, None) == stage
     assert detect_stage({**data, "stage": "rm"}, None) == "rm"
     assert detect_stage(data, "sft") == "sft"
+
+
+def test_monitor_problems_name_the_key_and_line_and_overrides_reach_the_section(rm_dir: Path) -> None:
+    path = rm_dir / "rm.toml"
+    path.write_text(path.read_text() + '[monitor]\nkl_action = "halt"\nkl_max = 0\n')
+    problems = _problems(path)
+    assert set(problems) == {"monitor.kl_action", "monitor.kl_max"}
+    line = path.read_text().splitlines().index('kl_action = "halt"') + 1
+    assert problems["monitor.kl_action"] == ("expected one of 'warn' or 'stop', found 'halt'", line)
+    path.write_text(VALID_RM)
+    config = load_config(path, overrides=["monitor.length_bias_action=stop", "general.report_to=wandb"])
+    assert config.monitor.length_bias_action == "stop" and config.general.report_to == ["wandb"]
+    assert config.monitor.health_settings().length_bias_action == "stop"

@@ -80,7 +80,7 @@ def test_a_bad_override_is_reported_as_such(rm_toml: Path) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_stage_takes_the_optional_section_last(stage: str) -> None:
+def test_every_stage_takes_the_optional_section_after_its_own_and_before_the_shared(stage: str) -> None:
     model_cls = CONFIG_CLASSES[stage]
-    assert list(model_cls.sections())[-1] == "lora"
+    assert list(model_cls.sections())[-2:] == ["lora", "monitor"]
     assert model_cls.optional_sections() == ("lora",)

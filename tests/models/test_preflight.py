@@ -13,7 +13,7 @@ import pytest
 from rlhfctl.config import load_config
 from rlhfctl.config.schema import LoraConfig
 from rlhfctl.errors import ConfigError
-from rlhfctl.models.preflight import ModelUse, check_model_settings, inspect_models
+from rlhfctl.models.preflight import AdaptedModel, check_model_settings, inspect_models
 from rlhfctl.recipes import ppo, rm, sft
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def _issues(error: ConfigError) -> dict[str, str]:
 
 def test_nothing_is_checked_or_imported_without_lora_or_checkpointing(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr("rlhfctl.models.preflight.inspect_models", lambda request: pytest.fail("checked"))
-    check_model_settings(_sft(tmp_path, tiny_model_dir), [ModelUse("general.base_model", "/nowhere", "causal")])
+    check_model_settings(_sft(tmp_path, tiny_model_dir), [AdaptedModel("general.base_model", "/nowhere", "causal")])
 
 
 def test_a_target_name_that_matches_nothing_lists_the_models_linear_layers(tmp_path, tiny_model_dir):

@@ -2,8 +2,9 @@
 
 One TOML file configures one stage. Sections follow the workflow rlhfctl replaces (``[general]``, ``[dataset]``,
 ``[training]``; the seed's ``General``/``Dataset``/``Training`` spellings are accepted) plus ``[generation]`` for
-PPO and the optional ``[lora]`` of every stage (present: LoRA on). Every model forbids unknown keys; the loader turns pydantic's errors into :class:`rlhfctl.errors.ConfigIssue`
-objects with "did you mean" suggestions.
+PPO, ``[monitor]`` (the health checks) in every stage, and the optional ``[lora]`` of every training stage
+(present: LoRA on). Every model forbids unknown keys; the loader turns pydantic's errors into
+:class:`rlhfctl.errors.ConfigIssue` objects with "did you mean" suggestions.
 
 Everything else about a key is derived from its field here (see :mod:`rlhfctl.config.keys`): path keys and model
 sources (from the type), files that must exist, the stage a file is for (its keys unique to one stage), the
@@ -26,14 +27,17 @@ from rlhfctl.config.schema.common import (
     OPTIMIZERS,
     DatasetConfig,
     GeneralCommon,
+    TRACKERS,
     MixedPrecision,
     ModelGeneral,
+    MonitorConfig,
     NonNegativeInt,
     Optimizer,
     PositiveFloat,
     PositiveInt,
     Section,
     StageConfigBase,
+    Tracker,
     TrainingCommon,
     seed_spellings,
 )
@@ -60,12 +64,14 @@ __all__ = [
     "OPTIMIZERS",
     "SECTION_ALIASES",
     "STAGES",
+    "TRACKERS",
     "DatasetConfig",
     "GeneralCommon",
     "GenerationConfig",
     "LoraConfig",
     "MixedPrecision",
     "ModelGeneral",
+    "MonitorConfig",
     "NonNegativeInt",
     "Optimizer",
     "PPOConfig",
@@ -84,5 +90,6 @@ __all__ = [
     "Stage",
     "StageConfig",
     "StageConfigBase",
+    "Tracker",
     "TrainingCommon",
 ]
