@@ -72,8 +72,8 @@ def _subset(source: Path, target: Path, count: int, *, field_map: dict[str, str]
 
 def run_ppo(ctx: BenchContext) -> SectionResult:
     result = SectionResult("lora-ppo")
-    model = llama(ctx, "small")
-    episodes = 48
+    model = llama(ctx, "mini" if ctx.quick else "small")
+    episodes = 16 if ctx.quick else 32
     prompts = _subset(ctx.data.ppo_prompts, ctx.work / "data" / f"ppo_prompts_first_{episodes}.jsonl", episodes)
     full, lora, trl = [], [], []
     for _ in range(ctx.repeats):
@@ -120,7 +120,8 @@ def run_ppo(ctx: BenchContext) -> SectionResult:
 def run_sft(ctx: BenchContext) -> SectionResult:
     result = SectionResult("lora-sft")
     model = llama(ctx, "mini")
-    train = _subset(ctx.data.sft_train, ctx.work / "data" / f"sft_first_{SFT_ROWS}.jsonl", SFT_ROWS)
+    rows = SFT_ROWS // 4 if ctx.quick else SFT_ROWS
+    train = _subset(ctx.data.sft_train, ctx.work / "data" / f"sft_first_{rows}.jsonl", rows)
     heldout = _subset(ctx.data.rm_validation, ctx.work / "data" / "sft_heldout.jsonl", 128,
                       field_map={"instruction": "instruction", "response": "chosen"})
     before = _heldout("nll", str(model), str(heldout))
@@ -145,7 +146,7 @@ def run_sft(ctx: BenchContext) -> SectionResult:
     result.rows.append(Row(
         "LoRA SFT", "held-out NLL drop per response token", "nats", stats.median(drops["rlhfctl"]),
         stats.median(drops["trl"]),
-        f"Llama ~5 M params, {SFT_ROWS} rows, batch 8, 1 epoch, lr {SFT_LR}, r={LORA['r']} alpha={LORA['alpha']}, "
+        f"Llama ~5 M params, {rows} rows, batch 8, 1 epoch, lr {SFT_LR}, r={LORA['r']} alpha={LORA['alpha']}, "
         f"{ctx.repeats} seed(s); base NLL {before.get('nll', float('nan')):.3f}; drops rlhfctl "
         f"{[round(d, 3) for d in drops['rlhfctl']]}, TRL {[round(d, 3) for d in drops['trl']]}; target >= 1.0x",
         samples=drops))
