@@ -35,9 +35,11 @@ from rlhfctl.config.keys import (
     exclusive_key_groups,
     first_sentence,
     is_required,
+    markers,
     stage_fields,
 )
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
+from rlhfctl.config.schema.markers import LiveExample
 from rlhfctl.errors import RuntimeFailure, UserError
 
 if sys.version_info >= (3, 11):
@@ -106,11 +108,12 @@ def template_values(stage: str) -> dict[str, Any]:
     """``{"section.key": value}`` the template shows live: examples of required keys, defaults of the others.
 
     A key with a default *and* an example (``trust_remote_code``, default false, example true) is left out: the
-    template shows the example commented out, as it does for optional keys.
+    template shows the example commented out, as it does for optional keys, unless the field is marked
+    :data:`~rlhfctl.config.schema.markers.LIVE_EXAMPLE`.
     """
     values = {}
     for key, field in stage_fields(stage).items():
-        if is_required(field):
+        if is_required(field) or markers(field, LiveExample):
             values[key] = example_value(field, stage)
         elif default_value(field) is not None and not field.examples:
             values[key] = default_value(field)
