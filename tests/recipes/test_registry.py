@@ -57,8 +57,8 @@ def test_the_registry_and_the_config_schema_name_the_same_stages():
 
 
 def test_an_unknown_stage_is_a_user_error():
-    with pytest.raises(UserError, match="unknown stage 'dpo'; expected one of sft, rm, ppo"):
-        load_recipe("dpo")
+    with pytest.raises(UserError, match="unknown stage 'kto'; expected one of sft, rm, ppo, dpo, grpo"):
+        load_recipe("kto")
 
 
 # ----------------------------------------------------------------------------------------------- a new stage
