@@ -6,7 +6,10 @@ A run's ``general.output_dir``::
     events.jsonl             the run's timeline: every progress event, append-only (training.metrics)
     samples.jsonl            PPO's example responses (training.metrics)
     resolved_config.toml     the config the run used, after overrides (config.render)
-    tensorboard/             TensorBoard events when tensorboardX is installed
+    tensorboard/             TensorBoard events (general.report_to, by default when tensorboardX is installed)
+    wandb/                   the W&B run, offline unless WANDB_MODE says otherwise (general.report_to = ["wandb"])
+    mlflow/                  the local MLflow store, mlflow.db (general.report_to = ["mlflow"], no MLFLOW_TRACKING_URI)
+    trackers.json            the W&B and MLflow run ids, so --resume continues the same runs (training.trackers)
     <stage>_run/             Ray Train's storage: checkpoint_<step>/ folders (training.checkpoint's format), its
                              own snapshot files
 
@@ -21,6 +24,9 @@ EVENTS_FILE = "events.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 RESOLVED_CONFIG_FILE = "resolved_config.toml"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # W&B's own folder name inside the dir it is given (output_dir)
+MLFLOW_DIR = "mlflow"
+TRACKERS_FILE = "trackers.json"
 CHECKPOINT_PREFIX = "checkpoint_"  # + the step, 8 digits: one folder per checkpoint inside <stage>_run/
 RAY_SNAPSHOT_GLOB = "checkpoint_manager_snapshot*"  # Ray Train's own run state beside the checkpoints
 

@@ -42,6 +42,7 @@ class MeasuredRun:
     timed_out: bool = False
     start_time: float = 0.0     # time.time() at launch (to relate metrics arrival times to the start)
     metrics: list[StampedRecord] = field(default_factory=list)  # the watched metrics.jsonl, stamped
+    sampler: "TreePssSampler | None" = None  # the sampler after the run (a subclass may keep more, per process)
 
     @property
     def ok(self) -> bool:
@@ -154,10 +155,12 @@ def run_measured(
     log_file: Path | None = None,
     sample_interval_s: float = 0.2,
     watch_metrics: Path | None = None,
+    sampler_class: type[TreePssSampler] = TreePssSampler,
 ) -> MeasuredRun:
     """Run ``command`` to completion, timing it and sampling the PSS of its process tree.
 
     With ``watch_metrics``, that ``metrics.jsonl`` is followed while the command runs (see ``metrics_watch``).
+    ``sampler_class``: a :class:`TreePssSampler` subclass that records more (``MeasuredRun.sampler``).
     """
     marker_value = uuid.uuid4().hex
     full_env = dict(os.environ if env is None else env)
@@ -173,7 +176,7 @@ def run_measured(
         start = time.perf_counter()
         process = subprocess.Popen(list(command), env=full_env, cwd=cwd, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-        with TreePssSampler(process.pid, marker_value, sample_interval_s) as sampler:
+        with sampler_class(process.pid, marker_value, sample_interval_s) as sampler:
             try:
                 returncode = process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -186,7 +189,7 @@ def run_measured(
     if log_file is None:
         output_path.unlink(missing_ok=True)
     return MeasuredRun(list(command), returncode, wall_time_s, sampler.peak_pss_bytes, sampler.peak_processes,
-                       text[-4000:], timed_out, start_time, watcher.records() if watcher else [])
+                       text[-4000:], timed_out, start_time, watcher.records() if watcher else [], sampler)
 
 
 def _kill_group(process: subprocess.Popen) -> None:

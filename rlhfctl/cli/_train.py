@@ -6,10 +6,15 @@ otherwise. This module never imports torch or Ray itself (the recipe does, when 
 
 ``--resume`` is a flag; ``--resume auto`` works because a bare ``auto`` can never be a ``key=value`` override:
 it is taken out of the overrides here.
+
+``--dry-run`` prints the plan with its memory rows (the estimate per worker and its breakdown, what a worker has
+here and whether it fits); ``--dry-run --json`` prints the whole plan as one JSON object. A real run refuses to
+start (exit 2) when its memory plan clearly cannot fit, unless ``--no-memory-check``.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -26,6 +31,14 @@ from rlhfctl.runfiles import METRICS_FILE, RESOLVED_CONFIG_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
     from rlhfctl.recipes.registry import StageEntry
+    from rlhfctl.training.memory_plan import Probe
+
+
+class _Default:
+    """The "not given" marker of ``memory_probe`` (None is a real value: no probe)."""
+
+
+DEFAULT = _Default()
 
 ResumeOption = Annotated[
     bool,
@@ -38,6 +51,11 @@ DryRunOption = Annotated[
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No live progress; only the final summary.")]
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Delete an earlier run in output_dir and replace checkpoint_dir.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as one JSON object.")]
+NoMemoryCheckOption = Annotated[
+    bool, typer.Option("--no-memory-check", help="Start even when the memory plan says a worker's memory is too "
+                                                 "small.")
 ]
 
 
@@ -57,8 +75,11 @@ def add_train_command(app: typer.Typer, entry: StageEntry) -> None:
         dry_run: DryRunOption = False,
         quiet: QuietOption = False,
         force: ForceOption = False,
+        json_output: JsonOption = False,
+        no_memory_check: NoMemoryCheckOption = False,
     ) -> None:
-        run_train_command(stage, config, overrides, resume=resume, dry_run=dry_run, quiet=quiet, force=force)
+        run_train_command(stage, config, overrides, resume=resume, dry_run=dry_run, quiet=quiet, force=force,
+                          json_output=json_output, memory_check=not no_memory_check)
 
     epilog = "Examples:\n\n" + "\n\n".join(f"  {example}" for example in entry.train_examples)
     app.command("train", help=entry.train_help, epilog=epilog)(train)
@@ -76,9 +97,13 @@ def split_resume_auto(overrides: list[str] | None, resume: bool) -> tuple[list[s
 
 
 def run_train_command(stage: str, config_path: Path, overrides: list[str] | None, *, resume: bool, dry_run: bool,
-                      quiet: bool, force: bool, console: Console | None = None,
-                      progress_console: Console | None = None) -> None:
-    """Body of ``rlhfctl <stage> train``."""
+                      quiet: bool, force: bool, json_output: bool = False, memory_check: bool = True,
+                      console: Console | None = None, progress_console: Console | None = None,
+                      memory_probe: Probe | None | _Default = DEFAULT) -> None:
+    """Body of ``rlhfctl <stage> train`` (``memory_probe``: what a worker has; tests inject one)."""
+    if json_output and not dry_run:
+        raise UserError("--json goes with --dry-run (a run prints its progress and summary)",
+                        hint=f"Run `rlhfctl {stage} train CONFIG --dry-run --json`.")
     overrides, resume_mode = split_resume_auto(overrides, resume)
     config = load_with_overrides(config_path, overrides, stage)
     if config.stage != stage:
@@ -86,15 +111,21 @@ def run_train_command(stage: str, config_path: Path, overrides: list[str] | None
                         hint=f"Run `rlhfctl {config.stage} train {config_path}` instead.")
     recipe = load_recipe(stage)
     console = console or _stdout()
+    probe_option = {} if isinstance(memory_probe, _Default) else {"memory_probe": memory_probe}
     if dry_run:
-        render_plan(recipe.plan(config), console)
+        plan = recipe.plan(config, **probe_option)
+        if json_output:  # plain text: no markup, highlighting or wrapping, so the output is valid JSON
+            console.out(json.dumps(plan.to_dict(), indent=2), highlight=False)
+        else:
+            render_plan(plan, console)
         return
     from rlhfctl.progress.render import make_sink
 
     sink = make_sink(progress_console or Console(stderr=True), quiet=quiet)
     try:
         summary = recipe.run(config, resume=resume_mode, force=force, progress=sink,
-                             config_path=_command_arguments(config_path, overrides))
+                             config_path=_command_arguments(config_path, overrides), memory_check=memory_check,
+                             **probe_option)
     finally:
         sink.close()
     render_summary(summary, console)
@@ -120,6 +151,7 @@ def render_plan(plan, console: Console) -> None:
         ("total steps", str(plan.total_steps)),
         ("samples per step", f"{plan.samples_per_step} (all workers)"),
         *plan.notes.items(),
+        *(plan.memory.lines() if plan.memory is not None else ()),
         ("run directory", f"{plan.output_dir} ({METRICS_FILE}, {RESOLVED_CONFIG_FILE}, checkpoints in "
                           f"{plan.run_dir.name}/)"),
         ("final model", str(plan.checkpoint_dir)),
@@ -145,5 +177,7 @@ def render_summary(summary, console: Console) -> None:
     console.print(table)
     if summary.resumed_from_step is not None:
         console.print(f"resumed from step {summary.resumed_from_step}")
+    for alarm in summary.alarms:
+        console.print(f"[yellow]health warning[/] {escape(alarm.check)} at step {alarm.step}: {escape(alarm.message)}")
     console.print(f"model:   {escape(str(summary.checkpoint_dir))}")
     console.print(f"metrics: {escape(str(Path(summary.output_dir) / METRICS_FILE))}")

@@ -38,11 +38,14 @@ def eval_command(
     checkpoint: CheckpointArg,
     data: Annotated[Path, typer.Argument(help="Preference data: {instruction, chosen, rejected} rows.",
                                          show_default=False)],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (accuracy, margin, ...).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (accuracy, margin, ..., "
+                                                         "length_bias_spearman, longer_wins_accuracy).")] = False,
     max_length: MaxLengthOption = None,
     batch_size: BatchSizeOption = 16,
 ) -> None:
-    """Accuracy, margin, loss and reward statistics of a reward model on preference data."""
+    """Accuracy, margin, loss and reward statistics of a reward model on preference data, and its length bias: the
+    rank correlation of reward and reply length (length_bias_spearman) beside the accuracy of "the longer reply
+    wins" (longer_wins_accuracy)."""
     from rlhfctl.models.reward_model import evaluate_file, load_checkpoint
 
     if not data.exists():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 
@@ -10,8 +12,23 @@ from rlhfctl.config.schema import StageConfig
 
 
 def config_to_dict(config: StageConfig) -> dict:
-    """Plain, TOML-ready dict: paths as strings, unset optional keys left out (TOML has no null)."""
-    return config.model_dump(mode="json", exclude_none=True)
+    """Plain, TOML-ready dict: paths as strings, unset optional keys left out (TOML has no null); ``stage`` first,
+    then the sections in file order (:meth:`StageConfigBase.sections`)."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    return {"stage": data.pop("stage"), **{name: data.pop(name) for name in type(config).sections() if name in data},
+            **data}
+
+
+def dotted_values(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict as ``{"training.learning_rate": 1e-05, ...}`` (a table key such as
+    ``training.resources_per_worker`` keeps its table as the value)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and key != "resources_per_worker":
+            flat.update(dotted_values(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def config_to_toml(config: StageConfig) -> str:

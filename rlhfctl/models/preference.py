@@ -4,7 +4,8 @@ Texts are ``format_prompt(prompt) + response + EOS``; a text longer than ``max_l
 **left of the prompt**, so the response end, where the reward is read, is always kept
 (:func:`rlhfctl.objectives.rm.truncate_keep_response_end`). A batch is either packed (one row per pair, the shared
 prompt computed once: :mod:`rlhfctl.models.packing`) or two rows per pair, whichever the scorer's model supports;
-both give the same rewards.
+both give the same rewards. :func:`length_bias_metrics` says how much the rewards follow reply length (RM
+validation and ``rm eval``).
 """
 
 from __future__ import annotations
@@ -106,3 +107,25 @@ def score_all(scorer, pairs: list[TokenizedPair], pad_token_id: int, batch_size:
                 results[index] = (c, r)
     scorer.train(was_training)
     return results
+
+
+def response_lengths(rows: list[dict], tokenizer, max_length: int) -> list[tuple[int, int]]:
+    """(chosen, rejected) reply lengths in tokens as they are scored (EOS included, at most ``max_length``), one per
+    row of :func:`tokenize_pairs`: what the reward-model length-bias check ranks rewards against."""
+    if not rows:
+        return []
+    chosen = tokenizer([row["chosen"] for row in rows], add_special_tokens=False)["input_ids"]
+    rejected = tokenizer([row["rejected"] for row in rows], add_special_tokens=False)["input_ids"]
+    return [(min(len(c) + 1, max_length), min(len(r) + 1, max_length)) for c, r in zip(chosen, rejected)]
+
+
+def length_bias_metrics(rewards: list[tuple[float, float]], lengths: list[tuple[int, int]]) -> dict[str, float]:
+    """``length_bias_spearman`` (rank correlation of reward and reply length over every chosen and rejected reply)
+    and ``longer_wins_accuracy`` (the accuracy of "the longer reply wins") of (chosen, rejected) rewards and
+    lengths, pair by pair; a value that is undefined (all lengths equal, no pairs) is left out."""
+    from rlhfctl.monitor import length_bias
+
+    bias = length_bias([c for c, _ in rewards], [r for _, r in rewards], [c for c, _ in lengths],
+                       [r for _, r in lengths])
+    found = {"length_bias_spearman": bias.spearman, "longer_wins_accuracy": bias.longer_wins_accuracy}
+    return {name: value for name, value in found.items() if value is not None}

@@ -50,15 +50,18 @@ def load_checkpoint(checkpoint: Path, *, max_length: int | None = None, trust_re
 
 
 def evaluate_file(loaded: LoadedRewardModel, data: Path, *, batch_size: int = 16) -> dict[str, float]:
-    """Accuracy, margin, loss and reward statistics of the model on an RM data file."""
+    """Accuracy, margin, loss and reward statistics of the model on an RM data file, and how much its rewards
+    follow reply length (``length_bias_spearman``, ``longer_wins_accuracy``: the RM length-bias health check)."""
     from rlhfctl.data.loading import load_rows
-    from rlhfctl.models.preference import score_all, tokenize_pairs
+    from rlhfctl.models.preference import length_bias_metrics, response_lengths, score_all, tokenize_pairs
     from rlhfctl.objectives.rm import metrics_from_sums, pair_sums
 
     rows = load_rows(data, "rm")
     pairs = tokenize_pairs(rows, loaded.tokenizer, loaded.max_length)
     rewards = score_all(loaded.scorer, pairs, loaded.tokenizer.pad_token_id, batch_size, "cpu")
-    return metrics_from_sums(pair_sums(rewards))
+    metrics = metrics_from_sums(pair_sums(rewards))
+    metrics.update(length_bias_metrics(rewards, response_lengths(rows, loaded.tokenizer, loaded.max_length)))
+    return metrics
 
 
 def score_texts(loaded: LoadedRewardModel, prompts: list[Any], responses: list[str], *,

@@ -2,7 +2,8 @@
 
 A check keeps only the state it needs (a streak counter, a baseline, the best held-out reward), so feeding it a
 10,000-step history costs O(steps). ``observe`` returns an :class:`Alarm` the moment the condition starts to
-hold and ``None`` otherwise; a check that fired fires again only after its condition cleared. Metrics are
+hold and ``None`` otherwise; a check that fired fires again only after its condition cleared, or after
+``rearm()`` (a run restarted from a checkpoint: streaks count again from zero, baselines are kept). Metrics are
 found by name: the first of a check's key aliases present in the step's metrics (stages spell KL ``kl`` or
 ``kl_k1``), so new stages are covered without code changes.
 """
@@ -24,6 +25,9 @@ REWARD_KEYS = ("score_mean", "reward_mean", "reward", "rewards/mean", "objective
 RESPONSE_LENGTH_KEYS = ("response_length_mean", "response_length", "completion_length", "completions/mean_length")
 EXPLAINED_VARIANCE_KEYS = ("explained_variance", "value/explained_variance", "val/explained_variance")
 LENGTH_BIAS_KEYS = ("length_bias_spearman",)
+# NaN here means "not defined for this step", not a broken run: explained variance of returns without variance, the
+# gradient norm with clipping off (a NaN gradient shows in the loss as well).
+MAY_BE_UNDEFINED_KEYS = frozenset({*EXPLAINED_VARIANCE_KEYS, "grad_norm", "grad_norm_policy", "grad_norm_value"})
 RESPONSE_TEXT_KEYS = ("response", "completion")
 
 
@@ -79,22 +83,30 @@ class Streak:
         self.length = self.length + 1 if holds else 0
         return self.length == self.patience
 
+    def reset(self) -> None:
+        self.length = 0
+
 
 # ---------------------------------------------------------------------------------------------- metric checks
 
 
 class NonFiniteMetrics:
-    """NaN or inf in any metric of a step (``None`` in metrics.jsonl). Fires again for keys newly non-finite."""
+    """NaN or inf in any metric of a step (``None`` in metrics.jsonl), except those that may be undefined
+    (:data:`MAY_BE_UNDEFINED_KEYS`). Fires again for keys newly non-finite."""
 
     name = "nonfinite"
+    action_key = "nonfinite_action"  # the HealthSettings field (and [monitor] key) of its action
 
     def __init__(self, settings: HealthSettings) -> None:
         self.action = settings.nonfinite_action
         self._bad: set[tuple[str, str]] = set()
 
+    def rearm(self) -> None:
+        self._bad.clear()
+
     def observe(self, step: int, split: str, metrics: Mapping[str, Any]) -> Alarm | None:
-        bad_now = {key for key, value in metrics.items()
-                   if value is None or (isinstance(value, float) and not is_finite_number(value))}
+        bad_now = {key for key, value in metrics.items() if key not in MAY_BE_UNDEFINED_KEYS
+                   and (value is None or (isinstance(value, float) and not is_finite_number(value)))}
         previously_bad = {key for seen_split, key in self._bad if seen_split == split}
         newly_bad = sorted(bad_now - previously_bad)
         self._bad = {(seen_split, key) for seen_split, key in self._bad if seen_split != split}
@@ -110,11 +122,15 @@ class KlCeiling:
     """KL from the reference policy above ``kl_max`` for ``kl_patience`` logged train steps in a row."""
 
     name = "kl_ceiling"
+    action_key = "kl_action"  # the HealthSettings field (and [monitor] key) of its action
 
     def __init__(self, settings: HealthSettings) -> None:
         self.ceiling = settings.kl_max
         self.action = settings.kl_action
         self._streak = Streak(settings.kl_patience)
+
+    def rearm(self) -> None:
+        self._streak.reset()
 
     def observe(self, step: int, split: str, metrics: Mapping[str, Any]) -> Alarm | None:
         found = first_present(metrics, KL_KEYS) if split == "train" else None
@@ -134,6 +150,7 @@ class EntropyCollapse:
     """Entropy below ``entropy_min_ratio`` x its early mean for ``entropy_patience`` logged train steps in a row."""
 
     name = "entropy_collapse"
+    action_key = "entropy_action"  # the HealthSettings field (and [monitor] key) of its action
 
     def __init__(self, settings: HealthSettings) -> None:
         self.ratio = settings.entropy_min_ratio
@@ -141,6 +158,9 @@ class EntropyCollapse:
         self.action = settings.entropy_action
         self._early: list[float] = []
         self._streak = Streak(settings.entropy_patience)
+
+    def rearm(self) -> None:
+        self._streak.reset()
 
     def observe(self, step: int, split: str, metrics: Mapping[str, Any]) -> Alarm | None:
         found = first_present(metrics, ENTROPY_KEYS) if split == "train" else None
@@ -164,6 +184,7 @@ class RewardDivergence:
     """Train reward rising while the held-out reward stays ``divergence_min_drop`` below its best."""
 
     name = "reward_divergence"
+    action_key = "divergence_action"  # the HealthSettings field (and [monitor] key) of its action
 
     def __init__(self, settings: HealthSettings) -> None:
         self.min_drop = settings.divergence_min_drop
@@ -172,6 +193,9 @@ class RewardDivergence:
         self._train_steps: list[int] = []
         self._train_rewards: list[float] = []
         self._best: tuple[int, float] | None = None  # (step, held-out reward)
+
+    def rearm(self) -> None:
+        self._streak.reset()
 
     def observe(self, step: int, split: str, metrics: Mapping[str, Any]) -> Alarm | None:
         found = first_present(metrics, REWARD_KEYS)
@@ -215,12 +239,16 @@ class LengthAtLimit:
     """Mean response length at ``length_limit_ratio`` x ``max_response_tokens`` for ``length_patience`` steps."""
 
     name = "length_at_limit"
+    action_key = "length_action"  # the HealthSettings field (and [monitor] key) of its action
 
     def __init__(self, settings: HealthSettings) -> None:
         self.limit = settings.max_response_tokens
         self.ratio = settings.length_limit_ratio
         self.action = settings.length_action
         self._streak = Streak(settings.length_patience)
+
+    def rearm(self) -> None:
+        self._streak.reset()
 
     def observe(self, step: int, split: str, metrics: Mapping[str, Any]) -> Alarm | None:
         found = first_present(metrics, RESPONSE_LENGTH_KEYS) if split == "train" and self.limit else None
@@ -241,11 +269,15 @@ class ExplainedVarianceStuck:
     """Explained variance <= 0 for ``explained_variance_patience`` logged train steps after the warm-up."""
 
     name = "explained_variance_stuck"
+    action_key = "explained_variance_action"  # the HealthSettings field (and [monitor] key) of its action
 
     def __init__(self, settings: HealthSettings) -> None:
         self.warmup_steps = settings.explained_variance_warmup_steps
         self.action = settings.explained_variance_action
         self._streak = Streak(settings.explained_variance_patience)
+
+    def rearm(self) -> None:
+        self._streak.reset()
 
     def observe(self, step: int, split: str, metrics: Mapping[str, Any]) -> Alarm | None:
         found = first_present(metrics, EXPLAINED_VARIANCE_KEYS) if split == "train" else None
@@ -264,10 +296,14 @@ class RewardModelLengthBias:
     """|Spearman(reward, length)| on validation pairs at or above ``length_bias_max``."""
 
     name = "rm_length_bias"
+    action_key = "length_bias_action"  # the HealthSettings field (and [monitor] key) of its action
 
     def __init__(self, settings: HealthSettings) -> None:
         self.threshold = settings.length_bias_max
         self.action = settings.length_bias_action
+        self._firing = False
+
+    def rearm(self) -> None:
         self._firing = False
 
     def observe(self, step: int, split: str, metrics: Mapping[str, Any]) -> Alarm | None:
@@ -300,12 +336,16 @@ class RepeatedNgrams:
     """At least ``ngram_response_share`` of a step's sampled responses repeat their own n-grams heavily."""
 
     name = "repeated_ngrams"
+    action_key = "ngram_action"  # the HealthSettings field (and [monitor] key) of its action
 
     def __init__(self, settings: HealthSettings) -> None:
         self.size = settings.ngram_size
         self.repeat_max = settings.ngram_repeat_max
         self.share_max = settings.ngram_response_share
         self.action = settings.ngram_action
+        self._firing = False
+
+    def rearm(self) -> None:
         self._firing = False
 
     def observe_samples(self, step: int, responses: Sequence[str]) -> Alarm | None:

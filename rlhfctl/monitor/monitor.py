@@ -34,6 +34,8 @@ from rlhfctl.monitor.settings import HealthSettings
 METRIC_CHECKS = (NonFiniteMetrics, KlCeiling, EntropyCollapse, RewardDivergence, LengthAtLimit,
                  ExplainedVarianceStuck, RewardModelLengthBias)
 SAMPLE_CHECKS = (RepeatedNgrams,)
+ACTION_KEYS: dict[str, str] = {check.name: check.action_key for check in (*METRIC_CHECKS, *SAMPLE_CHECKS)}
+"""Check name -> the settings field (and ``[monitor]`` key) of its action: ``{"kl_ceiling": "kl_action", ...}``."""
 NOT_METRICS = frozenset({"step", "epoch", "split", "time"})  # bookkeeping fields of a metrics.jsonl line
 
 
@@ -56,6 +58,23 @@ class HealthMonitor:
         """One step's sampled rows (``samples.jsonl``): the text under ``response`` (or ``completion``) is read."""
         responses = [text for row in rows if (text := response_text(row)) is not None]
         return self._keep(check.observe_samples(step, responses) for check in self._sample_checks)
+
+    def resume(self, metric_records: Iterable[Mapping[str, Any]], up_to_step: int) -> None:
+        """Continue a run restarted from the checkpoint of ``up_to_step``: feed it the run's earlier metric records
+        (``metrics.jsonl`` lines, in order) up to that step without raising alarms, then rearm every check.
+
+        Baselines come back (the early entropy, the best held-out reward, the train rewards since); streaks count
+        from zero again and a condition that still holds is reported again: a run stopped by an alarm and resumed
+        unchanged stops again after the check's patience, rather than going on silently.
+        """
+        for record in metric_records:
+            step = record.get("step")
+            if isinstance(step, int) and step <= up_to_step:
+                values = {key: value for key, value in record.items() if key not in NOT_METRICS}
+                for check in self._metric_checks:
+                    check.observe(step, str(record.get("split", "train")), values)
+        for check in (*self._metric_checks, *self._sample_checks):
+            check.rearm()
 
     @property
     def should_stop(self) -> bool:

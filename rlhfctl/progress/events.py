@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from rlhfctl.monitor.checks import Alarm
+
 Split = Literal["train", "validation"]
 
 
@@ -77,7 +79,15 @@ class Notice:
     time: float = field(default_factory=time.time)
 
 
-ProgressEvent = RunStarted | StepEvent | SampleEvent | CheckpointSaved | RunFinished | Notice
+@dataclass(frozen=True)
+class HealthAlarm:
+    """A health check fired on the workers (:mod:`rlhfctl.monitor`): shown, and recorded in ``events.jsonl``."""
+
+    alarm: Alarm
+    time: float = field(default_factory=time.time)
+
+
+ProgressEvent = RunStarted | StepEvent | SampleEvent | CheckpointSaved | RunFinished | Notice | HealthAlarm
 
 
 class ProgressSink(Protocol):

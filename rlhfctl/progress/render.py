@@ -17,6 +17,7 @@ from rich.text import Text
 
 from rlhfctl.progress.events import (
     CheckpointSaved,
+    HealthAlarm,
     Notice,
     NullSink,
     ProgressEvent,
@@ -47,6 +48,15 @@ def format_value(value: float) -> str:
     return f"{value:.3e}"
 
 
+def alarm_text(event: HealthAlarm) -> Text:
+    """One line for a health alarm: yellow for a warning, bold red for one that stops the run."""
+    alarm = event.alarm
+    if alarm.stops_run:
+        return Text(f"health check {alarm.check} stops the run at step {alarm.step}: {alarm.message}",
+                    style="bold red")
+    return Text(f"health warning {alarm.check} at step {alarm.step}: {alarm.message}", style="yellow")
+
+
 @dataclass
 class ProgressState:
     """What the display knows about the run, updated from events."""
@@ -66,6 +76,7 @@ class ProgressState:
     first_step_at: tuple[int, float] | None = None  # (step, time) of the first step seen in this attempt
     last_step_at: float | None = None
     finished: bool = False
+    alarms: int = 0  # health alarms so far
 
     def update(self, event: ProgressEvent, now: float) -> None:
         if isinstance(event, RunStarted):
@@ -89,6 +100,8 @@ class ProgressState:
             self.samples = list(event.rows)[-3:]
         elif isinstance(event, RunFinished):
             self.finished = True
+        elif isinstance(event, HealthAlarm):
+            self.alarms += 1
 
     def samples_per_second(self) -> float | None:
         if not self.first_step_at or self.last_step_at is None or self.step <= self.first_step_at[0]:
@@ -126,7 +139,8 @@ class _BaseSink:
 
 
 class PlainSink(_BaseSink):
-    """Without a terminal (CI, pipes): one plain line every ``interval_s`` seconds, plus validation results."""
+    """Without a terminal (CI, pipes): one plain line every ``interval_s`` seconds, plus validation results,
+    notices and health alarms (one line each)."""
 
     def __init__(self, console: Console | None = None, *, interval_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -139,6 +153,8 @@ class PlainSink(_BaseSink):
         self.state.update(event, now)
         if isinstance(event, Notice):
             self.console.print(f"note: {event.message}", highlight=False, markup=False)
+        elif isinstance(event, HealthAlarm):
+            self.console.print(alarm_text(event), highlight=False)
         elif isinstance(event, RunStarted):
             where = "resuming at" if event.start_step else "starting at"
             self.console.print(f"{event.stage}: {event.world_size} worker(s) running, {where} step "
@@ -157,7 +173,8 @@ class PlainSink(_BaseSink):
 
 
 class LiveSink(_BaseSink):
-    """On a terminal: one Rich live panel (stage, epoch, step/total bar, metrics, lr, samples/s, elapsed, ETA)."""
+    """On a terminal: one Rich live panel (stage, epoch, step/total bar, metrics, lr, samples/s, elapsed, ETA);
+    notices and health alarms are printed above it."""
 
     def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(console, clock)
@@ -186,6 +203,8 @@ class LiveSink(_BaseSink):
         footer.append(f"   elapsed {format_duration(self.elapsed())}   eta {format_duration(state.eta_seconds())}")
         if state.last_checkpoint_step is not None:
             footer.append(f"   checkpoint @ step {state.last_checkpoint_step}")
+        if state.alarms:
+            footer.append(f"   {state.alarms} health alarm(s)", style="yellow")
         parts = [header, table, footer]
         for row in state.samples:
             parts.append(Text(" | ".join(f"{key}: {str(value)[:60]!r}" for key, value in row.items()), style="dim"))
@@ -194,6 +213,8 @@ class LiveSink(_BaseSink):
     def handle(self, event: ProgressEvent) -> None:
         if isinstance(event, Notice):
             self._live.console.print(f"note: {event.message}", highlight=False, markup=False)
+        elif isinstance(event, HealthAlarm):
+            self._live.console.print(alarm_text(event), highlight=False)
         self.state.update(event, self.clock())
         self._live.update(self._render())
 

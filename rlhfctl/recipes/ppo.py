@@ -37,6 +37,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from rlhfctl.config.schema import PPOConfig
@@ -47,6 +48,7 @@ from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.memory import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "ppo"
@@ -214,6 +216,48 @@ def build_job(config: PPOConfig) -> TrainingJob[PPOConfig, PPOPayload]:
             "validation": ppo_plan.data.validation_source,
         },
         warnings=ppo_plan.warnings,
+        memory=partial(memory_workload, data=ppo_plan.data),
+    )
+
+
+def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
+    """The memory hook: four models (the reference runs on the policy's base when LoRA is on) and the phases of an
+    iteration — generation of ``experience_batch_size`` responses with the KV cache and their reward scores; the
+    no-grad rollout forwards in chunks of ``batch_size``; validation (the policy and reference log-probs of a whole
+    experience batch at once); the update micro-step, where the policy's log-probs (full-vocabulary logits over the
+    sequence) and the value model's forward keep their activations together for one backward."""
+    training, generation = config.training, config.generation
+    length, new_tokens = config.dataset.max_length, generation.max_new_tokens
+    prompt_length = length - new_tokens
+    experiences = training.experience_batch_size
+    micro = min(training.batch_size, experiences // training.num_mini_batches)
+    chunk = min(training.batch_size, experiences)
+    value_source = config.reward_source if training.value_model_init == "reward" else config.policy_source
+
+    def logprobs(role: str, rows: int, grad: bool) -> ForwardPass:
+        return ForwardPass(role, rows, length, grad=grad, loss="logprobs", response_length=new_tokens)
+
+    phases = [
+        Phase("generation", (Generation("policy", experiences, prompt_length, new_tokens),
+                             ForwardPass("reward_model", experiences, length, grad=False, loss="score",
+                                         reads_per_row=1)), together=False),
+        Phase("rollout forwards", (logprobs("policy", chunk, False), logprobs("reference", chunk, False),
+                                   ForwardPass("value_model", chunk, length, grad=False, loss="score")),
+              together=False),
+        Phase("update", (logprobs("policy", micro, True),
+                         ForwardPass("value_model", micro, length, grad=True, loss="score"))),
+    ]
+    if data.validation:
+        phases.append(Phase("validation", (logprobs("policy", experiences, False),
+                                           logprobs("reference", experiences, False)), together=False))
+    return StageWorkload(
+        models=(ModelUse("policy", config.policy_source, head="lm", trained=True),
+                ModelUse("reference", config.policy_source, head="lm", trained=False,
+                         lora_shares_base_with="policy"),
+                ModelUse("reward_model", config.reward_source, head="score", trained=False),
+                ModelUse("value_model", value_source, head="score", trained=True)),
+        phases=tuple(phases),
+        data_bytes=rows_bytes(data.train + data.validation, token_lists_per_row=0, max_length=length),
     )
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from rlhfctl.progress.events import ProgressSink
     from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
+    from rlhfctl.training.memory_plan import Probe
 
 ConfigT = TypeVar("ConfigT")
 
@@ -37,6 +38,14 @@ class RunOptions(TypedDict, total=False):
     progress: ProgressSink | None  # where progress events go (None: nowhere)
     config_path: str | None  # the config path and overrides as typed, for the printed --resume command
     fault_injection: dict[str, Any] | None  # tests only: a worker dies or raises after a given checkpoint
+    memory_check: bool  # refuse a run whose memory plan clearly exceeds a worker's memory (--no-memory-check: off)
+    memory_probe: Probe | None  # what memory a worker has (default: this machine; tests inject their own)
+
+
+class PlanOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Recipe.plan`."""
+
+    memory_probe: Probe | None  # what memory a worker has, for the plan's verdict (None: not checked)
 
 
 @dataclass(frozen=True)
@@ -45,17 +54,19 @@ class Recipe(Generic[ConfigT]):
 
     ``build_job(config)`` is the recipe's driver side: it validates the data (errors name file, line and key before
     any worker starts), sizes the run and returns a :class:`~rlhfctl.training.launch.TrainingJob` carrying the
-    recipe's frozen payload dataclass and its module-level worker loop. Planning, running and the headline are the
-    same for every stage, so they are written once, here.
+    recipe's frozen payload dataclass, its module-level worker loop and its memory hook (``TrainingJob.memory``: the
+    models a worker holds and the phases of a step, for the memory plan). Planning, running and the headline are
+    the same for every stage, so they are written once, here.
     """
 
     stage: str
     build_job: Callable[[ConfigT], TrainingJob[ConfigT, Any]]
     headline_template: str  # e.g. "held-out accuracy {validation_accuracy}": final metrics by name, 3 decimals
 
-    def plan(self, config: ConfigT) -> TrainingPlan:
-        """What a run would do (``--dry-run``): rows, steps, workers, where outputs go. Starts nothing."""
-        return self.build_job(config).plan()
+    def plan(self, config: ConfigT, **options: Unpack[PlanOptions]) -> TrainingPlan:
+        """What a run would do (``--dry-run``): rows, steps, workers, where outputs go, the memory plan. Starts
+        nothing."""
+        return self.build_job(config).plan(**options)
 
     def run(self, config: ConfigT, **options: Unpack[RunOptions]) -> RunSummary:
         """Log the job's warnings, then train, validate and export; returns the core's run summary."""

@@ -9,7 +9,8 @@ Recipe, top to bottom:
     worker:  train_loop -> tokenizer, model, tokenized pairs -> optimizer, scheduler -> restore
                            -> per epoch: length-bucketed batches, chosen+rejected in ONE forward (packed
                               behind their shared prompt where the model allows), pairwise loss
-                           -> validation every epoch -> checkpoint -> export with reward_stats.json
+                           -> validation every epoch (with the length-bias statistics the [monitor] checks read)
+                           -> checkpoint -> export with reward_stats.json
 Texts are ``format_prompt(prompt) + response + EOS``; a text longer than ``dataset.max_length`` loses tokens from
 the **left of the prompt**, so the response end, where the reward is read, is always kept.
 """
@@ -17,9 +18,10 @@ the **left of the prompt**, so the response end, where the reward is read, is al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from rlhfctl.config.schema import RMConfig
-from rlhfctl.data.loading import load_training_data
+from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import DataError
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
@@ -31,6 +33,7 @@ from rlhfctl.training.batching import (
 )
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.memory import ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "rm"
@@ -66,6 +69,25 @@ def build_job(config: RMConfig) -> TrainingJob[RMConfig, RMPayload]:
         train_rows=len(data.train), validation_rows=len(data.validation), steps_per_epoch=per_epoch,
         plan_notes={"validation": data.validation_source, "max length": f"{config.dataset.max_length} tokens",
                     "model": config.general.base_model, "unit": "preference pairs"},
+        memory=partial(memory_workload, data=data),
+    )
+
+
+def memory_workload(config: RMConfig, data: TrainingData) -> StageWorkload:
+    """The memory hook: one trained scalar-head model; a micro-step scores ``batch_size`` pairs (chosen and
+    rejected: twice as many sequences of up to ``max_length`` tokens), read at the last token; validation scores
+    as many without gradients."""
+    training, length = config.training, config.dataset.max_length
+    sequences = 2 * training.batch_size
+    return StageWorkload(
+        models=(ModelUse("reward_model", config.general.base_model, head="score", trained=True),),
+        phases=(
+            Phase("train step", (ForwardPass("reward_model", sequences, length, grad=True, loss="score",
+                                             reads_per_row=1),)),
+            Phase("validation", (ForwardPass("reward_model", sequences, length, grad=False, loss="score",
+                                             reads_per_row=1),)),
+        ),
+        data_bytes=rows_bytes(data.train + data.validation, token_lists_per_row=2, max_length=length),
     )
 
 
@@ -79,6 +101,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
         collate_for,
         collate_pairs,
         pair_cost_lengths,
+        response_lengths,
         score_pairs,
         tokenize_pairs,
     )
@@ -96,6 +119,9 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     disable_dropout(model)
     train_pairs = tokenize_pairs(payload.train_rows, tokenizer, config.dataset.max_length)
     validation_pairs = tokenize_pairs(payload.validation_rows, tokenizer, config.dataset.max_length)
+    evaluated_pairs = validation_pairs or train_pairs  # without held-out pairs, validation scores the training pairs
+    evaluated_lengths = response_lengths(payload.validation_rows or payload.train_rows, tokenizer,
+                                         config.dataset.max_length)
     lengths = pair_cost_lengths(train_pairs, packed=False)  # bucketing key: the longer sequence of a pair
 
     scorer = ctx.prepare_model(make_scorer(model))
@@ -146,14 +172,14 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
             window = []
             if ctx.checkpoint_due(state.step) and not last_of_epoch:
                 ctx.save(state, train_metrics)
-        validation_metrics = evaluate(ctx, scorer, validation_pairs or train_pairs, tokenizer.pad_token_id,
+        validation_metrics = evaluate(ctx, scorer, evaluated_pairs, evaluated_lengths, tokenizer.pad_token_id,
                                       training.batch_size)
         ctx.log(state.step, validation_metrics, epoch=epoch, split="validation")
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         ctx.save(state, validation_metrics)
 
     if validation_metrics is None:  # resumed a finished run: nothing left to train, still report and export
-        validation_metrics = evaluate(ctx, scorer, validation_pairs or train_pairs, tokenizer.pad_token_id,
+        validation_metrics = evaluate(ctx, scorer, evaluated_pairs, evaluated_lengths, tokenizer.pad_token_id,
                                       training.batch_size)
     reward_stats = {"mean": validation_metrics["reward_mean"], "std": validation_metrics["reward_std"],
                     "count": int(validation_metrics["pairs"] * 2),
@@ -174,15 +200,20 @@ def pair_weighted_mean(ctx, window: list[tuple[dict[str, float], int]]) -> dict[
     return {key: totals[key] / totals["pairs"] for key in keys}
 
 
-def evaluate(ctx, scorer, pairs: list, pad_token_id: int, batch_size: int) -> dict[str, float]:
+def evaluate(ctx, scorer, pairs: list, lengths: list[tuple[int, int]], pad_token_id: int,
+             batch_size: int) -> dict[str, float]:
     """Exact metrics over all ``pairs`` (``TokenizedPair``): each rank scores its own rows, then the sums are
-    all-reduced."""
-    from rlhfctl.models.preference import score_all
+    all-reduced; the length-bias statistics (``length_bias_spearman``, ``longer_wins_accuracy``) rank every
+    reward against its reply's length in ``lengths``, gathered from all ranks."""
+    from rlhfctl.models.preference import length_bias_metrics, score_all
     from rlhfctl.objectives.rm import metrics_from_sums, pair_sums
 
-    rewards = score_all(unwrap_model(scorer), pairs[ctx.rank::ctx.world_size], pad_token_id,
-                        batch_size, ctx.device)
-    return metrics_from_sums(ctx.all_reduce_sum(pair_sums(rewards)))
+    mine = slice(ctx.rank, None, ctx.world_size)
+    rewards = score_all(unwrap_model(scorer), pairs[mine], pad_token_id, batch_size, ctx.device)
+    metrics = metrics_from_sums(ctx.all_reduce_sum(pair_sums(rewards)))
+    scored = [item for share in ctx.all_gather(list(zip(rewards, lengths[mine]))) for item in share]
+    metrics.update(length_bias_metrics([reward for reward, _ in scored], [length for _, length in scored]))
+    return metrics
 
 
 RECIPE = Recipe(stage=STAGE, build_job=build_job, headline_template=HEADLINE)

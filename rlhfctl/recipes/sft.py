@@ -24,14 +24,16 @@ prompt), resume from the latest checkpoint (same final metrics as an uninterrupt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from rlhfctl.config.schema import SFTConfig
-from rlhfctl.data.loading import load_training_data
+from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import DataError
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.training import batching
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.memory import ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "sft"
@@ -82,6 +84,23 @@ def build_job(config: SFTConfig) -> TrainingJob[SFTConfig, SFTPayload]:
             "max length": f"{config.dataset.max_length} tokens (prompt cut from the left, response from the right)",
             "model": config.general.base_model,
         },
+        memory=partial(memory_workload, data=data),
+    )
+
+
+def memory_workload(config: SFTConfig, data: TrainingData) -> StageWorkload:
+    """The memory hook: one trained causal LM (with its own dropout); a micro-step of ``batch_size`` rows of up to
+    ``max_length`` tokens whose cross-entropy reads every position's full-vocabulary logits; validation forwards of
+    the same size without gradients."""
+    training, length = config.training, config.dataset.max_length
+    return StageWorkload(
+        models=(ModelUse("model", config.general.base_model, head="lm", trained=True),),
+        phases=(
+            Phase("train step", (ForwardPass("model", training.batch_size, length, grad=True, loss="token_nll"),)),
+            Phase("validation", (ForwardPass("model", training.batch_size, length, grad=False, loss="token_nll"),)),
+        ),
+        data_bytes=rows_bytes(data.train + data.validation, token_lists_per_row=2, max_length=length),
+        keeps_dropout=True,
     )
 
 

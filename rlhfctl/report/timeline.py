@@ -45,10 +45,19 @@ def run_alarms(run: RunData) -> list[FoundAlarm]:
 
 
 def health_settings(run: RunData) -> HealthSettings:
-    """Default thresholds, plus what the run's config says about them (the response length limit)."""
+    """The thresholds the run was configured with: its resolved config's ``[monitor]`` section (the defaults when
+    it has none, or one this version cannot read) and its response length limit (``generation.max_new_tokens``)."""
+    from pydantic import ValidationError
+
+    from rlhfctl.config.schema import MonitorConfig
+
     max_new_tokens = run.config.get("generation", {}).get("max_new_tokens")
-    return HealthSettings(max_response_tokens=max_new_tokens if isinstance(max_new_tokens, int)
-                          and max_new_tokens > 0 else None)
+    limit = max_new_tokens if isinstance(max_new_tokens, int) and max_new_tokens > 0 else None
+    try:
+        monitor = MonitorConfig.model_validate(run.config.get("monitor") or {})
+    except ValidationError:
+        monitor = MonitorConfig()
+    return monitor.health_settings(max_response_tokens=limit)
 
 
 def timeline(run: RunData, alarms: list[FoundAlarm] | None = None) -> list[TimelineEntry]:

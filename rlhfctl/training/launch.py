@@ -24,6 +24,7 @@ latest complete checkpoint; ``"auto"`` = only if one exists) or ``force`` (wipe 
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
 import threading
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal
 
 from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
+from rlhfctl.monitor import Alarm
 from rlhfctl.progress.events import Notice, NullSink, ProgressSink, RunFinished
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.runfiles import (
@@ -43,9 +45,14 @@ from rlhfctl.runfiles import (
     RESOLVED_CONFIG_FILE,
     SAMPLES_FILE,
     TENSORBOARD_DIR,
+    TRACKERS_FILE,
     run_dir_name,
 )
+from rlhfctl.training.health import HealthStopped, run_stoppable
+from rlhfctl.training.memory import StageWorkload
+from rlhfctl.training.memory_plan import MemoryPlan, Probe, WorkerMemoryCheck, check_memory, plan_memory, probe_for_job
 from rlhfctl.training.metrics import MetricsRecorder
+from rlhfctl.training.trackers import TrackerRun, open_trackers, trackers_to_open
 from rlhfctl.training.worker import ConfigT, CoreSettings, LoopConfig, PayloadT
 
 POLL_INTERVAL_S = 0.25
@@ -66,6 +73,9 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
     steps_per_epoch: int | None = None
     plan_notes: dict[str, str] = field(default_factory=dict)  # stage-specific lines for the plan ("max length": ..)
     warnings: tuple[str, ...] = ()  # shown as the plan's last lines and logged when the run starts
+    # The recipe's memory hook: the stage's workload (models, phases) for a config like this one, with this job's
+    # data; the memory plan (--dry-run) and the pre-flight check estimate from it (training/memory_plan.py).
+    memory: Callable[[ConfigT], StageWorkload] | None = None
 
     def loop_config(self, core: CoreSettings) -> LoopConfig:
         """What ``train_loop`` receives on every worker (unpacked there by ``setup_worker``)."""
@@ -93,7 +103,7 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
         single = self.config.training.num_training_workers == 1 and self.config.general.ray_address is None
         return "local" if single else "ray"
 
-    def plan(self) -> "TrainingPlan":
+    def plan(self, memory_probe: Probe | None = probe_for_job) -> "TrainingPlan":
         training = self.config.training
         return TrainingPlan(
             stage=self.stage, mode=self.mode, workers=training.num_training_workers,
@@ -103,6 +113,7 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
             samples_per_step=self.samples_per_step, output_dir=self.output_dir, run_dir=self.run_dir,
             checkpoint_dir=self.checkpoint_dir,
             notes={**self.plan_notes, **{f"warning {number}": text for number, text in enumerate(self.warnings, 1)}},
+            memory=plan_memory(self, memory_probe),
         )
 
 
@@ -125,6 +136,22 @@ class TrainingPlan:
     run_dir: Path
     checkpoint_dir: Path
     notes: dict[str, str]
+    memory: MemoryPlan | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as one JSON-ready object (``--dry-run --json``)."""
+        data: dict[str, Any] = {
+            "stage": self.stage, "mode": self.mode, "workers": self.workers,
+            "resources_per_worker": dict(self.resources_per_worker), "ray_address": self.ray_address,
+            "train_rows": self.train_rows, "validation_rows": self.validation_rows, "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "samples_per_step": self.samples_per_step, "output_dir": str(self.output_dir),
+            "run_dir": str(self.run_dir), "checkpoint_dir": str(self.checkpoint_dir),
+            "notes": {name: text for name, text in self.notes.items() if not name.startswith("warning ")},
+            "warnings": [text for name, text in self.notes.items() if name.startswith("warning ")],
+        }
+        data["memory"] = self.memory.to_dict() if self.memory is not None else None
+        return data
 
 
 @dataclass(frozen=True)
@@ -139,6 +166,7 @@ class RunSummary:
     checkpoint_dir: Path
     wall_time_s: float
     resumed_from_step: int | None = None
+    alarms: tuple[Alarm, ...] = ()  # health warnings raised during the run (a stop alarm raises instead)
 
 
 # ----------------------------------------------------------------------------------------------- run directory
@@ -152,23 +180,13 @@ def has_previous_run(job: TrainingJob) -> bool:
 def changed_config_keys(previous_path: Path, config: Any) -> list[str]:
     """Dotted keys whose value differs between the earlier run's resolved config and ``config``."""
     from rlhfctl.config.loader import tomllib
-    from rlhfctl.config.render import config_to_dict
+    from rlhfctl.config.render import config_to_dict, dotted_values
 
     try:
         previous = tomllib.loads(previous_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-
-    def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            if isinstance(value, dict) and key != "resources_per_worker":
-                flat.update(flatten(value, f"{prefix}{key}."))
-            else:
-                flat[f"{prefix}{key}"] = value
-        return flat
-
-    before, after = flatten(previous), flatten(config_to_dict(config))
+    before, after = dotted_values(previous), dotted_values(config_to_dict(config))
     return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
 
 
@@ -209,9 +227,7 @@ def prepare_run_directory(job: TrainingJob, *, resume: bool | str, force: bool) 
                             hint="Pass --resume to continue it, or --force to delete it and start over.")
     if force:
         shutil.rmtree(job.run_dir, ignore_errors=True)
-        for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE):
-            (output_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(output_dir / TENSORBOARD_DIR, ignore_errors=True)
+        _remove_run_logs(output_dir)
     elif job.checkpoint_dir.exists() and any(job.checkpoint_dir.iterdir()):
         raise UserError(f"general.checkpoint_dir already exists and is not empty: {job.checkpoint_dir}",
                         hint="Choose another checkpoint_dir, or pass --force to replace it at the end of the run.")
@@ -259,41 +275,64 @@ def run_training(
     progress: ProgressSink | None = None,
     config_path: str | None = None,
     fault_injection: dict[str, Any] | None = None,
+    memory_check: bool = True,
+    memory_probe: Probe | None = probe_for_job,
 ) -> RunSummary:
     """Run ``job`` to the end and return its summary (see the module docstring for modes and resume rules).
 
     ``config_path`` only improves the ``--resume`` command printed after a failure. ``fault_injection`` is for
     tests: ``{"after_step": N, "marker": path, "action": "kill" | "raise"}`` makes the last worker die (or raise)
-    once, right after the checkpoint of step N.
+    once, right after the checkpoint of step N. ``memory_check`` refuses (UserError) a run whose memory plan
+    clearly exceeds what a worker has (``memory_probe`` says what this machine offers; where it cannot know, each
+    worker checks its own device).
     """
-    from rlhfctl.config.render import write_resolved_config
+    from rlhfctl.config.render import config_to_dict, write_resolved_config
     from rlhfctl.training.ray_cluster import ResourceRequest, check_fits_this_machine
 
     started = time.time()
     sink = progress or NullSink()
     output_dir_existed = job.output_dir.exists()
+    general = job.config.general
+    tracker_names = trackers_to_open(general.report_to, explicit="report_to" in general.model_fields_set)
     if job.mode == "local":
         check_fits_this_machine(ResourceRequest(job.config.training.num_training_workers,
                                                 dict(job.config.training.resources_per_worker)))
+    memory_plan = check_memory(job, memory_probe) if memory_check else None
     resume_from = prepare_run_directory(job, resume=resume, force=force)
     resumed_from_step = ckpt.read_step(resume_from) if resume_from else None  # read now: the run may prune it
     resuming = bool(resume) and has_previous_run(job)
     changed = changed_config_keys(job.output_dir / RESOLVED_CONFIG_FILE, job.config) if resuming else []
     write_resolved_config(job.config, job.output_dir)
-    recorder = MetricsRecorder(job.output_dir, sink, keep_existing=resuming)
+    try:
+        trackers = open_trackers(tracker_names, TrackerRun(job.output_dir, job.stage, config_to_dict(job.config),
+                                                           resuming=resuming))
+    except UserError:
+        if not resuming:
+            _discard_fresh_run(job, remove_output_dir=not output_dir_existed)
+        raise
+    recorder = MetricsRecorder(job.output_dir, sink, keep_existing=resuming, trackers=trackers)
     if changed:  # through the recorder: the notice lands in events.jsonl too
         recorder.handle(Notice(f"the config changed since the run being resumed ({', '.join(changed)}); "
                                "the new values are used from here on"))
+    if memory_plan is not None and memory_plan.verdict == "tight":
+        recorder.handle(Notice(memory_plan.tight_notice()))
+    for tracker in trackers:
+        if getattr(tracker, "where", None):
+            recorder.handle(Notice(f"metrics also go to the {tracker.where}"))
     core = CoreSettings(
         stage=job.stage, mode=job.mode, run_dir=str(job.run_dir), checkpoint_dir=str(job.checkpoint_dir),
         total_steps=job.total_steps, samples_per_step=job.samples_per_step,
         resume_from=str(resume_from) if resume_from else None, fault_injection=dict(fault_injection or {}),
+        memory_check=WorkerMemoryCheck.for_workers(job.stage, memory_plan),
+        health_history=list(recorder.history) if resuming else [],
     )
     try:
         if job.mode == "local":
             final_metrics = _run_local(job, core, recorder, config_path)
         else:
             final_metrics = _run_on_ray(job, core, recorder, config_path)
+        if isinstance(final_metrics, HealthStopped):
+            raise _health_stop_message(job, final_metrics, config_path)
     except UserError:  # bad input found by the workers (model, tokenizer): leave no half-started run behind
         recorder.close()
         if not resuming and not has_previous_run(job):
@@ -309,7 +348,7 @@ def run_training(
     return RunSummary(
         stage=job.stage, final_metrics=final_metrics, history=list(recorder.history), steps=recorder.last_step,
         output_dir=job.output_dir, checkpoint_dir=job.checkpoint_dir, wall_time_s=time.time() - started,
-        resumed_from_step=resumed_from_step,
+        resumed_from_step=resumed_from_step, alarms=tuple(recorder.alarms),
     )
 
 
@@ -319,20 +358,45 @@ def _discard_fresh_run(job: TrainingJob, *, remove_output_dir: bool) -> None:
         shutil.rmtree(job.output_dir, ignore_errors=True)
         return
     shutil.rmtree(job.run_dir, ignore_errors=True)
-    shutil.rmtree(job.output_dir / TENSORBOARD_DIR, ignore_errors=True)
-    for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE, RESOLVED_CONFIG_FILE):
-        (job.output_dir / name).unlink(missing_ok=True)
+    _remove_run_logs(job.output_dir)
+    (job.output_dir / RESOLVED_CONFIG_FILE).unlink(missing_ok=True)
 
 
-def _failure_message(job: TrainingJob, what: str, config_path: str | None) -> RuntimeFailure:
+def _remove_run_logs(output_dir: Path) -> None:
+    """The logs of the run in ``output_dir``, so a new run starts a new timeline and new tracker runs. The local W&B
+    and MLflow stores stay: they hold each run separately (TensorBoard's folder would mix two runs' curves)."""
+    for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE, TRACKERS_FILE):
+        (output_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(output_dir / TENSORBOARD_DIR, ignore_errors=True)
+
+
+def _failure_message(job: TrainingJob, what: str, config_path: str | None, *,
+                     outcome: str = "failed") -> RuntimeFailure:
     latest = ckpt.latest_checkpoint(job.run_dir)
     where = (f"The latest complete checkpoint is {latest} (step {ckpt.read_step(latest)})." if latest
              else "No checkpoint was written yet.")
-    return RuntimeFailure(f"{job.stage} training failed: {what}\n{where}",
+    return RuntimeFailure(f"{job.stage} training {outcome}: {what}\n{where}",
                           hint=f"Continue with: {resume_command(job, config_path)}")
 
 
-def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:
+def _health_stop_message(job: TrainingJob, stopped: HealthStopped, config_path: str | None) -> RuntimeFailure:
+    """A run stopped by a health alarm: the reason, the checkpoint it kept, how to continue (exit 1)."""
+    alarm = stopped.alarm
+    return _failure_message(
+        job, f"{alarm.message}. Fix the cause, or make the check only warn (monitor.{_action_key(alarm.check)} = "
+             "\"warn\"), then continue from the checkpoint", config_path,
+        outcome=f"stopped by the {alarm.check} health check at step {alarm.step}")
+
+
+def _action_key(check: str) -> str:
+    """The ``[monitor]`` key that sets a check's action (``kl_ceiling`` -> ``kl_action``)."""
+    from rlhfctl.monitor.monitor import ACTION_KEYS
+
+    return ACTION_KEYS.get(check, "<check>_action")
+
+
+def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
+               config_path: str | None) -> dict | HealthStopped:
     from rlhfctl.training.progress_actor import LocalChannel
 
     import torch  # the loop imports it anyway; here to give the process its thread count back afterwards
@@ -343,7 +407,7 @@ def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, 
     poller = _Poller(channel.drain, recorder)
     poller.start()
     try:
-        return job.train_loop(job.loop_config(core))
+        return run_stoppable(job.train_loop, job.loop_config(core))
     except RlhfctlError:
         raise
     except KeyboardInterrupt:
@@ -356,7 +420,8 @@ def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, 
         torch.set_num_threads(threads_before)
 
 
-def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder, config_path: str | None) -> dict:
+def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
+                config_path: str | None) -> dict | HealthStopped:
     from rlhfctl.training.ray_cluster import ResourceRequest, check_fits, ray_session, worker_start_retries
 
     training = job.config.training
@@ -376,7 +441,7 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
         poller.start()
         per_worker = {name: amount for name, amount in request.per_worker.items() if name != "GPU"}
         trainer = LeanTrainer(  # = TorchTrainer without torch in this process or the controller, fewer helper actors
-            job.train_loop,
+            functools.partial(run_stoppable, job.train_loop),
             owns_cluster=owns_cluster,
             train_loop_config=job.loop_config(core),
             backend_config=TorchBackendConfig(backend="nccl" if training.use_gpu else "gloo"),

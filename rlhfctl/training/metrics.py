@@ -1,4 +1,5 @@
-"""Driver side: turns progress events into ``metrics.jsonl``, ``samples.jsonl``, TensorBoard and the live display.
+"""Driver side: turns progress events into ``metrics.jsonl``, ``samples.jsonl``, ``events.jsonl``, the trackers
+(TensorBoard, W&B, MLflow: :mod:`rlhfctl.training.trackers`) and the live display.
 
 ``metrics.jsonl`` holds one JSON object per line: ``step``, ``epoch``, ``split``, ``time`` (when rank 0 logged
 the step: Unix seconds on the worker's clock, so step durations can be read from the file) and the metric values. When a
@@ -10,21 +11,24 @@ before the replayed steps are appended, so the file always describes one consist
 resumed or restarted from a checkpoint --, ``total_steps``, ``samples_per_step``), ``checkpoint`` (``step``,
 ``path``), ``notice`` (``message``), ``finish`` (``step``, ``final_metrics``), ``failure`` (``step``: the last
 logged train step, ``message``) and ``health`` (an alarm of :mod:`rlhfctl.monitor`: ``check``, ``action``,
-``step``, ``split``, ``value``, ``threshold``, ``message``).
+``step``, ``split``, ``value``, ``threshold``, ``message``), recorded once per check and step (a restarted worker
+group that raises it again is not recorded twice).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from rlhfctl.fileio import atomic_write_text
+from rlhfctl.monitor import Alarm
 from rlhfctl.progress.events import (
     CheckpointSaved,
+    HealthAlarm,
     Notice,
     ProgressEvent,
     ProgressSink,
@@ -33,7 +37,8 @@ from rlhfctl.progress.events import (
     SampleEvent,
     StepEvent,
 )
-from rlhfctl.runfiles import EVENTS_FILE, METRICS_FILE, SAMPLES_FILE, TENSORBOARD_DIR
+from rlhfctl.runfiles import EVENTS_FILE, METRICS_FILE, SAMPLES_FILE
+from rlhfctl.training.trackers import Tracker
 
 
 def _json_line(record: dict[str, Any]) -> str:
@@ -55,31 +60,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _summary_writer_class():
-    """``tensorboardX.SummaryWriter`` (``None`` when the ``tensorboard`` extra is not installed).
-
-    tensorboardX imports torch, when it is installed, only to accept torch tensors as values; the driver of a Ray
-    run logs plain floats and otherwise never imports torch (~140 MB of memory), so the import is blocked while
-    tensorboardX loads if torch is not loaded yet (a ``None`` entry in ``sys.modules`` makes ``import torch``
-    raise ImportError, which tensorboardX handles).
-    """
-    blocked = "torch" not in sys.modules
-    if blocked:
-        sys.modules["torch"] = None  # type: ignore[assignment]
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        return None
-    finally:
-        if blocked and sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
-    return SummaryWriter
-
-
 class MetricsRecorder:
-    """Receives every event on the driver, keeps the history, writes the files, forwards to the sink."""
+    """Receives every event on the driver, keeps the history, writes the files, feeds the trackers, forwards to the
+    sink. ``trackers`` are already open (:func:`rlhfctl.training.trackers.open_trackers`); it closes them."""
 
-    def __init__(self, output_dir: Path, sink: ProgressSink, *, keep_existing: bool) -> None:
+    def __init__(self, output_dir: Path, sink: ProgressSink, *, keep_existing: bool,
+                 trackers: Sequence[Tracker] = ()) -> None:
         self.output_dir = Path(output_dir)
         self.sink = sink
         self.metrics_path = self.output_dir / METRICS_FILE
@@ -91,15 +77,14 @@ class MetricsRecorder:
         self._rewrite()
         if not keep_existing:
             atomic_write_text(self.events_path, "")
+        self._alarms_recorded = {(record.get("check"), record.get("step")) for record in read_jsonl(self.events_path)
+                                 if record.get("kind") == "health"}
         self._metrics_file: TextIO = open(self.metrics_path, "a", encoding="utf-8")
         self._samples_file: TextIO = open(self.samples_path, "a", encoding="utf-8")
-        self._tensorboard = self._open_tensorboard()
-
-    def _open_tensorboard(self):
-        SummaryWriter = _summary_writer_class()
-        if SummaryWriter is None:
-            return None
-        return SummaryWriter(str(self.output_dir / TENSORBOARD_DIR), flush_secs=10)
+        self.trackers = list(trackers)
+        self.alarms: list[Alarm] = []  # the health alarms of this run (this process; earlier ones are in events.jsonl)
+        self._failed = False
+        self._closed = False
 
     def _rewrite(self) -> None:
         atomic_write_text(self.metrics_path, "".join(_json_line(row) + "\n" for row in self.history))
@@ -119,6 +104,14 @@ class MetricsRecorder:
             self.record_event({"kind": "finish", "step": event.steps, "final_metrics": {
                 key: value if math.isfinite(value) else None for key, value in event.final_metrics.items()}},
                               at=event.time)
+        elif isinstance(event, HealthAlarm):
+            key = (event.alarm.check, event.alarm.step)
+            if key in self._alarms_recorded:  # raised again by a worker group restarted from a checkpoint
+                return
+            self._alarms_recorded.add(key)
+            self.alarms.append(event.alarm)
+            self.record_event(event.alarm.to_record(), at=event.time)
+            self._to_trackers("log_alarm", event.alarm)
         elif isinstance(event, StepEvent):
             record = event.to_record()
             self.history.append(record)
@@ -126,10 +119,7 @@ class MetricsRecorder:
             self._metrics_file.flush()
             if event.split == "train":
                 self.last_step = max(self.last_step, event.step)
-            if self._tensorboard is not None:
-                for name, value in event.metrics.items():
-                    if math.isfinite(value):
-                        self._tensorboard.add_scalar(f"{event.split}/{name}", value, event.step)
+            self._to_trackers("log_metrics", event.step, event.split, event.metrics)
         elif isinstance(event, SampleEvent):
             for row in event.rows:
                 record = {"step": event.step, **row}
@@ -144,7 +134,24 @@ class MetricsRecorder:
             events_file.write(_json_line({"time": round(time.time() if at is None else at, 4), **record}) + "\n")
 
     def record_failure(self, message: str) -> None:
+        self._failed = True
         self.record_event({"kind": "failure", "step": self.last_step, "message": message})
+
+    def _to_trackers(self, method: str, *args: Any) -> None:
+        """Call ``method`` on every open tracker; one that raises is closed and left out, with a notice."""
+        if self._closed:
+            return
+        for tracker in list(self.trackers):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as exc:
+                self.trackers.remove(tracker)
+                self.handle(Notice(f"the {tracker.name} tracker failed ({type(exc).__name__}: {exc}); it gets "
+                                   "nothing more from this run (metrics.jsonl is complete)"))
+                try:
+                    tracker.close(failed=True)
+                except Exception:  # already broken: nothing more to do with it
+                    pass
 
     def _restart_at(self, start_step: int) -> None:
         """Forget what was logged after ``start_step`` (it will be replayed from the checkpoint)."""
@@ -160,7 +167,14 @@ class MetricsRecorder:
         self.last_step = max((int(r["step"]) for r in self.history if r.get("split") == "train"), default=start_step)
 
     def close(self) -> None:
+        """Close the files and finish the trackers (as failed after :meth:`record_failure`); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         self._metrics_file.close()
         self._samples_file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        for tracker in self.trackers:
+            try:
+                tracker.close(failed=self._failed)
+            except Exception as exc:
+                self.sink.handle(Notice(f"the {tracker.name} tracker failed to close: {type(exc).__name__}: {exc}"))

@@ -17,9 +17,11 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 ```
 
 ``ctx.config`` is the stage's validated config and ``ctx.payload`` the recipe's frozen payload dataclass, both as
-the driver built them. The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"``
-(Ray Train workers: checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and
-``"local"`` (one worker in the driver process, no Ray: checkpoints written atomically into the run directory).
+the driver built them. ``ctx.log`` also runs the ``[monitor]`` health checks (:mod:`rlhfctl.training.health`):
+every rank calls it at the same points, and a "stop" alarm is honoured at the next ``checkpoint_due``/``save``.
+The same loop runs in two modes chosen by the driver (``CoreSettings.mode``): ``"ray"`` (Ray Train workers:
+checkpoints reported with ``ray.train.report``, restored with ``ray.train.get_checkpoint``) and ``"local"`` (one
+worker in the driver process, no Ray: checkpoints written atomically into the run directory).
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
-from rlhfctl.progress.events import CheckpointSaved, RunStarted, SampleEvent, StepEvent
+from rlhfctl.progress.events import CheckpointSaved, HealthAlarm, RunStarted, SampleEvent, StepEvent
 from rlhfctl.runfiles import CHECKPOINT_PREFIX
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training.batching import shard_indices
 from rlhfctl.training.checkpoint import TrainState
+from rlhfctl.training.health import HealthStop, WorkerHealth, settings_for
 from rlhfctl.training.progress_actor import ProgressSender
 
 ConfigT = TypeVar("ConfigT")  # the stage's config (SFTConfig, RMConfig, PPOConfig, ...): has .general and .training
@@ -62,6 +65,8 @@ class CoreSettings:
     progress_actor: Any = None
     local_channel_id: str | None = None
     fault_injection: dict[str, Any] = field(default_factory=dict)  # tests only: {"after_step", "marker", "action"}
+    memory_check: Any = None  # a memory_plan.WorkerMemoryCheck when the driver could not check this worker's device
+    health_history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl records of a resumed run
 
 
 class LoopConfig(TypedDict):
@@ -87,6 +92,7 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
     _sender: ProgressSender
     _grad_scaler: Any = None
     _micro_steps: int = 0
+    _health: WorkerHealth | None = None  # the health checks (training/health.py), set by setup_worker
 
     # ------------------------------------------------------------------------------------------- basics
 
@@ -196,6 +202,16 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         """Sum float metrics over all workers (e.g. counts and sums for exact validation means)."""
         return self._all_reduce(metrics, average=False)
 
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank (``[value]`` on one)."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def _all_reduce(self, metrics: dict[str, float], *, average: bool) -> dict[str, float]:
         if not self.distributed:
             return {key: float(value) for key, value in metrics.items()}
@@ -212,15 +228,22 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
     # ------------------------------------------------------------------------------------------- progress
 
     def log(self, step: int, metrics: dict[str, float], *, epoch: int, split: str = "train") -> None:
-        """Send one step's (already reduced) metrics to the driver: live display, metrics.jsonl, TensorBoard."""
+        """Send one step's (already reduced) metrics to the driver: live display, metrics.jsonl, trackers; then run
+        the health checks on them. Every rank calls it at the same points (the ranks agree here whether a health
+        alarm stops the run: see :mod:`rlhfctl.training.health`)."""
+        clean = {key: float(value) for key, value in metrics.items()}
         if self.is_main:
-            clean = {key: float(value) for key, value in metrics.items()}
             self._sender.send(StepEvent(step=step, epoch=epoch, split=split, metrics=clean))  # type: ignore[arg-type]
+        if self._health is not None:
+            self._health.observe(step, split, clean)
 
     def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
-        """Send a few example rows to the driver (``output_dir/samples.jsonl``)."""
+        """Send a few example rows to the driver (``output_dir/samples.jsonl``); rank 0 checks them too."""
         if self.is_main:
             self._sender.send(SampleEvent(step=step, rows=list(rows)))
+            if self._health is not None:
+                self._health.observe_samples(step, rows)
+
 
     def announce_start(self, start_step: int) -> None:
         """Tell the driver the loop is running from ``start_step`` (called by :meth:`restore`)."""
@@ -228,13 +251,17 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             self._sender.send(RunStarted(stage=self.core.stage, total_steps=self.core.total_steps,
                                          start_step=start_step, world_size=self.world_size,
                                          samples_per_step=self.core.samples_per_step))
+        if self._health is not None:
+            self._health.resume(self.core.health_history, start_step)
 
     # ------------------------------------------------------------------------------------------- checkpoints
 
     def checkpoint_due(self, step: int) -> bool:
-        """True when ``training.save_every_steps`` asks for a checkpoint at ``step`` (epoch ends are separate)."""
+        """True when ``training.save_every_steps`` asks for a checkpoint at ``step`` (epoch ends are separate), or
+        when a health alarm stops the run (the checkpoint it keeps; :meth:`save` then stops the loop)."""
         every = self.training.save_every_steps
-        return every > 0 and step % every == 0
+        stopping = self._health is not None and self._health.stop_pending is not None
+        return (every > 0 and step % every == 0) or stopping
 
     def restore(self, state: TrainState | None = None) -> TrainState | None:
         """Load the latest checkpoint (after a worker restart, or the one the driver found for ``--resume``).
@@ -271,7 +298,10 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             yield max(candidates, key=lambda item: item[0])[1] if candidates else None
 
     def save(self, state: TrainState, metrics: dict[str, float] | None = None) -> None:
-        """Checkpoint ``state``. Every rank must call it (RNG states are gathered; on Ray it is a barrier)."""
+        """Checkpoint ``state``. Every rank must call it (RNG states are gathered; on Ray it is a barrier).
+
+        Raises :class:`HealthStop` on every rank after saving when a health alarm stops the run.
+        """
         rng_states = self._gather_rng_states()
         name = ckpt.checkpoint_name(state.step)
         metrics = {key: float(value) for key, value in (metrics or {}).items()}
@@ -297,16 +327,11 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         if self.is_main:
             self._sender.send(CheckpointSaved(step=state.step, path=str(Path(self.core.run_dir) / name)))
         self._maybe_inject_fault(state.step)
+        if self._health is not None and self._health.stop_pending is not None:
+            raise HealthStop(self._health.stop_pending, checkpoint_step=state.step)
 
     def _gather_rng_states(self) -> list[dict[str, Any]]:
-        own = ckpt.capture_rng_state()
-        if not self.distributed:
-            return [own]
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, own)
-        return gathered
+        return self.all_gather(ckpt.capture_rng_state())
 
     def _prune_local_checkpoints(self, run_dir: Path) -> None:
         complete = sorted(
@@ -351,7 +376,7 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
     core, config, payload = loop_config["core"], loop_config["config"], loop_config["payload"]
     training = config.training
 
-    rank, world_size = 0, 1
+    rank, world_size, local_workers = 0, 1, 1
     device = torch.device("cuda" if training.use_gpu and torch.cuda.is_available() else "cpu")
     if core.mode == "ray":
         import ray.train
@@ -359,7 +384,12 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
 
         context = ray.train.get_context()
         rank, world_size = context.get_world_rank(), context.get_world_size()
+        local_workers = context.get_local_world_size()
         device = ray.train.torch.get_device()
+    if core.memory_check is not None:  # before any model is loaded: refuse what clearly cannot fit (exit 2)
+        from rlhfctl.training.memory_probe import probe_worker_device
+
+        core.memory_check.check(probe_worker_device(device, local_workers, training.gpus_per_worker))
 
     cpu_share = max(1, int(math.floor(training.cpus_per_worker)) or 1)
     torch.set_num_threads(cpu_share)
@@ -375,8 +405,11 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
     if training.mixed_precision == "fp16" and device.type == "cuda":
         grad_scaler = torch.amp.GradScaler("cuda")
     sender = ProgressSender(actor=core.progress_actor, local_channel_id=core.local_channel_id, enabled=rank == 0)
-    return WorkerContext(rank=rank, world_size=world_size, device=device, config=config, payload=payload,
-                         core=core, _sender=sender, _grad_scaler=grad_scaler)
+    ctx = WorkerContext(rank=rank, world_size=world_size, device=device, config=config, payload=payload,
+                        core=core, _sender=sender, _grad_scaler=grad_scaler)
+    ctx._health = WorkerHealth(settings_for(config), rank=rank, send=lambda alarm: sender.send(HealthAlarm(alarm)),
+                               agree=ctx.all_reduce_sum)
+    return ctx
 
 
 # ----------------------------------------------------------------------------------------------- optimizer

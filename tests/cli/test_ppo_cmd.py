@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,32 @@ def test_sample_reports_a_bad_prompt_line(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["ppo", "sample", str(tiny_model_dir), str(prompts)])
     assert result.exit_code == 2
     assert "prompts.jsonl:2" in result.output
+
+
+def test_a_runaway_kl_stops_the_run_keeping_its_checkpoint_and_printing_the_resume_command(tmp_path,
+                                                                                          tiny_model_dir):
+    """kl_coeff = 0 and a high learning rate: nothing holds the policy near the reference, the KL ceiling alarm
+    (action "stop", the default) stops the run cleanly; exit 1, the reason, the checkpoint and how to resume."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join((DATA / "ppo.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:120]),
+                       encoding="utf-8")
+    config = write_config(tmp_path, tiny_model_dir, prompts)
+    overrides = ["training.kl_coeff=0", "training.learning_rate=1e-2", "training.experience_batch_size=8",
+                 "training.batch_size=8", "training.ppo_epochs=2", "training.sample_every_steps=0",
+                 "generation.max_new_tokens=16", "monitor.kl_max=8", "monitor.kl_patience=2", "general.report_to=[]"]
+    result = runner.invoke(app, ["ppo", "train", str(config), *overrides, "--quiet"])
+    assert result.exit_code == 1, result.output
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    (alarm,) = [event for event in events if event["kind"] == "health" and event["action"] == "stop"]
+    step = alarm["step"]
+    assert (alarm["check"], alarm["split"]) == ("kl_ceiling", "train")
+    assert alarm["value"] > 8 and events[-1]["kind"] == "failure" and events[-1]["step"] == step
+    output = " ".join(result.output.split())
+    assert f"ppo training stopped by the kl_ceiling health check at step {step}: KL from the reference policy " \
+           "(kl_k1)" in output
+    assert f"checkpoint_{step:08d} (step {step})" in output
+    assert f"rlhfctl ppo train {shlex.join([str(config), *overrides])} --resume" in output
+    assert (tmp_path / "run" / "ppo_run" / f"checkpoint_{step:08d}").is_dir() and not (tmp_path / "export").exists()
+    kl = [row["kl_k1"] for row in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+          if row["split"] == "train"]
+    assert len(kl) == step and kl[-2] > 8 and kl[-1] > 8  # two logged steps in a row above the ceiling

@@ -31,6 +31,8 @@ def trained_rm(tmp_path_factory, tiny_model_dir) -> Path:
     assert result.exit_code == 0, result.output
     assert "rm training finished: 58 steps" in result.output
     assert "validation_accuracy" in result.output and str(tmp_path / "model") in result.output
+    # the example's chosen replies are all the longer ones: the length-bias warning, in the summary even with --quiet
+    assert "health warning rm_length_bias at step" in result.output
     return tmp_path
 
 
@@ -97,6 +99,8 @@ def test_eval_json_reports_accuracy(trained_rm):
     metrics = json.loads(result.output)
     assert metrics["accuracy"] >= 0.9 and metrics["pairs"] == 500
     assert {"margin", "reward_mean", "reward_std", "chosen_reward_mean", "rejected_reward_mean"} <= set(metrics)
+    # the example's chosen replies are all longer than the rejected ones: length alone ranks every pair right
+    assert metrics["longer_wins_accuracy"] == 1.0 and -1.0 <= metrics["length_bias_spearman"] <= 1.0
 
 
 def test_score_text_and_file(trained_rm, tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from rlhfctl.cli.app import app
@@ -83,3 +84,77 @@ def test_one_worker_run_writes_summary_metrics_and_export_then_refuses_to_clobbe
     again = runner.invoke(app, args)
     assert again.exit_code == 2
     assert "--force" in again.output
+
+
+# ----------------------------------------------------------------------------------------------- the memory plan
+
+
+def shape_only_model(folder: Path, **shape) -> Path:
+    """A model folder holding only config.json (the memory plan never loads weights)."""
+    folder.mkdir(parents=True)
+    config = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 512, "num_hidden_layers": 8,
+              "num_attention_heads": 8, "intermediate_size": 1536, **shape}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def test_dry_run_json_is_one_object_with_the_memory_plan(tmp_path, tiny_model_dir):
+    result = runner.invoke(app, ["sft", "train", str(SFT_CONFIG), *paths_into(tmp_path, tiny_model_dir),
+                                 "training.epochs=2", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert (plan["stage"], plan["total_steps"], plan["workers"]) == ("sft", 24, 2)
+    assert plan["notes"]["loss on"] == "response tokens only" and plan["warnings"] == []
+    memory = plan["memory"]
+    breakdown = memory["breakdown"]
+    assert set(breakdown) == {"weights", "gradients", "optimizer_state", "activations", "generation_cache",
+                              "framework_overhead", "data"}
+    assert memory["per_worker_peak_bytes"] == sum(breakdown.values()) > 0
+    assert memory["models"]["model"]["model_type"] == "gpt2"
+    assert memory["trainable_parameters"] == 150_208  # the tiny kit's GPT-2
+    assert memory["verdict"] in ("fits", "tight", "refuse") and memory["available_bytes_per_worker"] > 0
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_table_shows_the_memory_rows(tmp_path):
+    model = shape_only_model(tmp_path / "llama")
+    result = runner.invoke(app, ["rm", "train", str(REPO_ROOT / "examples" / "configs" / "rm.toml"),
+                                 *paths_into(tmp_path, model), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "memory peak" in result.output and "at the train step" in result.output
+    assert "reward_model" in result.output and "llama: weights" in result.output
+    assert "memory available" in result.output
+
+
+def test_json_without_dry_run_is_a_user_error(tmp_path, tiny_model_dir):
+    result = runner.invoke(app, ["sft", "train", str(SFT_CONFIG), *paths_into(tmp_path, tiny_model_dir), "--json"])
+    assert result.exit_code == 2
+    assert "--json goes with --dry-run" in result.output
+
+
+def test_a_run_that_clearly_cannot_fit_is_refused_before_anything_starts(tmp_path):
+    # ~330 B parameters: no machine running this suite holds its weights, let alone Adam's state
+    model = shape_only_model(tmp_path / "huge", hidden_size=16384, num_hidden_layers=100, num_attention_heads=128,
+                             intermediate_size=53248)
+    result = runner.invoke(app, ["sft", "train", str(SFT_CONFIG), *paths_into(tmp_path, model), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "this sft run needs about" in result.output and "but a worker has" in result.output
+    assert "--no-memory-check" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "export").exists()
+    # --no-memory-check skips the check: the run goes on to load the model (a folder without weights: exit 2 too)
+    unchecked = runner.invoke(app, ["sft", "train", str(SFT_CONFIG), *paths_into(tmp_path, model), "--quiet",
+                                    "training.num_training_workers=1", "--no-memory-check"])
+    assert unchecked.exit_code == 2, unchecked.output
+    assert "needs about" not in unchecked.output and "could not be loaded" in unchecked.output
+
+
+def test_the_memory_probe_is_injected_and_a_small_machine_refuses_a_small_model(tmp_path, tiny_model_dir):
+    from rlhfctl.cli._train import run_train_command
+    from rlhfctl.errors import UserError
+    from rlhfctl.training.memory_probe import DeviceMemory
+
+    tiny_machine = lambda job: DeviceMemory(64 * 1024**2, "cpu", "a 64 MiB test machine")  # noqa: E731
+    with pytest.raises(UserError, match="but a worker has 64 MiB \\(a 64 MiB test machine\\)"):
+        run_train_command("sft", SFT_CONFIG, paths_into(tmp_path, tiny_model_dir), resume=False, dry_run=False,
+                          quiet=True, force=False, memory_probe=tiny_machine)
+    assert not (tmp_path / "run").exists()

@@ -314,3 +314,16 @@ def test_list_items_are_named_by_index_and_found_in_their_table(tmp_path: Path) 
     inline = tmp_path / "inline.toml"
     inline.write_text(path.read_text().split("[[reward.functions]]")[0] + '[reward]\nfunctions = [{ name = "x" }]\n')
     assert _problems(inline)["reward.functions[0]"][1] == 10  # written inline: the key's own line
+
+
+def test_monitor_problems_name_the_key_and_line_and_overrides_reach_the_section(rm_dir: Path) -> None:
+    path = rm_dir / "rm.toml"
+    path.write_text(path.read_text() + '[monitor]\nkl_action = "halt"\nkl_max = 0\n')
+    problems = _problems(path)
+    assert set(problems) == {"monitor.kl_action", "monitor.kl_max"}
+    line = path.read_text().splitlines().index('kl_action = "halt"') + 1
+    assert problems["monitor.kl_action"] == ("expected one of 'warn' or 'stop', found 'halt'", line)
+    path.write_text(VALID_RM)
+    config = load_config(path, overrides=["monitor.length_bias_action=stop", "general.report_to=wandb"])
+    assert config.monitor.length_bias_action == "stop" and config.general.report_to == ["wandb"]
+    assert config.monitor.health_settings().length_bias_action == "stop"

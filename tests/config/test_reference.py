@@ -17,13 +17,17 @@ def test_reference_document_is_up_to_date() -> None:
 
 
 def test_every_schema_key_is_documented_with_type_default_and_meaning() -> None:
+    """Each stage's own keys in its part; the sections every stage shares (``[monitor]``) once, at the end."""
     text = render_reference()
+    shared = text.split("## `[monitor]` (every stage)")[1]
     for stage in STAGES:
         section = text.split(f"## `{stage}` stage")[1].split("\n## ")[0]
+        assert "The same in every stage: see [`[monitor]` (every stage)](#monitor-every-stage)." in section
         for key in known_keys(stage):
             if key == "stage":
                 continue
-            (row,) = [line for line in section.splitlines() if line.startswith(f"| `{key}` |")]
+            where = shared if key.startswith("monitor.") else section
+            (row,) = [line for line in where.splitlines() if line.startswith(f"| `{key}` |")]
             cells = [cell.strip() for cell in row.strip("|").split(" | ")]
             assert len(cells) == 4 and all(cells), row
     assert "| `training.learning_rate` | number | `1e-05` |" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import get_args
 
 import pytest
@@ -14,12 +15,14 @@ from rlhfctl.config.schema import (
     OPTIMIZERS,
     STAGES,
     DatasetConfig,
+    MonitorConfig,
     PPOConfig,
     RMTraining,
     Stage,
     StageConfig,
     TrainingCommon,
 )
+from rlhfctl.monitor import HealthSettings
 
 # Schedulers driven by a metric rather than by the step count: deliberately not offered.
 METRIC_DRIVEN = {"reduce_lr_on_plateau", "greedy"}
@@ -87,3 +90,49 @@ def test_exclusive_keys_are_enforced_by_the_section() -> None:
     with pytest.raises(ValidationError, match="not both"):
         DatasetConfig(train_file="t", validation_file="v", validation_split_percentage=5)
     assert DatasetConfig(train_file="t", validation_file="v").validation_split_percentage == 5.0
+
+
+# ----------------------------------------------------------------------------------------------- [monitor]
+
+
+def test_every_stage_has_the_monitor_section_after_its_own_sections() -> None:
+    for stage, config_class in CONFIG_CLASSES.items():
+        assert list(config_class.sections())[-1] == "monitor", stage
+        assert config_class.sections()["monitor"] is MonitorConfig
+
+
+def test_monitor_keys_are_the_health_settings_with_the_same_defaults() -> None:
+    """One source of defaults: the library's; every setting but the length limit (generation.max_new_tokens) is a
+    [monitor] key of the same name."""
+    library = {field.name: field.default for field in dataclasses.fields(HealthSettings)}
+    assert library.pop("max_response_tokens") is None
+    assert {name: field.default for name, field in MonitorConfig.model_fields.items()} == library
+    assert MonitorConfig().health_settings() == HealthSettings()
+
+
+def test_monitor_section_converts_to_health_settings_golden() -> None:
+    section = MonitorConfig.model_validate({
+        "enabled": True, "nonfinite_action": "warn", "kl_max": 12.5, "kl_patience": 4, "kl_action": "warn",
+        "entropy_min_ratio": 0.2, "entropy_baseline_steps": 3, "entropy_patience": 6, "entropy_action": "stop",
+        "divergence_min_drop": 0.25, "divergence_patience": 3, "divergence_action": "stop",
+        "length_limit_ratio": 0.9, "length_patience": 2, "length_action": "stop", "ngram_size": 3,
+        "ngram_repeat_max": 0.4, "ngram_response_share": 0.6, "ngram_action": "stop",
+        "explained_variance_warmup_steps": 0, "explained_variance_patience": 7, "explained_variance_action": "stop",
+        "length_bias_max": 0.3, "length_bias_action": "stop",
+    })
+    assert section.health_settings(max_response_tokens=48) == HealthSettings(
+        enabled=True, nonfinite_action="warn", kl_max=12.5, kl_patience=4, kl_action="warn", entropy_min_ratio=0.2,
+        entropy_baseline_steps=3, entropy_patience=6, entropy_action="stop", divergence_min_drop=0.25,
+        divergence_patience=3, divergence_action="stop", max_response_tokens=48, length_limit_ratio=0.9,
+        length_patience=2, length_action="stop", ngram_size=3, ngram_repeat_max=0.4, ngram_response_share=0.6,
+        ngram_action="stop", explained_variance_warmup_steps=0, explained_variance_patience=7,
+        explained_variance_action="stop", length_bias_max=0.3, length_bias_action="stop")
+    assert MonitorConfig(kl_max=3.0).health_settings() == HealthSettings(kl_max=3.0)
+
+
+@pytest.mark.parametrize("key, value", [("kl_action", "halt"), ("kl_max", 0.0), ("entropy_min_ratio", 1.5),
+                                        ("kl_patience", 0), ("length_bias_max", -0.1), ("enabled", "yes")])
+def test_monitor_section_refuses_what_the_library_would(key: str, value: object) -> None:
+    with pytest.raises(ValidationError) as error:
+        MonitorConfig.model_validate({key: value})
+    assert error.value.errors()[0]["loc"] == (key,)

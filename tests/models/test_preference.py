@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rlhfctl.models import preference
 from rlhfctl.models.loading import load_tokenizer
 
@@ -43,3 +45,23 @@ def test_chosen_and_rejected_share_one_forward(tiny_model_dir):
 
     chosen, rejected = preference.score_pairs(scorer, batch)
     assert calls == [(4, 4)] and chosen.tolist() == [3.0, 1.0] and rejected.tolist() == [2.0, 4.0]
+
+
+def test_response_lengths_count_the_scored_reply_tokens(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = [{"prompt": "Hi", "chosen": " Sure, happy to help.", "rejected": " No."},
+            {"prompt": "Hi", "chosen": " word " * 40, "rejected": ""}]
+    lengths = preference.response_lengths(rows, tokenizer, max_length=24)
+    chosen_ids = tokenizer(" Sure, happy to help.", add_special_tokens=False)["input_ids"]
+    assert lengths[0] == (len(chosen_ids) + 1, len(tokenizer(" No.", add_special_tokens=False)["input_ids"]) + 1)
+    assert lengths[1] == (24, 1)  # cut to max_length as the scored sequence is; an empty reply is its EOS
+
+
+def test_length_bias_metrics_by_hand():
+    rewards = [(3.0, 0.0), (2.0, 1.0)]  # reward ranks 4, 1 | 3, 2 against length ranks 4, 1 | 2, 3
+    lengths = [(40, 10), (20, 30)]
+    # Spearman = 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * (0 + 0 + 1 + 1) / 60 = 0.8; "longer wins" 1 of 2 pairs
+    assert preference.length_bias_metrics(rewards, lengths) == {"length_bias_spearman": pytest.approx(0.8),
+                                                                "longer_wins_accuracy": 0.5}
+    equal = preference.length_bias_metrics([(1.0, 0.0), (0.5, 0.2)], [(5, 5), (5, 5)])
+    assert equal == {"longer_wins_accuracy": 0.5}  # no length variation: the correlation is undefined, left out

@@ -106,14 +106,22 @@ def test_explained_variance_stuck_after_the_warm_up() -> None:
 
 def test_nonfinite_fires_for_each_key_when_it_turns_nan_or_inf() -> None:
     check = NonFiniteMetrics(HealthSettings())
-    history = [(1, "train", {"loss": 1.0, "grad_norm": 2.0}), (2, "train", {"loss": None, "grad_norm": 2.0}),
-               (3, "train", {"loss": None, "grad_norm": math.inf}), (4, "train", {"loss": 0.5, "grad_norm": 1.0}),
-               (5, "train", {"loss": math.nan, "grad_norm": 1.0}), (5, "validation", {"loss": None})]
+    history = [(1, "train", {"loss": 1.0, "kl": 2.0}), (2, "train", {"loss": None, "kl": 2.0}),
+               (3, "train", {"loss": None, "kl": math.inf}), (4, "train", {"loss": 0.5, "kl": 1.0}),
+               (5, "train", {"loss": math.nan, "kl": 1.0}), (5, "validation", {"loss": None})]
     alarms = [check.observe(*entry) for entry in history]
     assert [alarm.step if alarm else None for alarm in alarms] == [None, 2, 3, None, 5, 5]
     assert "train/loss is NaN or infinite at step 2" in alarms[1].message
-    assert "train/grad_norm" in alarms[2].message and "loss" not in alarms[2].message.split(" is ")[0]
+    assert "train/kl" in alarms[2].message and "loss" not in alarms[2].message.split(" is ")[0]
     assert alarms[5].message.startswith("validation/loss") and alarms[1].action == "stop"
+
+
+def test_nonfinite_ignores_metrics_that_may_be_undefined() -> None:
+    """Explained variance of constant returns and the gradient norm without clipping are NaN by definition."""
+    check = NonFiniteMetrics(HealthSettings())
+    undefined = {"loss": 0.5, "explained_variance": math.nan, "grad_norm": math.nan, "grad_norm_policy": None}
+    assert check.observe(1, "train", undefined) is None
+    assert check.observe(2, "train", {**undefined, "loss": math.nan}).message.startswith("train/loss is NaN")
 
 
 def test_reward_model_length_bias_from_validation_metrics() -> None:

@@ -67,3 +67,21 @@ def test_settings_are_a_frozen_dataclass_with_documented_defaults() -> None:
     assert settings.entropy_action == settings.length_action == settings.ngram_action == "warn"
     with pytest.raises(AttributeError):
         settings.kl_max = 5.0  # type: ignore[misc]
+
+
+def test_resume_keeps_baselines_and_reports_a_condition_that_still_holds() -> None:
+    """After a restart from the checkpoint of step 6: the entropy baseline of steps 1-2 is kept (not relearnt from
+    the collapsed values), and the KL streak counts again, so a KL still above the ceiling is raised once more."""
+    history = [{"step": step, "split": "train", "entropy": entropy, "kl": kl, "time": 1.0}
+               for step, entropy, kl in [(1, 2.0, 1.0), (2, 2.0, 1.0), (3, 0.1, 9.0), (4, 0.1, 9.0),
+                                         (5, 0.1, 9.0), (6, 0.1, 9.0), (7, 0.1, 9.0)]]
+    settings = HealthSettings(entropy_baseline_steps=2, entropy_patience=2, entropy_min_ratio=0.5, kl_max=5.0,
+                              kl_patience=2)
+    monitor = HealthMonitor(settings)
+    monitor.resume(history, up_to_step=6)  # step 7 was logged after the checkpoint: ignored
+    assert monitor.alarms == []  # the history raises nothing again
+    assert monitor.observe(7, "train", {"entropy": 0.1, "kl": 9.0}) == []
+    raised = monitor.observe(8, "train", {"entropy": 0.1, "kl": 9.0})
+    assert sorted(alarm.check for alarm in raised) == ["entropy_collapse", "kl_ceiling"]
+    fresh = HealthMonitor(settings)  # without the history the baseline would be the collapsed entropy
+    assert [alarm.check for step in (7, 8, 9, 10) for alarm in fresh.observe(step, "train", {"entropy": 0.1})] == []

@@ -6,7 +6,17 @@ import io
 
 from rich.console import Console
 
-from rlhfctl.progress.events import CheckpointSaved, Notice, NullSink, RunFinished, RunStarted, SampleEvent, StepEvent
+from rlhfctl.monitor import Alarm
+from rlhfctl.progress.events import (
+    CheckpointSaved,
+    HealthAlarm,
+    Notice,
+    NullSink,
+    RunFinished,
+    RunStarted,
+    SampleEvent,
+    StepEvent,
+)
 from rlhfctl.progress.render import LiveSink, PlainSink, ProgressState, format_duration, make_sink
 
 
@@ -81,3 +91,25 @@ def test_notices_are_printed():
     console, buffer = _console(terminal=False)
     PlainSink(console, clock=FakeClock()).handle(Notice("the config changed"))
     assert buffer.getvalue() == "note: the config changed\n"
+
+
+def test_health_alarms_are_one_line_each_in_both_modes():
+    warning = HealthAlarm(Alarm("entropy_collapse", "warn", "policy entropy fell to 0.1", 40, "train", 0.1, 0.5))
+    stop = HealthAlarm(Alarm("kl_ceiling", "stop", "KL is 25 nats", 41, "train", 25.0, 20.0))
+    console, buffer = _console(terminal=False)
+    plain = PlainSink(console, clock=FakeClock())
+    plain.handle(warning)
+    plain.handle(stop)
+    assert buffer.getvalue().splitlines() == [
+        "health warning entropy_collapse at step 40: policy entropy fell to 0.1",
+        "health check kl_ceiling stops the run at step 41: KL is 25 nats"]
+
+    console, buffer = _console(terminal=True)
+    live = LiveSink(console, clock=FakeClock())
+    live.handle(RunStarted(stage="ppo", total_steps=50, start_step=0, world_size=1, samples_per_step=8))
+    live.handle(warning)
+    live.handle(StepEvent(step=40, epoch=0, split="train", metrics={"entropy": 0.1}))
+    live.close()
+    text = buffer.getvalue()
+    assert "health warning entropy_collapse at step 40: policy entropy fell to 0.1" in text
+    assert "1 health alarm(s)" in text  # and counted in the panel

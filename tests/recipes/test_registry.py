@@ -35,6 +35,28 @@ def test_every_registered_recipe_satisfies_the_contract(stage):
     assert "?" in recipe.headline({})  # a figure the run did not report shows as "?"
 
 
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_registered_stage_describes_its_memory(stage, tiny_model_dir, tmp_path):
+    """Each recipe's build_job fills TrainingJob.memory (its memory hook): the models a worker holds and the
+    phases of a step, every step naming one of those models."""
+    from pathlib import Path
+
+    from rlhfctl.config.loader import load_config
+
+    model = str(tiny_model_dir)
+    paths = [f"general.output_dir={tmp_path / 'run'}", f"general.checkpoint_dir={tmp_path / 'export'}"]
+    sources = {"ppo": ["general.model_name", "general.rm_name", "general.model_pretrain", "general.rm_pretrain"]}
+    overrides = [f"{key}={model}" for key in sources.get(stage, ["general.base_model"])] + paths
+    example = Path(__file__).resolve().parents[2] / "examples" / "configs" / f"{stage}.toml"
+    job = load_recipe(stage).build_job(load_config(example, overrides=overrides))
+    assert job.memory is not None, f"{stage}: build_job must set TrainingJob.memory (the recipe's memory hook)"
+    workload = job.memory(job.config)
+    roles = [use.role for use in workload.models]
+    assert roles and len(roles) == len(set(roles))
+    assert workload.phases and all(step.role in roles for phase in workload.phases for step in phase.steps)
+    assert job.plan(memory_probe=None).memory.estimate is not None
+
+
 def test_a_headline_shows_each_named_figure_to_three_decimals():
     recipe = Recipe(stage="x", build_job=lambda config: None, headline_template="accuracy {acc}, margin {margin}")
     assert recipe.headline({"acc": 0.96875, "margin": 3.98412}) == "accuracy 0.969, margin 3.984"

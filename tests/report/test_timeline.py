@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rlhfctl.monitor import Alarm
+from rlhfctl.monitor import Alarm, HealthSettings
 from rlhfctl.report.run_data import load_run
 from rlhfctl.report.timeline import health_settings, run_alarms, timeline
 
@@ -78,3 +78,14 @@ def test_replayed_alarms_appear_on_the_timeline_at_their_step_time(make_run) -> 
 def test_health_settings_take_the_response_limit_from_the_config(make_run) -> None:
     assert health_settings(load_run(make_run("ppo"))).max_response_tokens == 32
     assert health_settings(load_run(make_run("rm", stage="rm"))).max_response_tokens is None
+
+
+def test_health_settings_are_the_runs_own_monitor_section(make_run) -> None:
+    """The report replays the checks with the thresholds the run used ([monitor] in resolved_config.toml)."""
+    folder = make_run("strict")
+    config = folder / "resolved_config.toml"
+    config.write_text(config.read_text() + "\n[monitor]\nkl_max = 3.0\nkl_action = \"warn\"\n")
+    settings = health_settings(load_run(folder))
+    assert (settings.kl_max, settings.kl_action, settings.max_response_tokens) == (3.0, "warn", 32)
+    config.write_text(config.read_text().replace("kl_max = 3.0", "kl_max = \"high\""))  # unreadable: the defaults
+    assert health_settings(load_run(folder)).kl_max == HealthSettings().kl_max

@@ -1,4 +1,5 @@
-"""The Ray path's driver side never imports torch (the 2-worker Ray tests prove the backend connects workers)."""
+"""The Ray path's driver side never imports torch, trackers included (the 2-worker Ray tests prove the backend
+connects workers)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,20 @@ import pytest
 pytest.importorskip("ray.train")
 
 DRIVER_SIDE = """
-import json, sys
+import importlib.util, json, sys
+from pathlib import Path
 from ray.train.backend import Backend
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from rlhfctl.training.torch_backend import TorchBackendConfig
 from rlhfctl.training.metrics import MetricsRecorder
+from rlhfctl.training.trackers import REQUIREMENTS, TrackerRun, open_trackers
 from rlhfctl.progress.events import RecordingSink, StepEvent
 
 config = TorchBackendConfig(backend="gloo")
 backend = config.backend_cls()
-recorder = MetricsRecorder(sys.argv[1], RecordingSink(), keep_existing=False)
+installed = [name for name, (module, _) in REQUIREMENTS.items() if importlib.util.find_spec(module)]
+trackers = open_trackers(installed, TrackerRun(Path(sys.argv[1]), "rm", {"stage": "rm"}, resuming=False))
+recorder = MetricsRecorder(sys.argv[1], RecordingSink(), keep_existing=False, trackers=trackers)
 recorder.handle(StepEvent(step=1, epoch=0, split="train", metrics={"loss": 0.5}))
 recorder.close()
 torch_loaded = "torch" in sys.modules

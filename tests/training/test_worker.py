@@ -145,3 +145,27 @@ def test_gradient_sync_skips_the_all_reduce_only_when_asked(tmp_path):
     with ctx.gradient_sync(policy, value, bare, sync=False):
         assert entered == ["policy", "value"]  # the plain model has nothing to skip
     channel.close()
+
+
+def test_a_worker_refuses_a_plan_its_own_device_cannot_hold(tmp_path):
+    """The check the driver leaves to the workers (a joined cluster, a GPU without nvidia-smi): setup_worker
+    compares the plan with the worker's own device (here this machine's RAM) before any model is loaded."""
+    from rlhfctl.errors import UserError
+    from rlhfctl.training.memory import Breakdown, MemoryEstimate
+    from rlhfctl.training.memory_plan import WorkerMemoryCheck
+
+    def loop_config(peak_bytes: int) -> LoopConfig:
+        estimate = MemoryEstimate(per_worker_peak_bytes=peak_bytes, breakdown=Breakdown(weights=peak_bytes),
+                                  per_model={}, peak_phase="train step", phase_peaks={}, trainable_parameters=0,
+                                  total_parameters=0, device="cpu")
+        config = _loop_config(tmp_path, channel)
+        config["core"].memory_check = WorkerMemoryCheck("rm", estimate)
+        return config
+
+    channel = LocalChannel()
+    try:
+        with pytest.raises(UserError, match="this rm run needs about 1024.0 GiB per worker"):
+            setup_worker(loop_config(1024**4))  # 1 TiB: no machine running the suite has it free
+        assert setup_worker(loop_config(1024**2)).rank == 0  # 1 MiB fits anywhere
+    finally:
+        channel.close()

@@ -2,8 +2,8 @@
 
 One TOML file configures one stage. Sections follow the workflow rlhfctl replaces (``[general]``, ``[dataset]``,
 ``[training]``; the seed's ``General``/``Dataset``/``Training`` spellings are accepted) plus ``[generation]`` for
-PPO. Every model forbids unknown keys; the loader turns pydantic's errors into :class:`rlhfctl.errors.ConfigIssue`
-objects with "did you mean" suggestions.
+PPO, and ``[monitor]`` (the health checks) in every stage. Every model forbids unknown keys; the loader turns
+pydantic's errors into :class:`rlhfctl.errors.ConfigIssue` objects with "did you mean" suggestions.
 
 Everything else about a key is derived from its field here (see :mod:`rlhfctl.config.keys`): path keys and model
 sources (from the type), files that must exist, the stage a file is for (its keys unique to one stage), the
@@ -26,14 +26,17 @@ from rlhfctl.config.schema.common import (
     OPTIMIZERS,
     DatasetConfig,
     GeneralCommon,
+    TRACKERS,
     MixedPrecision,
     ModelGeneral,
+    MonitorConfig,
     NonNegativeInt,
     Optimizer,
     PositiveFloat,
     PositiveInt,
     Section,
     StageConfigBase,
+    Tracker,
     TrainingCommon,
     seed_spellings,
 )
@@ -64,6 +67,7 @@ __all__ = [
     "DPODataset",
     "DPOGeneral",
     "DPOTraining",
+    "TRACKERS",
     "DatasetConfig",
     "GeneralCommon",
     "GRPOConfig",
@@ -72,6 +76,7 @@ __all__ = [
     "GenerationConfig",
     "MixedPrecision",
     "ModelGeneral",
+    "MonitorConfig",
     "NonNegativeInt",
     "Optimizer",
     "PPOConfig",
@@ -91,5 +96,6 @@ __all__ = [
     "Stage",
     "StageConfig",
     "StageConfigBase",
+    "Tracker",
     "TrainingCommon",
 ]

@@ -1,4 +1,5 @@
-"""What every stage's config shares: ``[general]``, ``[dataset]``, ``[training]`` and the stage config base class.
+"""What every stage's config shares: ``[general]``, ``[dataset]``, ``[training]``, ``[monitor]`` and the stage
+config base class (which declares ``[monitor]``, so every stage has it without naming it).
 
 A field's type says what it is (``Path``: a path key, resolved against the config's folder; :data:`ModelSource`:
 a hub id or a local folder; an ``Ask(...)`` marker: ``rlhfctl init`` asks for it, see :mod:`.markers`), and its
@@ -17,6 +18,7 @@ from typing import Annotated, ClassVar, Literal, Optional, get_args
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from rlhfctl.config.schema.markers import MODEL_SOURCE, Ask, MustExist, WizardStep
+from rlhfctl.monitor.settings import Action, HealthSettings
 
 # Scheduler names transformers.get_scheduler accepts without extra arguments (kept here so validation does
 # not import transformers; tests check the list against transformers.SchedulerType).
@@ -32,6 +34,8 @@ LR_SCHEDULERS: tuple[str, ...] = (
 Optimizer = Literal["AdamW", "Adam", "SGD"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 MixedPrecision = Literal["no", "bf16", "fp16"]
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
+TRACKERS: tuple[str, ...] = get_args(Tracker)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -90,6 +94,17 @@ class GeneralCommon(Section):
         False, examples=[True],
         description="Allow model repositories to run their own Python code; off unless you trust the model.",
     )
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: ["tensorboard"], examples=[["tensorboard", "wandb"]],
+        description='Trackers that also get the metrics and health alarms: "tensorboard", "wandb", "mlflow" ([] for '
+                    "none). TensorBoard writes output_dir/tensorboard (left out silently when tensorboardX is not "
+                    "installed and the key is not set). W&B logs offline into output_dir/wandb unless WANDB_MODE "
+                    "says otherwise (WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR are honoured too); MLflow logs to a "
+                    "SQLite store in output_dir/mlflow unless MLFLOW_TRACKING_URI names another "
+                    "(MLFLOW_EXPERIMENT_NAME sets the experiment, default rlhfctl). Both need their extra: pip "
+                    "install rlhfctl[wandb] / rlhfctl[mlflow]. Nothing is sent over the network unless those "
+                    "variables say so; --resume continues the same W&B and MLflow runs.",
+    )
 
     @field_validator("ray_address")
     @classmethod
@@ -100,6 +115,19 @@ class GeneralCommon(Section):
         if value == "auto" or value.startswith("ray://") or (":" in value and not value.startswith("http")):
             return value
         raise ValueError('expected "auto", "ray://host:port" or "host:port" of a running Ray head')
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_as_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value  # general.report_to=wandb on the command line
+
+    @field_validator("report_to")
+    @classmethod
+    def _no_repeated_tracker(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"each tracker once, found {', '.join(repeated)} more than once")
+        return value
 
     @model_validator(mode="after")
     def _separate_run_and_export_folders(self) -> "GeneralCommon":
@@ -227,6 +255,104 @@ class TrainingCommon(Section):
         return self.gpus_per_worker > 0
 
 
+# ----------------------------------------------------------------------------------------------- [monitor]
+
+_HEALTH_DEFAULTS = HealthSettings()  # the library's defaults are the section's: one source
+
+Ratio = Annotated[float, Field(gt=0, le=1)]
+
+
+def _action(default: str, what: str) -> object:
+    return Field(default, description=f'Action on {what}: "warn" or "stop". Warn shows and records the alarm; stop '
+                                      "also stops the run cleanly, keeping a checkpoint (exit status 1).")
+
+
+class MonitorConfig(Section):
+    """``[monitor]``: thresholds, patience and action of each health check (see :mod:`rlhfctl.monitor`)."""
+
+    enabled: bool = Field(_HEALTH_DEFAULTS.enabled,
+                          description="Run the health checks during training (false: none).")
+
+    nonfinite_action: Action = _action(_HEALTH_DEFAULTS.nonfinite_action, "a NaN or infinite metric")
+
+    kl_max: float = Field(
+        _HEALTH_DEFAULTS.kl_max, gt=0,
+        description="KL ceiling in nats per response (the kl_k1 metric of PPO). The kl_ceiling alarm fires when "
+                    "KL stays above it for kl_patience logged train steps in a row.",
+    )
+    kl_patience: PositiveInt = Field(_HEALTH_DEFAULTS.kl_patience,
+                                     description="Logged train steps in a row above kl_max.")
+    kl_action: Action = _action(_HEALTH_DEFAULTS.kl_action, "KL above kl_max")
+
+    entropy_min_ratio: Ratio = Field(
+        _HEALTH_DEFAULTS.entropy_min_ratio,
+        description="Entropy collapse: policy entropy below this fraction of its early mean. The early mean is "
+                    "that of the first entropy_baseline_steps logged train steps; the alarm fires after "
+                    "entropy_patience steps in a row below it.",
+    )
+    entropy_baseline_steps: PositiveInt = Field(
+        _HEALTH_DEFAULTS.entropy_baseline_steps, description="Logged train steps whose mean entropy is the baseline."
+    )
+    entropy_patience: PositiveInt = Field(_HEALTH_DEFAULTS.entropy_patience,
+                                          description="Logged train steps in a row below the collapse level.")
+    entropy_action: Action = _action(_HEALTH_DEFAULTS.entropy_action, "entropy collapse")
+
+    divergence_min_drop: float = Field(
+        _HEALTH_DEFAULTS.divergence_min_drop, gt=0,
+        description="Reward divergence: the held-out reward this far (reward units) below its best while the "
+                    "train reward keeps rising. The alarm fires after divergence_patience validation passes in a "
+                    "row.",
+    )
+    divergence_patience: PositiveInt = Field(_HEALTH_DEFAULTS.divergence_patience,
+                                             description="Validation passes in a row with the held-out reward down.")
+    divergence_action: Action = _action(_HEALTH_DEFAULTS.divergence_action, "reward divergence")
+
+    length_limit_ratio: Ratio = Field(
+        _HEALTH_DEFAULTS.length_limit_ratio,
+        description="Responses at the limit: mean response length at or above this fraction of "
+                    "generation.max_new_tokens. The alarm fires after length_patience logged train steps in a row.",
+    )
+    length_patience: PositiveInt = Field(_HEALTH_DEFAULTS.length_patience,
+                                         description="Logged train steps in a row at the length limit.")
+    length_action: Action = _action(_HEALTH_DEFAULTS.length_action, "responses running to the length limit")
+
+    ngram_size: PositiveInt = Field(_HEALTH_DEFAULTS.ngram_size,
+                                    description="Repeated n-grams in samples: n-gram size in words.")
+    ngram_repeat_max: Ratio = Field(
+        _HEALTH_DEFAULTS.ngram_repeat_max,
+        description="A sampled response is repetitive when this share of its own n-grams repeats.",
+    )
+    ngram_response_share: Ratio = Field(
+        _HEALTH_DEFAULTS.ngram_response_share,
+        description="The repeated n-grams alarm fires when this share of one step's samples is repetitive.",
+    )
+    ngram_action: Action = _action(_HEALTH_DEFAULTS.ngram_action, "repeated n-grams in samples")
+
+    explained_variance_warmup_steps: int = Field(
+        _HEALTH_DEFAULTS.explained_variance_warmup_steps, ge=0,
+        description="Value head not learning: explained variance is not checked up to this step.",
+    )
+    explained_variance_patience: PositiveInt = Field(
+        _HEALTH_DEFAULTS.explained_variance_patience,
+        description="Logged train steps in a row with explained variance <= 0 (after the warm-up).",
+    )
+    explained_variance_action: Action = _action(_HEALTH_DEFAULTS.explained_variance_action,
+                                                 "explained variance stuck at or below 0")
+
+    length_bias_max: Ratio = Field(
+        _HEALTH_DEFAULTS.length_bias_max,
+        description="Reward-model length bias: |Spearman rank correlation| of reward and response length on the "
+                    "validation pairs at or above this. The RM stage logs it as the length_bias_spearman "
+                    "validation metric.",
+    )
+    length_bias_action: Action = _action(_HEALTH_DEFAULTS.length_bias_action, "reward-model length bias")
+
+    def health_settings(self, max_response_tokens: Optional[int] = None) -> HealthSettings:
+        """The library's settings: every key of this section, plus the response length limit of the stage
+        (``generation.max_new_tokens``; None turns the length-limit check off)."""
+        return HealthSettings(max_response_tokens=max_response_tokens, **self.model_dump())
+
+
 # ----------------------------------------------------------------------------------------------- stage configs
 
 
@@ -246,6 +372,7 @@ class StageConfigBase(BaseModel):
 
     summary: ClassVar[str]
     stage: str
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)  # every stage's; listed after the stage's own
 
     @classmethod
     def stage_name(cls) -> str:
@@ -253,9 +380,12 @@ class StageConfigBase(BaseModel):
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:
-        """``{"general": ModelGeneral, ...}`` in file order."""
-        return {name: field.annotation for name, field in cls.model_fields.items()
-                if isinstance(field.annotation, type) and issubclass(field.annotation, Section)}
+        """``{"general": ModelGeneral, ...}`` in file order: the stage's own sections, then the shared ones
+        declared here (``monitor``)."""
+        found = {name: field.annotation for name, field in cls.model_fields.items()
+                 if isinstance(field.annotation, type) and issubclass(field.annotation, Section)}
+        shared = [name for name in StageConfigBase.model_fields if name in found]
+        return {name: found[name] for name in [*(name for name in found if name not in shared), *shared]}
 
     @model_validator(mode="before")
     @classmethod

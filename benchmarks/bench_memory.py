@@ -1,0 +1,262 @@
+"""The memory plan against measured memory: ``--dry-run --json``'s per-worker estimate next to each worker's peak.
+
+```bash
+/work/wt/bin/quiet python benchmarks/bench_memory.py --only tiny                 # ~3 min: the framework overhead
+/work/wt/bin/quiet python benchmarks/bench_memory.py --only llama-sft,llama-rm   # ~5 min each chunk
+python benchmarks/bench_memory.py --list                                         # the cases
+```
+
+Each case writes an rlhfctl config, asks ``rlhfctl STAGE train CONFIG --dry-run --json`` for
+``memory.per_worker_peak_bytes``, then runs ``rlhfctl STAGE train CONFIG --quiet --no-memory-check`` and samples
+the PSS of every process of its tree every 0.1 s (:mod:`benchlib.process_peaks`). The measured per-worker peak is
+the driver process's own peak for one worker (it runs the loop itself) and the largest Ray Train worker's
+(``ray::RayTrainWorker``) for several. The estimate is meant to be within 25 % of it.
+
+Data is generated with rows longer than ``max_length`` (prompts and responses of many sentences), so a batch is
+as long as the plan assumes: the plan sizes the worst batch, ``max_length`` tokens per row. Models: rlhfctl's tiny
+kit (0.15 M parameters: the framework overhead dominates) and a Llama-shaped random model of ~60 M parameters
+(hidden 512, 8 layers, 8 heads, MLP 1536, a 32,000-token vocabulary of which the kit's BPE tokenizer uses 8,192:
+the weights, optimizer state and full-vocabulary logits dominate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchlib.process_peaks import run_with_process_peaks  # noqa: E402
+from benchlib.workspace import _HELPFUL, _PROMPT_CONTEXT, _QUESTION_FORMS, _TOPICS, _UNHELPFUL  # noqa: E402
+from benchlib.workspace import write_jsonl, write_toml  # noqa: E402
+
+WORK = BENCH_DIR / "results" / "work" / "memory"
+GiB = 1024**3
+LLAMA_SHAPE = {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
+               "intermediate_size": 1536, "vocab_size": 32000, "max_position_embeddings": 1024}
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _long_text(rng: random.Random, pool: list[str], topic: str, sentences: int) -> str:
+    return " ".join(rng.choice(pool).format(topic=topic) for _ in range(sentences))
+
+
+def write_long_data(root: Path, seed: int = 0) -> dict[str, Path]:
+    """SFT rows, RM pairs and PPO prompts whose texts are far longer than 256 tokens (every batch is full)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(200):
+        topic = rng.choice(_TOPICS)
+        prompt = rng.choice(_QUESTION_FORMS).format(topic=topic) + " " + _long_text(rng, _PROMPT_CONTEXT, topic, 30)
+        rows.append({"instruction": prompt + "\n", "chosen": " " + _long_text(rng, _HELPFUL, topic, 60),
+                     "rejected": " " + _long_text(rng, _UNHELPFUL, topic, 60)})
+    files = {
+        "sft": write_jsonl(root / "sft.jsonl", [{"instruction": r["instruction"], "response": r["chosen"]}
+                                                for r in rows[:96]]),
+        "sft_validation": write_jsonl(root / "sft_validation.jsonl", [
+            {"instruction": r["instruction"], "response": r["chosen"]} for r in rows[96:104]]),
+        "rm": write_jsonl(root / "rm.jsonl", rows[104:152]),
+        "rm_validation": write_jsonl(root / "rm_validation.jsonl", rows[152:160]),
+        "ppo": write_jsonl(root / "ppo.jsonl", [{"prompt": r["instruction"]} for r in rows[160:192]]),
+        "ppo_validation": write_jsonl(root / "ppo_validation.jsonl", [{"prompt": r["instruction"]}
+                                                                      for r in rows[192:200]]),
+    }
+    return files
+
+
+def build_models(root: Path, corpus: list[Path]) -> dict[str, Path]:
+    """The tiny kit and the ~60 M-parameter Llama (built once, re-used)."""
+    from rlhfctl.example.kit import build_model_kit, build_tokenizer, iter_corpus_texts
+
+    models = {"tiny": root / "tiny", "llama60m": root / "llama60m"}
+    if not (models["tiny"] / "config.json").exists():
+        build_model_kit(models["tiny"], corpus_files=corpus, preset="tiny", seed=0)
+    if not (models["llama60m"] / "config.json").exists():
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        tokenizer = build_tokenizer(list(iter_corpus_texts(corpus)), 8192)
+        config = LlamaConfig(**LLAMA_SHAPE, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        model.save_pretrained(models["llama60m"], safe_serialization=True)
+        tokenizer.save_pretrained(models["llama60m"])
+    return models
+
+
+# ----------------------------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    stage: str
+    model: str  # "tiny" or "llama60m"
+    workers: int
+    training: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # other sections, e.g. {"lora": {"r": 8}}
+    needs: tuple[str, ...] = ()  # config keys this case needs ("training.gradient_checkpointing", "lora")
+
+    def config(self, models: dict[str, Path], data: dict[str, Path], run_dir: Path) -> dict:
+        model = str(models[self.model])
+        length = 128 if self.model == "tiny" else 256
+        training = {"epochs": 1, "num_training_workers": self.workers,
+                    "resources_per_worker": {"CPU": 2.0 / self.workers}, "learning_rate": 1e-5, **self.training}
+        general = {"output_dir": str(run_dir / "output"), "checkpoint_dir": str(run_dir / "export"), "seed": 0}
+        if self.stage == "ppo":
+            general.update(model_name=model, rm_name=model)
+            training = {"experience_batch_size": 8, "batch_size": 4, "ppo_epochs": 1, **training}
+            dataset = {"train_file": str(data["ppo"]), "validation_file": str(data["ppo_validation"]),
+                       "max_length": length}
+            return {"stage": "ppo", "general": general, "dataset": dataset, "training": training,
+                    "generation": {"max_new_tokens": 64 if self.model != "tiny" else 32}, **self.extra}
+        general["base_model"] = model
+        training = {"batch_size": 8 if self.stage == "sft" else 4, **training}
+        dataset = {"train_file": str(data[self.stage]), "validation_file": str(data[f"{self.stage}_validation"]),
+                   "max_length": length, **self.extra.get("dataset", {})}
+        extra = {key: value for key, value in self.extra.items() if key != "dataset"}
+        return {"stage": self.stage, "general": general, "dataset": dataset, "training": training, **extra}
+
+
+GC = {"gradient_checkpointing": True}
+LORA = {"lora": {"r": 8}}
+CASES = [
+    Case("tiny-sft-1w", "sft", "tiny", 1), Case("tiny-rm-1w", "rm", "tiny", 1), Case("tiny-ppo-1w", "ppo", "tiny", 1),
+    Case("tiny-sft-2w", "sft", "tiny", 2), Case("tiny-rm-2w", "rm", "tiny", 2), Case("tiny-ppo-2w", "ppo", "tiny", 2),
+    Case("llama-sft-1w", "sft", "llama60m", 1), Case("llama-sft-2w", "sft", "llama60m", 2),
+    Case("llama-sft-b2x512-1w", "sft", "llama60m", 1, {"batch_size": 2}, {"dataset": {"max_length": 512}}),
+    Case("llama-rm-1w", "rm", "llama60m", 1), Case("llama-rm-2w", "rm", "llama60m", 2),
+    Case("llama-ppo-1w", "ppo", "llama60m", 1), Case("llama-ppo-2w", "ppo", "llama60m", 2),
+    Case("llama-sft-gc-1w", "sft", "llama60m", 1, GC, needs=("training.gradient_checkpointing",)),
+    Case("llama-rm-gc-1w", "rm", "llama60m", 1, GC, needs=("training.gradient_checkpointing",)),
+    Case("llama-ppo-gc-1w", "ppo", "llama60m", 1, GC, needs=("training.gradient_checkpointing",)),
+    Case("llama-sft-lora-1w", "sft", "llama60m", 1, extra=LORA, needs=("lora",)),
+    Case("llama-sft-lora-gc-1w", "sft", "llama60m", 1, GC, LORA, needs=("lora", "training.gradient_checkpointing")),
+    Case("llama-ppo-lora-1w", "ppo", "llama60m", 1, extra=LORA, needs=("lora",)),
+    Case("llama-ppo-lora-gc-1w", "ppo", "llama60m", 1, GC, LORA, needs=("lora", "training.gradient_checkpointing")),
+]
+
+
+def supported(case: Case) -> str | None:
+    """None when this checkout's config schema has every key the case needs, else the missing key."""
+    from rlhfctl.config.schema import CONFIG_CLASSES
+
+    config_class = CONFIG_CLASSES[case.stage]
+    for key in case.needs:
+        section, _, name = key.partition(".")
+        if section not in config_class.model_fields:
+            return key
+        if name and name not in config_class.model_fields[section].annotation.model_fields:
+            return key
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def env() -> dict[str, str]:
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + environment.get("PYTHONPATH", "")
+    environment.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return environment
+
+
+def run_case(case: Case, models: dict[str, Path], data: dict[str, Path], runs: Path) -> dict:
+    import subprocess
+
+    run_dir = runs / case.label
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    config_path = write_toml(run_dir / f"{case.stage}.toml", case.config(models, data, run_dir))
+    base = [sys.executable, "-m", "rlhfctl", case.stage, "train", str(config_path)]
+    dry = subprocess.run([*base, "--dry-run", "--json"], capture_output=True, text=True, env=env(), cwd=REPO_ROOT,
+                         timeout=300)
+    if dry.returncode != 0:
+        return {"case": case.label, "error": f"dry run failed: {dry.stdout[-400:]} {dry.stderr[-400:]}"}
+    plan = json.loads(dry.stdout)
+    memory = plan["memory"]
+    command = [*base, "--quiet", "--no-memory-check"]
+    measured, peaks = run_with_process_peaks(command, env=env(), cwd=REPO_ROOT, log_file=run_dir / "log.txt")
+    result = {"case": case.label, "stage": case.stage, "model": case.model, "workers": case.workers,
+              "command": " ".join(["rlhfctl", case.stage, "train", f"{case.label}.toml"]),
+              "config": case.config(models, data, Path("RUN")), "estimate_bytes": memory["per_worker_peak_bytes"],
+              "estimate_breakdown": memory["breakdown"], "peak_phase": memory["peak_phase"],
+              "wall_time_s": round(measured.wall_time_s, 1), "tree_peak_bytes": measured.peak_pss_bytes}
+    if not measured.ok:
+        result["error"] = f"run failed (exit {measured.returncode}): {measured.output_tail[-600:]}"
+        return result
+    workers = peaks.worker_peaks_bytes if case.workers > 1 else [peaks.root_peak_bytes]
+    result["worker_peaks_bytes"] = workers
+    result["measured_bytes"] = max(workers) if workers else None
+    if result["measured_bytes"]:
+        result["ratio"] = round(result["estimate_bytes"] / result["measured_bytes"], 3)
+    return result
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| case | stage | model | workers | estimate (GiB) | measured peak per worker (GiB) | estimate / measured "
+             "| peak phase | wall (s) |", "|---|---|---|---:|---:|---:|---:|---|---:|"]
+    for item in results:
+        if "error" in item or not item.get("measured_bytes"):
+            item.setdefault("error", "no worker process found")
+            lines.append(f"| {item['case']} | {item.get('stage', '')} | {item.get('model', '')} | "
+                         f"{item.get('workers', '')} | | | | {item['error'][:80]} | |")
+            continue
+        lines.append(f"| {item['case']} | {item['stage']} | {item['model']} | {item['workers']} | "
+                     f"{item['estimate_bytes'] / GiB:.3f} | {item['measured_bytes'] / GiB:.3f} | {item['ratio']:.2f} | "
+                     f"{item['peak_phase']} | {item['wall_time_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated case labels or prefixes (default: all)")
+    parser.add_argument("--json", type=Path, help="append the results to this JSON file")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for case in CASES:
+            missing = supported(case)
+            print(case.label + (f"  (needs {missing})" if missing else ""))
+        return 0
+    wanted = [item for item in args.only.split(",") if item]
+    cases = [case for case in CASES if not wanted or any(case.label.startswith(item) for item in wanted)]
+    data = write_long_data(WORK / "data")
+    models = build_models(WORK / "models", [data["sft"], data["rm"]])
+    runs = WORK / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    results = []
+    for case in cases:
+        missing = supported(case)
+        if missing:
+            results.append({"case": case.label, "error": f"skipped: this checkout has no {missing}"})
+            continue
+        started = time.time()
+        result = run_case(case, models, data, runs)
+        results.append(result)
+        print(json.dumps({key: value for key, value in result.items() if key != "config"}), flush=True)
+        print(f"  ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    print(table(results))
+    if args.json:
+        previous = json.loads(args.json.read_text()) if args.json.exists() else []
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(previous + results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

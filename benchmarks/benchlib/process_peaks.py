@@ -1,0 +1,78 @@
+"""Per-process peak PSS of a measured command: which process of the tree peaked where (the driver, each Ray Train
+worker), beside :mod:`benchlib.procmon`'s whole-tree figure.
+
+```python
+measured, peaks = run_with_process_peaks(["python", "-m", "rlhfctl", "sft", "train", "cfg.toml", "--quiet"])
+peaks.root_peak_bytes            # the command's own process (the worker, when one runs in the driver)
+peaks.worker_peaks_bytes         # each Ray Train worker's peak (processes titled ``ray::RayTrainWorker``)
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from benchlib.procmon import MeasuredRun, TreePssSampler, _pss_bytes, run_measured
+
+RAY_TRAIN_WORKER = "RayTrainWorker"
+
+
+@dataclass
+class ProcessPeaks:
+    """Peak PSS by process, and which processes were Ray Train workers."""
+
+    root_pid: int
+    peaks: dict[int, int] = field(default_factory=dict)  # pid -> peak PSS bytes
+    titles: dict[int, str] = field(default_factory=dict)  # pid -> command line (process title for Ray processes)
+
+    @property
+    def root_peak_bytes(self) -> int:
+        return self.peaks.get(self.root_pid, 0)
+
+    @property
+    def worker_peaks_bytes(self) -> list[int]:
+        return [peak for pid, peak in sorted(self.peaks.items()) if RAY_TRAIN_WORKER in self.titles.get(pid, "")]
+
+
+class PerProcessSampler(TreePssSampler):
+    """:class:`TreePssSampler` that also keeps each process's own peak."""
+
+    def __init__(self, root_pid: int, marker_value: str | None = None, interval_s: float = 0.2) -> None:
+        super().__init__(root_pid, marker_value, interval_s)
+        self.process_peaks = ProcessPeaks(root_pid)
+
+    def sample_once(self) -> int:
+        total = 0
+        count = 0
+        for pid, process in self._tracked().items():
+            pss = _pss_bytes(process)
+            if pss is None:
+                continue
+            total += pss
+            count += 1
+            if pss > self.process_peaks.peaks.get(pid, 0):
+                self.process_peaks.peaks[pid] = pss
+            if RAY_TRAIN_WORKER not in self.process_peaks.titles.get(pid, ""):  # Ray retitles a worker when an
+                try:                                                                # actor moves in
+                    self.process_peaks.titles[pid] = " ".join(process.cmdline()) or process.name()
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    self.process_peaks.titles[pid] = ""
+        self.samples += 1
+        self.peak_pss_bytes = max(self.peak_pss_bytes, total)
+        self.peak_processes = max(self.peak_processes, count)
+        return total
+
+
+def run_with_process_peaks(command: Sequence[str], *, env: Mapping[str, str] | None = None,
+                           cwd: Path | str | None = None, timeout_s: float = 900, log_file: Path | None = None,
+                           sample_interval_s: float = 0.1) -> tuple[MeasuredRun, ProcessPeaks]:
+    """``procmon.run_measured`` sampling the PSS of every process of the tree (and the whole tree's)."""
+    measured = run_measured(command, env=env, cwd=cwd, timeout_s=timeout_s, log_file=log_file,
+                            sample_interval_s=sample_interval_s, sampler_class=PerProcessSampler)
+    sampler = measured.sampler
+    assert isinstance(sampler, PerProcessSampler)
+    return measured, sampler.process_peaks

@@ -1,0 +1,142 @@
+"""The plan of a real recipe's job (config.json only, no weights), the verdict, the advice and the refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhfctl.config.loader import load_config
+from rlhfctl.errors import UserError
+from rlhfctl.recipes.registry import load_recipe
+from rlhfctl.training.memory_plan import (
+    REFUSE_RATIO,
+    WorkerMemoryCheck,
+    check_memory,
+    judge,
+    plan_memory,
+)
+from rlhfctl.training.memory_probe import DeviceMemory
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GiB, MiB = 1024**3, 1024**2
+LLAMA_60M = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 512, "num_hidden_layers": 8,
+             "num_attention_heads": 8, "intermediate_size": 1536, "max_position_embeddings": 1024}
+
+
+@pytest.fixture()
+def shape_only_model(tmp_path) -> Path:
+    """A model folder with nothing but config.json: the plan never loads weights."""
+    folder = tmp_path / "llama60m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA_60M), encoding="utf-8")
+    return folder
+
+
+def sft_job(tmp_path: Path, model: Path, *overrides: str):
+    config = load_config(REPO_ROOT / "examples" / "configs" / "sft.toml", overrides=[
+        f"general.base_model={model}", f"general.output_dir={tmp_path / 'run'}",
+        f"general.checkpoint_dir={tmp_path / 'export'}", "dataset.max_length=256", "training.batch_size=8",
+        *overrides])
+    return load_recipe("sft").build_job(config)
+
+
+def fixed(bytes_per_worker: int, device: str = "cpu"):
+    return lambda job: DeviceMemory(bytes_per_worker, device, "test machine")
+
+
+def test_judge_refuses_only_beyond_the_margin():
+    assert judge(100, 100) == "fits"
+    assert judge(119, 100) == "tight"
+    assert judge(int(100 * REFUSE_RATIO) + 1, 100) == "refuse"
+
+
+def test_the_plan_of_an_sft_job_from_config_json_alone(tmp_path, shape_only_model):
+    plan = plan_memory(sft_job(tmp_path, shape_only_model), probe=fixed(64 * GiB))
+    assert plan.verdict == "fits" and plan.advice == ()
+    estimate = plan.estimate
+    # embeddings and the untied head 2 x 32000 x 512; 8 blocks of q/k/v/o 512 x 512, gate/up/down 512 x 1536 and
+    # two norms; the final norm
+    parameters = 2 * 32000 * 512 + 8 * (4 * 512 * 512 + 3 * 512 * 1536 + 2 * 512) + 512
+    assert estimate.trainable_parameters == estimate.total_parameters == parameters == 60_039_680
+    assert estimate.breakdown.weights == 4 * parameters
+    assert plan.shapes_by_role["model"].model_type == "llama"
+    rows = dict(plan.lines())
+    assert rows["memory peak"].startswith(f"{estimate.per_worker_peak_bytes / GiB:.1f} GiB per worker (cpu, at the ")
+    assert rows["memory available"] == "64.0 GiB per worker (test machine): fits"
+    data = plan.to_dict()
+    assert data["per_worker_peak_bytes"] == estimate.per_worker_peak_bytes
+    assert data["models"]["model"] == {"source": str(shape_only_model), "model_type": "llama", "head": "lm",
+                                       "trained": True}
+
+
+def test_a_plan_without_a_readable_config_says_why(tmp_path):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    plan = plan_memory(sft_job(tmp_path, empty), probe=fixed(GiB))
+    assert plan.estimate is None and plan.verdict == "unknown"
+    assert plan.unknown == f"the model ({empty} has no config.json)"
+    assert plan.to_dict() == {"per_worker_peak_bytes": None, "unknown": plan.unknown}
+    check_memory(sft_job(tmp_path, empty), probe=fixed(1))  # unknown: never refused
+
+
+def test_advice_names_the_largest_batch_that_fits(tmp_path, shape_only_model):
+    job = sft_job(tmp_path, shape_only_model)
+    full = plan_memory(job, probe=None).estimate.per_worker_peak_bytes
+    at_two = plan_memory(sft_job(tmp_path, shape_only_model, "training.batch_size=2"),
+                         probe=None).estimate.per_worker_peak_bytes
+    plan = plan_memory(job, probe=fixed(int(at_two * 1.01)))
+    assert plan.verdict == "refuse"
+    assert [item.setting for item in plan.advice] == ["training.batch_size = 2"]
+    assert plan.advice[0].per_worker_peak_bytes == at_two < full
+
+
+def test_the_refusal_gives_the_numbers_and_the_way_out(tmp_path, shape_only_model):
+    job = sft_job(tmp_path, shape_only_model)
+    with pytest.raises(UserError) as raised:
+        check_memory(job, probe=fixed(512 * MiB))
+    message, hint = str(raised.value), raised.value.hint
+    assert message.startswith("this sft run needs about ") and "but a worker has 512 MiB (test machine)" in message
+    assert "optimizer state" in message and "weights" in message
+    assert hint.endswith("If you know better, pass --no-memory-check.")
+    assert "No single setting makes it fit" in hint  # 512 MiB: not even batch 1 fits a 60 M model with Adam
+
+
+def test_a_tight_fit_runs_and_a_comfortable_one_is_quiet(tmp_path, shape_only_model):
+    job = sft_job(tmp_path, shape_only_model)
+    peak = plan_memory(job, probe=None).estimate.per_worker_peak_bytes
+    assert check_memory(job, probe=fixed(int(peak / 1.1))).verdict == "tight"
+    assert check_memory(job, probe=fixed(peak)).verdict == "fits"
+    assert "may not fit" in check_memory(job, probe=fixed(int(peak / 1.1))).tight_notice()
+
+
+def test_no_probe_means_not_known_here(tmp_path, shape_only_model):
+    plan = plan_memory(sft_job(tmp_path, shape_only_model), probe=lambda job: None)
+    assert plan.available is None and plan.verdict == "unknown"
+    assert dict(plan.lines())["memory available"].startswith("not known here")
+    check = WorkerMemoryCheck.for_workers("sft", plan)
+    assert check is not None
+    check.check(DeviceMemory(64 * GiB, "cpu", "node"))  # fits: nothing happens
+    check.check(None)  # unknown on the worker too: nothing happens
+    with pytest.raises(UserError, match="but a worker has 100 MiB \\(node\\)"):
+        check.check(DeviceMemory(100 * MiB, "cpu", "node"))
+    assert WorkerMemoryCheck.for_workers("sft", plan_memory(sft_job(tmp_path, shape_only_model),
+                                                            probe=fixed(GiB))) is None
+
+
+@pytest.mark.parametrize("stage", ["rm", "ppo"])
+def test_every_stage_plans_from_config_json(tmp_path, shape_only_model, stage):
+    model = str(shape_only_model)
+    paths = [f"general.output_dir={tmp_path / 'run'}", f"general.checkpoint_dir={tmp_path / 'export'}"]
+    if stage == "rm":
+        overrides = [f"general.base_model={model}", *paths]
+    else:
+        overrides = [f"general.model_name={model}", f"general.rm_name={model}", f"general.model_pretrain={model}",
+                     f"general.rm_pretrain={model}", *paths]
+    config = load_config(REPO_ROOT / "examples" / "configs" / f"{stage}.toml", overrides=overrides)
+    plan = plan_memory(load_recipe(stage).build_job(config), probe=fixed(64 * GiB))
+    assert plan.unknown is None
+    roles = {"rm": {"reward_model"}, "ppo": {"policy", "reference", "reward_model", "value_model"}}[stage]
+    assert set(plan.estimate.per_model) == roles
+    assert plan.estimate.per_worker_peak_bytes == plan.estimate.breakdown.total
