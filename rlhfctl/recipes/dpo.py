@@ -23,9 +23,10 @@ the **left of the prompt** (as in RM training), so whole responses are compared.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from rlhfctl.config.schema import DPOConfig
-from rlhfctl.data.loading import load_training_data
+from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import DataError
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.training.batching import (
@@ -36,6 +37,7 @@ from rlhfctl.training.batching import (
 )
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.memory import CHARS_PER_TOKEN, ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "dpo"
@@ -79,7 +81,41 @@ def build_job(config: DPOConfig) -> TrainingJob[DPOConfig, DPOPayload]:
                     "reference": f"{reference} (log-probs computed once per pair, before training)",
                     "loss": loss, "validation": data.validation_source,
                     "max length": f"{config.dataset.max_length} tokens", "unit": "preference pairs"},
+        memory=partial(memory_workload, data=data),
     )
+
+
+def memory_workload(config: DPOConfig, data: TrainingData) -> StageWorkload:
+    """The memory hook: the policy alone while training (the reference log-probs are computed once, before
+    training); a separate ``ref_model`` is loaded for that pass only. Every pass reads the log-probs of ``batch_size``
+    pairs (chosen and rejected: twice as many sequences of up to ``max_length`` tokens, the full-vocabulary logits
+    at the response positions): the reference pass and validation without gradients, the train micro-step with."""
+    training, length = config.training, config.dataset.max_length
+    sequences = 2 * training.batch_size
+    response_length = _longest_response_tokens(data, length)
+
+    def logprobs(role: str, grad: bool) -> ForwardPass:
+        return ForwardPass(role, sequences, length, grad=grad, loss="logprobs", response_length=response_length)
+
+    models = [ModelUse("policy", config.general.base_model, head="lm", trained=True)]
+    reference = "policy"
+    if not config.reference_is_policy:
+        reference = "reference"
+        models.append(ModelUse("reference", config.reference_source, head="lm", trained=False, resident=False))
+    return StageWorkload(
+        models=tuple(models),
+        phases=(Phase("reference log-probs", (logprobs(reference, False),)),
+                Phase("train step", (logprobs("policy", True),)),
+                Phase("validation", (logprobs("policy", False),))),
+        data_bytes=rows_bytes(data.train + data.validation, token_lists_per_row=2, max_length=length),
+    )
+
+
+def _longest_response_tokens(data: TrainingData, max_length: int) -> int:
+    """About how many tokens the longest reply has (characters / CHARS_PER_TOKEN), at most ``max_length``."""
+    longest = max((len(str(row[key])) for row in data.train + data.validation for key in ("chosen", "rejected")),
+                  default=0)
+    return max(1, min(max_length, int(longest / CHARS_PER_TOKEN) + 1))
 
 
 # ----------------------------------------------------------------------------------------------- worker

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 from rlhfctl.config.schema import GRPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
@@ -39,6 +40,7 @@ from rlhfctl.recipes.ppo import reward_head_warning
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.memory import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
 
 STAGE = "grpo"
@@ -144,6 +146,49 @@ def build_job(config: GRPOConfig) -> TrainingJob[GRPOConfig, GRPOPayload]:
             "unit": "episodes (one completion each)",
         },
         warnings=grpo_plan.warnings,
+        memory=partial(memory_workload, data=grpo_plan.data),
+    )
+
+
+def memory_workload(config: GRPOConfig, data: TrainingData) -> StageWorkload:
+    """The memory hook: the policy, its frozen reference unless ``beta = 0`` (on the policy's base with LoRA), the
+    reward model when the reward uses one; the phases of an iteration — generation of ``experience_batch_size x
+    num_generations`` completions with the KV cache and their reward scores; the no-grad log-prob forwards (the
+    reference's, and the sampling policy's unless the update is one pass over one mini-batch) in chunks of
+    ``batch_size``; the update micro-step over ``batch_size`` completions; validation (generation, then the policy's
+    and the reference's log-probs of one such batch at once)."""
+    training, generation = config.training, config.generation
+    length, new_tokens = config.dataset.max_length, generation.max_new_tokens
+    completions = training.experience_batch_size * training.num_generations
+    micro = min(training.batch_size, completions // training.num_mini_batches)
+    chunk = min(training.batch_size, completions)
+
+    def logprobs(role: str, rows: int, grad: bool) -> ForwardPass:
+        return ForwardPass(role, rows, length, grad=grad, loss="logprobs", response_length=new_tokens)
+
+    models = [ModelUse("policy", config.policy_source, head="lm", trained=True)]
+    if training.beta:
+        models.append(ModelUse("reference", config.policy_source, head="lm", trained=False,
+                               lora_shares_base_with="policy"))
+    if config.uses_reward_model:
+        models.append(ModelUse("reward_model", config.reward_source, head="score", trained=False))
+    generate: list = [Generation("policy", completions, length - new_tokens, new_tokens)]
+    if config.uses_reward_model:
+        generate.append(ForwardPass("reward_model", completions, length, grad=False, loss="score", reads_per_row=1))
+    forwards = [logprobs("reference", chunk, False)] if training.beta else []
+    if training.ppo_epochs > 1 or training.num_mini_batches > 1:
+        forwards.append(logprobs("policy", chunk, False))
+    phases = [Phase("generation", tuple(generate), together=False)]
+    if forwards:
+        phases.append(Phase("rollout forwards", tuple(forwards), together=False))
+    phases.append(Phase("update", (logprobs("policy", micro, True),)))
+    if data.validation:
+        checked = [logprobs("policy", completions, False)] + ([logprobs("reference", completions, False)]
+                                                               if training.beta else [])
+        phases.append(Phase("validation", tuple(checked), together=False))
+    return StageWorkload(
+        models=tuple(models), phases=tuple(phases),
+        data_bytes=rows_bytes(data.train + data.validation, token_lists_per_row=0, max_length=length),
     )
 
 

@@ -149,7 +149,8 @@ class GRPOTrainer:
         ref_logprobs = (self._no_grad_logprobs(self.models.reference, generation)
                         if self.models.reference is not None else None)
         forwarded = time.perf_counter()
-        update_stats = self._update(generation, advantages.advantages, old_logprobs, ref_logprobs, step)
+        update_stats, sampled_logprobs = self._update(generation, advantages.advantages, old_logprobs, ref_logprobs,
+                                                      step)
         trained = time.perf_counter()
 
         mask = generation.truncated.response_mask
@@ -168,15 +169,21 @@ class GRPOTrainer:
             "time_train_s": trained - forwarded,
             **update_stats,
         }
+        if ref_logprobs is not None:  # nats per completion, what the [monitor] KL ceiling reads (as PPO's kl_k1)
+            from rlhfctl.objectives.ppo import kl_per_token
+
+            local["kl_k1"] = (kl_per_token(sampled_logprobs, ref_logprobs, "k1") * mask).sum(1).mean().item()
         metrics = self.ctx.all_reduce_mean(local)
         metrics["reward_std"] = math.sqrt(max(metrics.pop("reward_sq_mean") - metrics["reward_mean"] ** 2, 0.0))
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         samples = self._sample_rows(group_prompts, scored) if with_samples else []
         return metrics, samples
 
-    def _update(self, generation, advantages, old_logprobs, ref_logprobs, step: int) -> dict[str, float]:
+    def _update(self, generation, advantages, old_logprobs, ref_logprobs, step: int):
         """``ppo_epochs`` passes over the completions in ``num_mini_batches`` mini-batches of whole groups, each
-        one optimizer step over micro-batches of ``batch_size``; returns the mean statistics."""
+        one optimizer step over micro-batches of ``batch_size``. Returns the mean statistics and the sampling
+        policy's log-probs ``(batch, response_len)``: ``old_logprobs``, or (one pass over one mini-batch, where
+        no separate forward computed them) the first pass's own, detached."""
         import torch
 
         from rlhfctl.models.rollout import policy_logprobs
@@ -190,6 +197,7 @@ class GRPOTrainer:
         groups_per_mini = groups // training.num_mini_batches
         totals: dict[str, float] = {}  # token-weighted sums of the per-micro-batch statistics
         tokens, losses = 0.0, []
+        sampled = old_logprobs if old_logprobs is not None else torch.zeros_like(mask)
         for _ in range(training.ppo_epochs):
             group_order = torch.randperm(groups, device=mask.device)
             for mini_start in range(0, groups, groups_per_mini):
@@ -210,10 +218,12 @@ class GRPOTrainer:
                             ref_logprobs=None if ref_logprobs is None else ref_logprobs[idx],
                             aggregation=training.loss_aggregation, normalizer=normalizer)
                         ctx.backward(result.loss)
+                    if old_logprobs is None:  # on-policy: nothing was stepped yet, these are the sampler's
+                        sampled[idx] = logprobs.detach().float() * mask[idx]
                     nonfinite |= not bool(torch.isfinite(result.loss).item())
                     mini_loss += float(result.loss.item())  # the chunks' losses add up to the mini-batch's
                     chunk_tokens = float(mask[idx].sum().item())
-                    for key, value in (("clip_fraction", result.clip_fraction), ("kl", result.kl),
+                    for key, value in (("clip_fraction", result.clip_fraction), ("kl_k3_per_token", result.kl),
                                        ("ratio_mean", result.ratio_mean),
                                        ("entropy", ppo_objective.masked_mean(entropy, mask[idx]))):
                         totals[key] = totals.get(key, 0.0) + float(value.item()) * chunk_tokens
@@ -224,7 +234,7 @@ class GRPOTrainer:
                 losses.append(mini_loss)
                 grad_norm = ctx.step(self.optimizer, self.scheduler, self.policy)
         stats = {key: value / max(tokens, 1.0) for key, value in totals.items()}
-        return {"loss": sum(losses) / len(losses), "grad_norm": grad_norm, **stats}
+        return {"loss": sum(losses) / len(losses), "grad_norm": grad_norm, **stats}, sampled
 
     def _normalizer(self, mini_mask) -> float:
         """What a mini-batch's summed loss is divided by so that, after DDP averages the workers' gradients, the

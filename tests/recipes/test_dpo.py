@@ -3,16 +3,21 @@ in-process, the seed's Orca-style DPO sample through `data convert`, and a 2-wor
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from rlhfctl.cli.app import app
 from rlhfctl.config.schema import DPOConfig
 from rlhfctl.recipes import dpo
+from rlhfctl.report.html import render_html
+from rlhfctl.report.run_data import load_runs
+from rlhfctl.report.terminal import print_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_DATA = REPO_ROOT.parent / "shared" / "seed-data"  # the seed workflow's sample data, beside the repository
@@ -76,6 +81,23 @@ def test_plan_counts_steps_and_names_the_reference(tmp_path, tiny_model_dir):
     other.general.ref_model = str(tmp_path / "ref")
     assert dpo.plan(other).notes["reference"].startswith(str(tmp_path / "ref"))
     assert dpo.plan(other).notes["loss"] == "sigmoid, beta 0.1, label smoothing 0.1"
+
+
+def test_the_memory_plan_holds_the_policy_alone_while_training(tmp_path, tiny_model_dir):
+    """Reference log-probs are computed once before training: no resident reference model; a separate ref_model
+    weighs in the pass that scores the pairs only."""
+    config = make_config(tmp_path, tiny_model_dir)
+    own = dpo.build_job(config).plan(memory_probe=None).memory.estimate
+    assert list(own.per_model) == ["policy"]
+    assert set(own.phase_peaks) == {"reference log-probs", "train step", "validation"}
+    config.general.ref_model = str(tiny_model_dir)  # the same folder, named apart: loaded for one pass
+    config.general.base_model = str(tiny_model_dir) + "/"
+    separate = dpo.build_job(config).plan(memory_probe=None).memory.estimate
+    assert list(separate.per_model) == ["policy", "reference"]
+    weights = separate.per_model["reference"].weights
+    assert separate.phase_peaks["reference log-probs"] == own.phase_peaks["reference log-probs"] + weights
+    assert separate.phase_peaks["train step"] == own.phase_peaks["train step"]
+    assert separate.peak_phase == "train step" and separate.breakdown.weights == own.breakdown.weights
 
 
 def test_dry_run_through_the_cli(tmp_path, tiny_model_dir):
@@ -144,6 +166,15 @@ def test_dpo_raises_heldout_implicit_reward_accuracy_and_exports_a_causal_lm(tmp
     policy = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
     with torch.no_grad():
         assert policy(torch.tensor([[5, 6, 7]])).logits.shape[-1] >= 1
+
+    # `rlhfctl report` on the run: the DPO metrics, train and validation, in the terminal summary and the page
+    (run,) = load_runs([tmp_path / "run"])
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    print_summary([run], console)
+    summary_text = console.file.getvalue()
+    assert "stage dpo · finished" in summary_text
+    for key in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps/rejected"):
+        assert key in summary_text and key in render_html([run])
 
 
 def test_a_separate_reference_model_gives_the_same_run(tmp_path, tiny_model_dir):

@@ -4,18 +4,25 @@ reward model that recovers exactly from a killed worker."""
 
 from __future__ import annotations
 
+import html
+import io
 import json
 import math
 import textwrap
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from rlhfctl.cli.app import app
 from rlhfctl.config.schema import GRPOConfig
 from rlhfctl.errors import ConfigError, DataError, RuntimeFailure
+from rlhfctl.monitor.checks import ENTROPY_KEYS, KL_KEYS, RESPONSE_LENGTH_KEYS, REWARD_KEYS, first_present
 from rlhfctl.recipes import grpo
+from rlhfctl.report.html import render_html
+from rlhfctl.report.run_data import load_runs
+from rlhfctl.report.terminal import print_summary
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = REPO_ROOT / "examples" / "data"
@@ -83,6 +90,26 @@ def test_plan_counts_iterations_and_episodes(tmp_path, tiny_model_dir):
     assert "random reward" in plan.notes["warning 1"]  # the kit model has no trained score head
 
 
+@pytest.mark.parametrize(("beta", "reward_model", "roles"), [
+    (0.04, True, ["policy", "reference", "reward_model"]),
+    (0.0, True, ["policy", "reward_model"]),  # beta = 0 drops the reference model
+    (0.04, False, ["policy", "reference"]),  # reward functions only
+])
+def test_the_memory_plan_knows_every_model_and_the_generation_cache(tmp_path, tiny_model_dir, beta, reward_model,
+                                                                    roles):
+    config = make_config(tmp_path, tiny_model_dir, reward_model=tiny_model_dir if reward_model else None, beta=beta)
+    estimate = grpo.build_job(config).plan(memory_probe=None).memory.estimate
+    assert list(estimate.per_model) == roles
+    assert estimate.per_model["policy"].optimizer_state > 0
+    assert all(estimate.per_model[role].optimizer_state == 0 for role in roles[1:])
+    assert {"generation", "update", "validation"} <= set(estimate.phase_peaks)
+    on_policy = "rollout forwards" not in estimate.phase_peaks
+    assert on_policy == (beta == 0)  # one pass over one mini-batch: only the reference needs a no-grad forward
+    config.training.num_generations = 8  # twice the completions: a larger KV cache while generating
+    larger = grpo.build_job(config).plan(memory_probe=None).memory.estimate
+    assert larger.phase_peaks["generation"] > estimate.phase_peaks["generation"]
+
+
 def test_inconsistent_settings_are_refused_together(tmp_path, tiny_model_dir):
     config = make_config(tmp_path, tiny_model_dir, experience_batch_size=6, num_mini_batches=4,
                          gradient_accumulation_steps=2)
@@ -146,6 +173,49 @@ def test_a_prompt_without_the_answer_exact_match_reads_exits_2(tmp_path, tiny_mo
     assert f"{prompts}:3: key 'answer': missing (reward.functions[1] (exact_match) reads it)" in result.stderr
 
 
+def test_a_runaway_kl_stops_the_run_like_ppo(tmp_path, tiny_model_dir):
+    """The [monitor] checks run on GRPO's metrics as on PPO's: a tiny beta and a high learning rate let the policy
+    drift, the KL ceiling (per completion, kl_k1) stops the run at a checkpoint; exit 1 and the resume command."""
+    prompts = few_prompts(tmp_path, 96)
+    path = write_toml(tmp_path / "grpo.toml", f"""\
+        stage = "grpo"
+        [general]
+        model_name = "{tiny_model_dir}"
+        rm_name = "{tiny_model_dir}"
+        output_dir = "{tmp_path}/run"
+        checkpoint_dir = "{tmp_path}/export"
+        [dataset]
+        train_file = "{prompts}"
+        validation_split_percentage = 0
+        max_length = 64
+        [training]
+        num_training_workers = 1
+        experience_batch_size = 4
+        batch_size = 16
+        beta = 0.001
+        learning_rate = 1e-2
+        ppo_epochs = 2
+        sample_every_steps = 1
+        [generation]
+        max_new_tokens = 16
+        [monitor]
+        kl_max = 8
+        kl_patience = 2
+    """)
+    result = runner.invoke(app, ["grpo", "train", str(path), "general.report_to=[]", "--quiet"])
+    assert result.exit_code == 1, result.output
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    (alarm,) = [event for event in events if event["kind"] == "health" and event["action"] == "stop"]
+    step = alarm["step"]
+    assert (alarm["check"], alarm["split"]) == ("kl_ceiling", "train") and alarm["value"] > 8
+    output = " ".join(result.output.split())
+    assert f"grpo training stopped by the kl_ceiling health check at step {step}: KL from the reference policy " \
+           "(kl_k1)" in output
+    assert "--resume" in output and (tmp_path / "run" / "grpo_run" / f"checkpoint_{step:08d}").is_dir()
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert {row["step"] for row in samples} == set(range(1, step + 1))  # the n-gram check reads these
+
+
 def test_a_config_needs_some_reward(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="GRPO needs a reward"):
         make_config(tmp_path, tiny_model_dir, functions=[])
@@ -196,13 +266,25 @@ def test_grpo_raises_a_verifiable_reward_on_heldout_prompts(tmp_path, trained_mo
     print(f"\nheld-out 'Hope that helps' rate {before:.3f} -> {after:.3f}")
     assert after > before + 0.2
     train = [line for line in summary.history if line["split"] == "train"]
-    assert {"reward_mean", "reward_std", "reward_group_std", "zero_std_groups", "rewards/contains", "kl",
-            "clip_fraction", "entropy", "response_length_mean", "eos_rate", "loss", "grad_norm", "learning_rate",
+    assert {"reward_mean", "reward_std", "reward_group_std", "zero_std_groups", "rewards/contains", "kl_k1",
+            "kl_k3_per_token", "clip_fraction", "entropy", "response_length_mean", "eos_rate", "loss", "grad_norm", "learning_rate",
             "episodes", "episodes_per_s", "time_generate_s", "time_score_s", "time_train_s"} <= set(train[-1])
     assert train[-1]["episodes"] == 16 * 32  # 16 iterations of 8 prompts x 4 completions
+    # the [monitor] checks find GRPO's figures under the names they read (KL per completion, as PPO's)
+    found = {name: first_present(train[-1], keys)[0] for name, keys in
+             (("kl", KL_KEYS), ("entropy", ENTROPY_KEYS), ("reward", REWARD_KEYS), ("length", RESPONSE_LENGTH_KEYS))}
+    assert found == {"kl": "kl_k1", "entropy": "entropy", "reward": "reward_mean", "length": "response_length_mean"}
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert {"prompt", "response", "reward", "contains"} <= set(samples[0])
     assert (tmp_path / "export" / "model.safetensors").is_file()
+
+    # `rlhfctl report` on the run: the samples across training on the page, the metrics in the terminal summary
+    (run,) = load_runs([tmp_path / "run"])
+    page = render_html([run])
+    assert "Samples across training" in page and html.escape(samples[-1]["response"]) in page
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    print_summary([run], console)
+    assert "stage grpo · finished" in console.file.getvalue() and "reward_mean" in console.file.getvalue()
 
 
 def test_rloo_without_a_reference_model(tmp_path, trained_models, monkeypatch):
@@ -217,7 +299,8 @@ def test_rloo_without_a_reference_model(tmp_path, trained_models, monkeypatch):
                          rloo=True, beta=0.0, loss_aggregation="sequence", scale_rewards=False)
     metrics = run_inline(config, tmp_path / "ckpt")
     assert loads == ["AutoModelForCausalLM", "AutoModelForSequenceClassification"]  # policy and RM, no reference
-    assert metrics["train_kl"] == 0.0 and "validation_kl_k1" not in metrics
+    assert metrics["train_kl_k3_per_token"] == 0.0
+    assert "train_kl_k1" not in metrics and "validation_kl_k1" not in metrics
     assert math.isfinite(metrics["train_loss"]) and "train_rewards/reward_model" in metrics
 
 

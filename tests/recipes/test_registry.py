@@ -45,7 +45,8 @@ def test_every_registered_stage_describes_its_memory(stage, tiny_model_dir, tmp_
 
     model = str(tiny_model_dir)
     paths = [f"general.output_dir={tmp_path / 'run'}", f"general.checkpoint_dir={tmp_path / 'export'}"]
-    sources = {"ppo": ["general.model_name", "general.rm_name", "general.model_pretrain", "general.rm_pretrain"]}
+    ppo_like = ["general.model_name", "general.rm_name", "general.model_pretrain", "general.rm_pretrain"]
+    sources = {"ppo": ppo_like, "grpo": ppo_like}
     overrides = [f"{key}={model}" for key in sources.get(stage, ["general.base_model"])] + paths
     example = Path(__file__).resolve().parents[2] / "examples" / "configs" / f"{stage}.toml"
     job = load_recipe(stage).build_job(load_config(example, overrides=overrides))
