@@ -190,6 +190,40 @@ def test_a_separate_reference_model_gives_the_same_run(tmp_path, tiny_model_dir)
     assert separate == pytest.approx(default, rel=1e-6, abs=1e-7)
 
 
+def test_reference_log_probs_are_computed_once_and_the_reference_is_freed_before_training(tmp_path, tiny_model_dir,
+                                                                                           monkeypatch):
+    import gc
+    import weakref
+
+    from rlhfctl.models import loading, pair_logprobs
+    from rlhfctl.objectives import dpo as dpo_objective
+
+    scored: list[int] = []  # pairs per call of the no-grad scoring pass
+    real_all = pair_logprobs.all_pair_logprobs
+    monkeypatch.setattr(pair_logprobs, "all_pair_logprobs",
+                        lambda model, pairs, *a, **k: scored.append(len(pairs)) or real_all(model, pairs, *a, **k))
+    loaded: list[weakref.ref] = []
+    real_load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: (lambda m: loaded.append(weakref.ref(m)) or m)(
+        real_load(*a, **k)))
+    reference_alive_in_training: list[bool] = []
+    real_losses = dpo_objective.dpo_losses
+
+    def losses(*args, **kwargs):
+        if not reference_alive_in_training:
+            gc.collect()
+            reference_alive_in_training.append(loaded[1]() is not None)
+        return real_losses(*args, **kwargs)
+
+    monkeypatch.setattr(dpo_objective, "dpo_losses", losses)
+    config = make_config(tmp_path, tiny_model_dir, train_file=few_pairs(tmp_path, 60), epochs=3)
+    config.general.ref_model = str(tiny_model_dir) + "/"  # another source: loaded, used once, freed
+    run_inline(config, tmp_path / "ckpt")
+    assert len(loaded) == 2  # the policy, then the reference
+    assert scored == [60, 6, 6, 6]  # every pair once by the reference, then the 6 held-out ones after each epoch
+    assert reference_alive_in_training == [False]
+
+
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge"])
 def test_other_loss_types_learn_too(tmp_path, tiny_model_dir, loss_type):
     metrics = run_inline(make_config(tmp_path, tiny_model_dir, train_file=few_pairs(tmp_path, 200),
