@@ -23,16 +23,10 @@ def main() -> None:
 
     started = time.perf_counter()
     common.set_threads(args.threads)
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     common.quiet_transformers()
-
-    def load(path: str) -> Dataset:
-        rows = common.load_jsonl(path)
-        return Dataset.from_list([{"prompt": r["instruction"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                                  for r in rows])
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model)
@@ -58,8 +52,8 @@ def main() -> None:
         model=model,
         args=config,
         processing_class=tokenizer,
-        train_dataset=load(args.train),
-        eval_dataset=load(args.validation),
+        train_dataset=common.preference_dataset(args.train),
+        eval_dataset=common.preference_dataset(args.validation),
         callbacks=[common.step_timer_callback(step_end_times)],
     )
     train_rows = len(trainer.train_dataset)

@@ -24,16 +24,10 @@ def main() -> None:
     started = time.perf_counter()
     common.set_threads(args.threads)
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     common.quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(args.policy)
-    tokenizer.padding_side = "left"
-    reward_tokenizer = AutoTokenizer.from_pretrained(args.reward_model)
-    policy = AutoModelForCausalLM.from_pretrained(args.policy)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
-    reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
+    tokenizer, reward_tokenizer, policy, reward_model = common.policy_and_reward_model(args)
     prompts = [row["prompt"] for row in common.load_jsonl(args.prompts)]
     completions_per_step = args.prompts_per_step * args.num_generations
     steps = max(1, args.episodes // completions_per_step)

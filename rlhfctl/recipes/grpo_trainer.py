@@ -70,14 +70,10 @@ class GRPOTrainer:
         return [format_prompt(row["prompt"], self.models.tokenizer) for row in rows]
 
     def _generate(self, prompts: list[str]):
-        from rlhfctl.data.prompting import has_chat_template
-        from rlhfctl.models.generation import generate_responses, tokenize_prompts
+        from rlhfctl.models.generation import generate_for_prompts
 
-        tokenizer = self.models.tokenizer
-        ids, mask = tokenize_prompts(prompts, tokenizer, self.max_prompt_tokens,
-                                     add_special_tokens=not has_chat_template(tokenizer))
-        return generate_responses(unwrap_model(self.policy), ids.to(self.ctx.device), mask.to(self.ctx.device),
-                                  self.sampling)
+        return generate_for_prompts(unwrap_model(self.policy), prompts, self.models.tokenizer, self.max_prompt_tokens,
+                                    self.sampling)
 
     def _score(self, rows: list[dict], prompts: list[str]) -> Scored:
         """Generate one completion per prompt and reward it: every component, then the weighted sum."""
