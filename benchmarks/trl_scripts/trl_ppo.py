@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--ppo-epochs", type=int, default=4)
     parser.add_argument("--max-prompt-length", type=int, default=96)
     parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-policy", help="save the trained policy (and tokenizer) here, inside the timed run")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -83,7 +85,7 @@ def main() -> None:
         stop_token="eos",
         learning_rate=args.learning_rate,
         num_sample_generations=0,
-        **common.CPU_FAIR_ARGS,
+        **{**common.CPU_FAIR_ARGS, "seed": args.seed},
     )
     update_end_times: list[float] = []
     phase_marks: list[dict[str, float]] = []
@@ -102,6 +104,9 @@ def main() -> None:
     train_started = time.perf_counter()
     trainer.train()
     train_finished = time.perf_counter()
+    if args.save_policy:
+        trainer.save_model(args.save_policy)
+        tokenizer.save_pretrained(args.save_policy)
 
     # Per-update phase times from the cumulative marks taken at each update end.
     per_update = []
