@@ -4,6 +4,7 @@ Same policy / reward / value models (the value model starts from the reward mode
 response length, rollouts per update, mini-batches and PPO epochs as the rlhfctl run. TRL reports no time split,
 so this script wraps the trainer module's ``batch_generation`` (generate), ``forward`` without gradients and
 ``get_reward`` (score: reference, value and reward forwards) with timers; train = the rest of each update.
+``--lora-r``: TRL's peft path (LoRA on the policy, no reference copy; TRL trains the value model in full).
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ def main() -> None:
     parser.add_argument("--ppo-epochs", type=int, default=4)
     parser.add_argument("--max-prompt-length", type=int, default=96)
     parser.add_argument("--kl-coef", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-policy", help="save the trained policy (and tokenizer) here, inside the timed run")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -58,6 +57,7 @@ def main() -> None:
     _install_phase_timers(ppo_module, phase_seconds)
 
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
+    common.ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
     prompts = [row["prompt"] for row in common.load_jsonl(args.prompts)]
     encoded = tokenizer(prompts, truncation=True, max_length=args.max_prompt_length)["input_ids"]
@@ -65,7 +65,8 @@ def main() -> None:
     eval_dataset = Dataset.from_dict({"input_ids": encoded[: args.rollouts_per_update]})
 
     policy = AutoModelForCausalLM.from_pretrained(args.policy)
-    ref_policy = AutoModelForCausalLM.from_pretrained(args.policy)
+    lora = common.peft_config(args)  # with LoRA the reference is the policy with its adapter disabled
+    ref_policy = None if lora else AutoModelForCausalLM.from_pretrained(args.policy)
     reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
     value_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
     for model in (reward_model, value_model):
@@ -100,13 +101,12 @@ def main() -> None:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         callbacks=[_update_recorder(update_end_times, phase_marks, phase_seconds)],
+        peft_config=lora,
     )
     train_started = time.perf_counter()
     trainer.train()
     train_finished = time.perf_counter()
-    if args.save_policy:
-        trainer.save_model(args.save_policy)
-        tokenizer.save_pretrained(args.save_policy)
+    common.save_merged(trainer.policy_model, tokenizer, args.save_merged)
 
     # Per-update phase times from the cumulative marks taken at each update end.
     per_update = []

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhfctl.models.last_position import final_block_at, read_key_mask
+from rlhfctl.models.last_position import final_block_at
 from rlhfctl.models.packing import collate_packed_pairs, packing_supported, shared_prefix_length
 from rlhfctl.objectives.dpo import PreferenceLogps
 
@@ -60,7 +60,7 @@ class PairLogprobModel(nn.Module):
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]  # (rows, 1)
         if self.packs_pairs:
             backbone = self.model.base_model
-            with final_block_at(backbone, read_index, read_key_mask(attention_mask, read_index)):
+            with final_block_at(backbone, read_index, attention_mask):
                 hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False).last_hidden_state  # (rows, seq, hidden)
             logits = self.model.get_output_embeddings()(hidden[rows, read_index])  # (rows, reads, vocab)

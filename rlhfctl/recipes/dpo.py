@@ -1,9 +1,10 @@
 """DPO: train the policy directly on preference pairs against a frozen reference model, no reward model.
 
 Supports: any ``AutoModelForCausalLM``-loadable policy (usually the SFT export), a reference that is the policy
-before training (default) or another model (``general.ref_model``), the ``sigmoid`` (DPO, with cDPO label
-smoothing), ``ipo`` and ``hinge`` losses, prompts as text or message lists, gradient accumulation, clipping, mixed
-precision, several workers, resume. Data: the RM pair format (``rlhfctl data convert --to rm``).
+before training (default; with ``[lora]`` the policy with its adapters off) or another model
+(``general.ref_model``), the ``sigmoid`` (DPO, with cDPO label smoothing), ``ipo`` and ``hinge`` losses, prompts as
+text or message lists, gradient accumulation, clipping, mixed precision, LoRA and gradient checkpointing, several
+workers, resume. Data: the RM pair format (``rlhfctl data convert --to rm``).
 
 Recipe, top to bottom:
     driver:  build_job  -> load + validate the pairs (before Ray), count steps            (plan / run call it)
@@ -28,6 +29,7 @@ from functools import partial
 from rlhfctl.config.schema import DPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import DataError
+from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.training.batching import (
     balanced_shares,
@@ -66,6 +68,7 @@ def build_job(config: DPOConfig) -> TrainingJob[DPOConfig, DPOPayload]:
         raise DataError(f"{len(data.train)} training pairs cannot be shared by {workers} workers "
                         "(each needs at least one)", path=data.train_file,
                         hint="Use more pairs or fewer training.num_training_workers.")
+    check_model_settings(config, [AdaptedModel("general.base_model", config.general.base_model, "causal")])
     per_epoch = steps_per_epoch(len(data.train), workers, training.batch_size, training.gradient_accumulation_steps)
     loss = f"{training.loss_type}, beta {training.beta:g}"
     if training.label_smoothing:
@@ -123,6 +126,7 @@ def _longest_response_tokens(data: TrainingData, max_length: int) -> int:
 
 def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     """Runs on every Ray Train worker (module-level so Ray can pickle it)."""
+    from rlhfctl.models.adapters import adapt_for_training
     from rlhfctl.models.loading import disable_dropout, load_model, load_tokenizer, resize_embeddings
     from rlhfctl.models.pair_logprobs import collate_logprob_pairs, make_logprob_model, pair_logprobs
     from rlhfctl.models.preference import pair_cost_lengths, tokenize_pairs
@@ -137,7 +141,8 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     tokenizer = load_tokenizer(config.general.base_model, trust_remote_code=trust)
     policy = load_model("AutoModelForCausalLM", config.general.base_model, trust_remote_code=trust)
     resize_embeddings(policy, tokenizer)
-    disable_dropout(policy)
+    disable_dropout(policy)  # before LoRA: lora.dropout stays as configured
+    adapt_for_training(policy, config, source=config.general.base_model)  # [lora], gradient checkpointing
     train_pairs = tokenize_pairs(payload.train_rows, tokenizer, config.dataset.max_length)
     validation_pairs = tokenize_pairs(payload.validation_rows, tokenizer, config.dataset.max_length)
     logprob_model = make_logprob_model(policy).to(ctx.device)
@@ -219,12 +224,15 @@ def _reference_logprobs(ctx, policy_logprobs, tokenizer, pairs: list):
     its share (``rank::world_size``), then a sum over workers gives every worker all of them.
 
     The reference is the policy itself when the config names no other model (this runs before any update or
-    restore), else ``general.ref_model``, loaded here and freed before training starts.
+    restore; with ``[lora]``, the policy with its adapters switched off: its frozen base), else
+    ``general.ref_model``, loaded here and freed before training starts.
     """
+    import contextlib
     import gc
 
     import torch
 
+    from rlhfctl.models.adapters import adapters_disabled
     from rlhfctl.models.loading import check_same_vocabulary, disable_dropout, load_model
     from rlhfctl.models.pair_logprobs import all_pair_logprobs, make_logprob_model
     from rlhfctl.objectives.dpo import PreferenceLogps
@@ -238,8 +246,10 @@ def _reference_logprobs(ctx, policy_logprobs, tokenizer, pairs: list):
         disable_dropout(loaded)
         reference = make_logprob_model(loaded).to(ctx.device)
     own = list(range(ctx.rank, len(pairs), ctx.world_size))
-    scored = all_pair_logprobs(reference, [pairs[i] for i in own], tokenizer.pad_token_id,
-                               config.training.batch_size, ctx.device)
+    base_only = adapters_disabled(policy_logprobs.model) if reference is policy_logprobs else contextlib.nullcontext()
+    with base_only:
+        scored = all_pair_logprobs(reference, [pairs[i] for i in own], tokenizer.pad_token_id,
+                                   config.training.batch_size, ctx.device)
     everything = torch.zeros((4, len(pairs)), dtype=torch.float32)
     everything[:, own] = torch.stack(list(scored))
     if ctx.distributed:

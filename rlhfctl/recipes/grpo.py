@@ -10,7 +10,8 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
 3. ``train_loop`` on each worker:
 
    - **setup**: the policy (``model_pretrain`` or ``model_name``), a frozen reference copy of it unless
-     ``beta = 0``, the frozen reward model when the reward uses one; dropout off; the policy DDP-wrapped with its
+     ``beta = 0`` (with ``[lora]``: the policy with its adapters off, no copy), the frozen reward model when the
+     reward uses one; dropout off; the policy DDP-wrapped with its
      optimizer and scheduler; the reward functions; then the latest checkpoint if there is one.
    - **loop**, one iteration per step over this worker's shard of the prompts (reshuffled every epoch):
      ``experience_batch_size`` prompts x ``num_generations`` completions -> rewards (reward model and/or
@@ -35,6 +36,7 @@ from functools import partial
 from rlhfctl.config.schema import GRPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import ConfigError, ConfigIssue, DataError
+from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.recipes.grpo_rewards import build_reward_functions, row_keys
 from rlhfctl.recipes.ppo import reward_head_warning
 from rlhfctl.recipes.registry import Recipe
@@ -79,6 +81,8 @@ def prepare(config: GRPOConfig) -> GRPOPlan:
     if len(data.train) < workers:
         raise DataError(f"{len(data.train)} prompts cannot feed {workers} workers", path=data.train_file,
                         hint="Use more prompts or fewer training.num_training_workers.")
+    policy_key = "general.model_pretrain" if config.general.model_pretrain else "general.model_name"
+    check_model_settings(config, [AdaptedModel(policy_key, config.policy_source, "causal")])
     iterations_per_epoch = math.ceil(len(data.train) // workers / training.experience_batch_size)
     warnings = []
     if config.uses_reward_model:
@@ -267,7 +271,9 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
 def _build_models(config: GRPOConfig, device):
     """Load the policy, the reference (``beta > 0``) and the reward model (when used); dropout off, frozen ones
-    in eval mode without gradients."""
+    in eval mode without gradients. With ``[lora]`` the policy trains adapters and the reference is the policy with
+    its adapters off (``WithoutAdapters``: one copy of the base)."""
+    from rlhfctl.models.adapters import WithoutAdapters, adapt_for_training
     from rlhfctl.models.loading import check_same_vocabulary, disable_dropout, load_model, load_tokenizer
     from rlhfctl.models.scoring import TokenScoreModel
     from rlhfctl.recipes.grpo_trainer import GRPOModels
@@ -276,7 +282,9 @@ def _build_models(config: GRPOConfig, device):
     source = config.policy_source
     tokenizer = load_tokenizer(source, trust_remote_code=trust, padding_side="left")
     policy = load_model("AutoModelForCausalLM", source, trust_remote_code=trust)
-    reference = load_model("AutoModelForCausalLM", source, trust_remote_code=trust) if config.training.beta else None
+    lora = config.lora is not None
+    separate_reference = config.training.beta and not lora
+    reference = load_model("AutoModelForCausalLM", source, trust_remote_code=trust) if separate_reference else None
     reward_model = None
     if config.uses_reward_model:
         reward_model = load_model("AutoModelForSequenceClassification", config.reward_source,
@@ -286,13 +294,16 @@ def _build_models(config: GRPOConfig, device):
     for model in loaded:
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
-        disable_dropout(model)
+        disable_dropout(model)  # before LoRA: lora.dropout stays as configured
         model.config.pad_token_id = tokenizer.pad_token_id
         model.to(device)
+    adapt_for_training(policy, config, source=source)  # [lora], gradient checkpointing
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)
     policy.train()
+    if lora and config.training.beta:
+        reference = WithoutAdapters(policy)
     return GRPOModels(policy, reference, TokenScoreModel(reward_model) if reward_model is not None else None,
                       tokenizer)
 

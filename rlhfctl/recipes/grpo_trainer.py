@@ -23,7 +23,8 @@ class GRPOModels(NamedTuple):
     """The models of a GRPO run on the worker's device, and the shared tokenizer."""
 
     policy: Any  # trained; AutoModelForCausalLM
-    reference: Any  # frozen copy of the initial policy, or None when training.beta == 0
+    reference: Any  # frozen copy of the initial policy (LoRA: models.adapters.WithoutAdapters of the policy), or
+    #                 None when training.beta == 0
     reward_model: Any  # frozen models.scoring.TokenScoreModel, or None (reward functions only)
     tokenizer: Any
 
@@ -109,8 +110,9 @@ class GRPOTrainer:
         from rlhfctl.models.rollout import policy_logprobs
 
         chunks = []
-        was_training = model.training
-        model.eval()
+        module = model if isinstance(model, torch.nn.Module) else model.model  # WithoutAdapters: the adapted policy
+        was_training = module.training
+        module.eval()
         try:
             with torch.no_grad():
                 for start in range(0, generation.query_responses.shape[0], self.training.batch_size):
@@ -119,7 +121,7 @@ class GRPOTrainer:
                                                   generation.attention_mask[rows], generation.prompt_len,
                                                   self.temperature)[0])
         finally:
-            model.train(was_training)
+            module.train(was_training)
         return torch.cat(chunks) * generation.truncated.response_mask
 
     def iteration(self, rows: list[dict], prompts: list[str], *, step: int,

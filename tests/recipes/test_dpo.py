@@ -224,6 +224,42 @@ def test_reference_log_probs_are_computed_once_and_the_reference_is_freed_before
     assert reference_alive_in_training == [False]
 
 
+def test_lora_dpo_learns_with_the_adapter_free_policy_as_reference_and_resumes_exactly(tmp_path, tiny_model_dir,
+                                                                                     monkeypatch):
+    """[lora]: one model loaded (the reference is the policy with its adapters off), only the adapters train, the
+    checkpoints hold them alone and resume exactly, and the export is the adapter folder."""
+    import json as json_module
+
+    from safetensors.torch import load_file
+
+    from rlhfctl.config.schema import LoraConfig
+    from rlhfctl.models import adapters, loading
+
+    loads: list[str] = []
+    real_load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda auto_class, *a, **k: loads.append(auto_class) or
+                        real_load(auto_class, *a, **k))
+    disabled: list[bool] = []
+    real_disabled = adapters.adapters_disabled
+    monkeypatch.setattr(adapters, "adapters_disabled", lambda model: disabled.append(adapters.has_adapters(model))
+                        or real_disabled(model))
+    options = {"train_file": few_pairs(tmp_path, 110), "epochs": 2, "save_every_steps": 2, "learning_rate": 1e-2}
+
+    def config(folder):
+        return make_config(folder, tiny_model_dir, **options).model_copy(
+            update={"lora": LoraConfig(r=8, merge_on_export=False)})
+
+    full = run_inline(config(tmp_path / "a"), tmp_path / "a" / "ckpt")
+    assert loads == ["AutoModelForCausalLM"] and disabled == [True]  # one model; the reference pass without adapters
+    assert full["validation_rewards/accuracies"] >= 0.8, full
+    checkpoint = sorted((tmp_path / "a" / "ckpt").glob("checkpoint_*"))[1]
+    assert all("lora_" in name for name in load_file(str(checkpoint / "model.policy.safetensors")))
+    resumed = run_inline(config(tmp_path / "b"), tmp_path / "b" / "ckpt", resume_from=checkpoint)
+    assert resumed == pytest.approx(full, rel=1e-6, abs=1e-7)
+    adapter = json_module.loads((tmp_path / "a" / "export" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_model_dir)
+
+
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge"])
 def test_other_loss_types_learn_too(tmp_path, tiny_model_dir, loss_type):
     metrics = run_inline(make_config(tmp_path, tiny_model_dir, train_file=few_pairs(tmp_path, 200),

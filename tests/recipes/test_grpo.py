@@ -304,6 +304,25 @@ def test_rloo_without_a_reference_model(tmp_path, trained_models, monkeypatch):
     assert math.isfinite(metrics["train_loss"]) and "train_rewards/reward_model" in metrics
 
 
+def test_lora_grpo_uses_the_adapter_free_policy_as_reference_and_learns(tmp_path, trained_models, monkeypatch):
+    from rlhfctl.config.schema import LoraConfig
+    from rlhfctl.models import loading
+
+    sft_export, _ = trained_models
+    loads: list[str] = []
+    real_load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda auto_class, *a, **k: loads.append(auto_class) or
+                        real_load(auto_class, *a, **k))
+    config = make_config(tmp_path, sft_export, train_file=few_prompts(tmp_path, 128), learning_rate=3e-3)
+    config = config.model_copy(update={"lora": LoraConfig(r=8)})
+    metrics = run_inline(config, tmp_path / "ckpt")
+    assert loads == ["AutoModelForCausalLM"]  # the policy only: the reference is its base, adapters off
+    before, after = metrics["validation_initial_reward_mean"], metrics["validation_reward_mean"]
+    print(f"\nLoRA: held-out 'Hope that helps' rate {before:.3f} -> {after:.3f}, KL {metrics['validation_kl_k1']:.3f}")
+    assert after > before + 0.1 and metrics["validation_kl_k1"] > 0.0
+    assert (tmp_path / "export" / "model.safetensors").is_file()  # merged on export (the default)
+
+
 def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_path, trained_models):
     from safetensors.torch import load_file
 

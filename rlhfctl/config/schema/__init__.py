@@ -2,8 +2,9 @@
 
 One TOML file configures one stage. Sections follow the workflow rlhfctl replaces (``[general]``, ``[dataset]``,
 ``[training]``; the seed's ``General``/``Dataset``/``Training`` spellings are accepted) plus ``[generation]`` for
-PPO, and ``[monitor]`` (the health checks) in every stage. Every model forbids unknown keys; the loader turns
-pydantic's errors into :class:`rlhfctl.errors.ConfigIssue` objects with "did you mean" suggestions.
+PPO, ``[monitor]`` (the health checks) in every stage, and the optional ``[lora]`` of every training stage
+(present: LoRA on). Every model forbids unknown keys; the loader turns pydantic's errors into
+:class:`rlhfctl.errors.ConfigIssue` objects with "did you mean" suggestions.
 
 Everything else about a key is derived from its field here (see :mod:`rlhfctl.config.keys`): path keys and model
 sources (from the type), files that must exist, the stage a file is for (its keys unique to one stage), the
@@ -42,6 +43,7 @@ from rlhfctl.config.schema.common import (
 )
 from rlhfctl.config.schema.dpo import DPOConfig, DPODataset, DPOGeneral, DPOTraining
 from rlhfctl.config.schema.grpo import GRPOConfig, GRPOGeneral, GRPOTraining, RewardConfig
+from rlhfctl.config.schema.lora import ALL_LINEAR, LoraConfig
 from rlhfctl.config.schema.ppo import GenerationConfig, PPOConfig, PPODataset, PPOGeneral, PPOTraining
 from rlhfctl.config.schema.rm import RMConfig, RMDataset, RMTraining
 from rlhfctl.config.schema.sft import SFTConfig, SFTDataset, SFTTraining
@@ -58,6 +60,7 @@ SECTION_ALIASES: dict[str, str] = seed_spellings(
 """The seed workflow's section spellings (``General``) -> ours (``general``)."""
 
 __all__ = [
+    "ALL_LINEAR",
     "CONFIG_CLASSES",
     "LR_SCHEDULERS",
     "OPTIMIZERS",
@@ -74,6 +77,7 @@ __all__ = [
     "GRPOGeneral",
     "GRPOTraining",
     "GenerationConfig",
+    "LoraConfig",
     "MixedPrecision",
     "ModelGeneral",
     "MonitorConfig",

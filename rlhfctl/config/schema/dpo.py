@@ -16,6 +16,7 @@ from rlhfctl.config.schema.common import (
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.lora import LoraConfig
 
 LossType = Literal["sigmoid", "ipo", "hinge"]
 
@@ -72,6 +73,7 @@ class DPOConfig(StageConfigBase):
     general: DPOGeneral
     dataset: DPODataset
     training: DPOTraining = Field(default_factory=DPOTraining)
+    lora: Optional[LoraConfig] = None
 
     @property
     def reference_source(self) -> str:

@@ -26,6 +26,7 @@ from rlhfctl.config.schema.common import (
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.lora import LoraConfig
 from rlhfctl.config.schema.markers import LIVE_EXAMPLE, Ask, WizardStep
 from rlhfctl.config.schema.ppo import GenerationConfig, PPODataset, PPOGeneral
 
@@ -204,6 +205,7 @@ class GRPOConfig(StageConfigBase):
     training: GRPOTraining = Field(default_factory=GRPOTraining)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    lora: Optional[LoraConfig] = None
 
     @model_validator(mode="after")
     def _some_reward(self) -> "GRPOConfig":
