@@ -172,8 +172,14 @@ def exclusive_key_groups() -> tuple[tuple[str, ...], ...]:
 
 
 @cache
+def stage_keys() -> dict[str, frozenset[str]]:
+    """For each stage, every key and section name it accepts (``"generation"``, ``"generation.top_k"``, ...)."""
+    return {stage: frozenset(set(stage_fields(stage)) | set(CONFIG_CLASSES[stage].sections())) for stage in STAGES}
+
+
+@cache
 def stage_unique_keys() -> dict[str, frozenset[str]]:
-    """For each stage, the keys (and sections) no other stage has: they tell which stage a file is for."""
-    keys = {stage: set(stage_fields(stage)) | set(CONFIG_CLASSES[stage].sections()) for stage in STAGES}
+    """For each stage, the keys (and sections) no other stage has."""
+    keys = stage_keys()
     return {stage: frozenset(own - set().union(*(keys[other] for other in STAGES if other != stage)))
             for stage, own in keys.items()}

@@ -148,3 +148,16 @@ def generate_responses(
         return Generation(query_responses, attention_mask, prompt_len, truncated)
     return Generation(query_responses, attention_mask, prompt_len, truncated,
                       response_logprobs=logprobs * truncated.response_mask, logprobs_temperature=sampling.temperature)
+
+
+def generate_for_prompts(policy: nn.Module, prompt_texts: list[str], tokenizer: Any, max_prompt_tokens: int,
+                         sampling: SamplingSettings) -> Generation:
+    """Rendered prompts (``data.prompting.format_prompt``) -> one sampled response each, on the policy's device:
+    :func:`tokenize_prompts` (special tokens only when no chat template rendered them), then
+    :func:`generate_responses`. ``policy`` must be the bare model."""
+    from rlhfctl.data.prompting import has_chat_template
+
+    ids, mask = tokenize_prompts(prompt_texts, tokenizer, max_prompt_tokens,
+                                 add_special_tokens=not has_chat_template(tokenizer))
+    device = next(policy.parameters()).device
+    return generate_responses(policy, ids.to(device), mask.to(device), sampling)

@@ -4,7 +4,7 @@ Everything that dispatches on a stage reads it from here: the CLI (one ``rlhfctl
 command per entry, ``--dry-run`` included), the example pipeline, and the stages' own tools (``rm eval``,
 ``rm score``, ``ppo sample`` hang on the groups made from these entries). Adding a stage = a recipe module
 ``rlhfctl/recipes/<stage>.py`` ending in ``RECIPE = Recipe(...)`` + one :class:`StageEntry` in :data:`STAGES` + its
-config schema (``rlhfctl/config/schema.py``); nothing else needs editing.
+config schema (``rlhfctl/config/schema/<stage>.py``); nothing else needs editing.
 
 Cheap to import (the CLI imports it at start-up): no torch, ray, transformers or pydantic here; a recipe module is
 imported only when :func:`load_recipe` is called, and the training core only when a recipe runs.
@@ -157,6 +157,29 @@ STAGES: dict[str, StageEntry] = {entry.name: entry for entry in (
             "rlhfctl ppo train examples/configs/ppo.toml",
             "rlhfctl ppo train ppo.toml training.kl_coeff=0.1 generation.max_new_tokens=48 --dry-run",
             "rlhfctl ppo train ppo.toml --resume",
+        ),
+    ),
+    StageEntry(
+        "dpo",
+        help="DPO: train the policy directly on preference pairs, no reward model.",
+        train_help="Train the policy with DPO (or IPO, hinge) on preference pairs against a frozen reference, on Ray "
+                   "Train workers.",
+        train_examples=(
+            "rlhfctl dpo train examples/configs/dpo.toml",
+            "rlhfctl dpo train dpo.toml training.beta=0.2 training.loss_type=ipo --dry-run",
+            "rlhfctl dpo train dpo.toml --resume auto",
+        ),
+    ),
+    StageEntry(
+        "grpo",
+        help="GRPO: train the policy on group-relative rewards (reward model and/or verifiable rewards), no value "
+             "model.",
+        train_help="Train the policy with GRPO (or RLOO) against a reward model and/or reward functions, on Ray "
+                   "Train workers.",
+        train_examples=(
+            "rlhfctl grpo train examples/configs/grpo.toml",
+            "rlhfctl grpo train grpo.toml training.num_generations=8 training.rloo=true --dry-run",
+            "rlhfctl grpo train grpo.toml --resume",
         ),
     ),
 )}

@@ -79,10 +79,12 @@ def test_init_flags_come_from_the_schema_and_each_sets_a_key_of_its_stages() -> 
                 kind = value_type(field.annotation)
                 assert flag.value_type is (str if kind is Path else kind)
     ppo_only = {flag.declaration for flag in flags if flag.stages == ("ppo",)}
-    assert ppo_only == {"--model-pretrain", "--rm-model", "--rm-pretrain", "--kl-coeff", "--max-new-tokens"}
+    assert ppo_only == {"--kl-coeff"}
+    on_policy = {flag.declaration for flag in flags if flag.stages == ("ppo", "grpo")}
+    assert on_policy == {"--model-pretrain", "--rm-model", "--rm-pretrain", "--max-new-tokens"}
     by_name = {flag.name: flag for flag in flags}
     assert [question.key for question in by_name["model"].questions] == [
-        "general.base_model", "general.base_model", "general.model_name"]
+        "general.base_model", "general.base_model", "general.model_name", "general.base_model", "general.model_name"]
     assert by_name["kl_coeff"].help.startswith("PPO: ") and "(training.kl_coeff)" in by_name["kl_coeff"].help
     assert by_name["epochs"].smallest == 1 and by_name["learning_rate"].smallest is None
 

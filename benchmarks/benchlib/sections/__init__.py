@@ -30,7 +30,7 @@ def samples_of(runs: list[ToolRun], attribute: str) -> list[float]:
 
 def compare_rows(section: str, rlhfctl_label: str, mine: list[ToolRun], theirs: list[ToolRun], *, unit: str,
                  rate_figure: str, flops_per_item: float | None = None, peak_flops: float | None = None,
-                 note: str = "") -> list[Row]:
+                 note: str = "", mfu_note: str = "vs fp32 matmul peak at 2 threads") -> list[Row]:
     """Rows for steady-state rate, end-to-end wall time, peak PSS and MFU of rlhfctl runs vs TRL runs."""
     problems = "; ".join(filter(None, [
         f"rlhfctl: {first_error(mine)}" if first_error(mine) else "",
@@ -53,7 +53,7 @@ def compare_rows(section: str, rlhfctl_label: str, mine: list[ToolRun], theirs: 
         rows.append(Row(section, f"MFU ({rlhfctl_label})", "%",
                         stats.mfu(mine_rate * flops_per_item, peak_flops) if mine_rate else None,
                         stats.mfu(their_rate * flops_per_item, peak_flops) if their_rate else None,
-                        "vs fp32 matmul peak at 2 threads"))
+                        mfu_note))
     return rows
 
 
