@@ -73,7 +73,11 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
         inner = inner.get_base_model()
     kind = type(inner)
     if kind not in _KEEPS_LOGITS:
-        _KEEPS_LOGITS[kind] = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        try:  # a plain callable wrapper (no forward, e.g. GRPO's adapter-free reference) is called as it is
+            parameters = inspect.signature(getattr(inner, "forward", inner)).parameters
+        except (TypeError, ValueError):
+            parameters = {}
+        _KEEPS_LOGITS[kind] = "logits_to_keep" in parameters
     return _KEEPS_LOGITS[kind]
 
 
