@@ -49,6 +49,7 @@ class ToolRun:
     phase_seconds: dict[str, float] = field(default_factory=dict)  # PPO: generate/score/train per update
     error: str | None = None
     rate_note: str = ""             # why steady_rate is missing although the run succeeded
+    first_step_s: float | None = None  # rlhfctl: command start to the first optimizer step's log time
     extra: dict = field(default_factory=dict)  # figures beside the timing: TRL's result file, rlhfctl's validation
 
     @property
@@ -68,7 +69,7 @@ class ToolRun:
             "tool": self.tool, "label": self.label, "ok": self.ok, "error": self.error,
             "steady_rate": self.steady_rate, "wall_time_s": self.wall_time_s, "peak_pss_gb": self.peak_pss_gb,
             "peak_processes": self.measured.peak_processes if self.measured else None,
-            "phase_seconds": self.phase_seconds, "rate_note": self.rate_note,
+            "phase_seconds": self.phase_seconds, "rate_note": self.rate_note, "first_step_s": self.first_step_s,
         }
 
 
@@ -150,6 +151,8 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
         return run
     train = [record for record in measured.metrics if record.split == "train"]
     exact = bool(train) and all("time" in rec.record for rec in train)
+    if exact and measured.start_time:
+        run.first_step_s = float(train[0].record["time"]) - measured.start_time
     run.steady_rate = stats.steady_state_rate([rec.time for rec in train], [items_per_step] * len(train),
                                               min_span_s=0.0 if exact else MIN_ARRIVAL_SPAN_S)
     if run.steady_rate is None:

@@ -14,7 +14,9 @@
    vs the PPO, DPO and GRPO policies on held-out prompts, with a few responses side by side (also written to
    ``comparison.json``).
 
-Ray is started once for the training stages (the core reuses an initialised Ray) and shut down at the end.
+A stage that runs on Ray starts it once for every stage after it (the core reuses an initialised Ray), and it is
+shut down at the end; with the example configs' ``num_training_workers = "auto"`` on a machine without GPUs every
+stage runs in this process and Ray never starts.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def run_example(
     ``quiet``).
     """
     from rlhfctl.example.kit import example_data_dir
-    from rlhfctl.training.ray_cluster import ray_session
+    from rlhfctl.training.ray_cluster import shared_ray_sessions
 
     started = time.time()
     console = console or Console(highlight=False)
@@ -186,7 +188,7 @@ def run_example(
 
     configs = {stage: examples_dir / "configs" / f"{stage}.toml" for stage in TRAINED_STAGES}
     ppo_config = None  # its generation settings are the comparison's
-    with ray_session(None):  # one Ray for every stage: the core reuses an initialised Ray
+    with shared_ray_sessions():  # stages on Ray share one (none starts when every stage runs in this process)
         for number, stage in enumerate(TRAINED_STAGES, start=3):
             config = _load_stage_config(configs[stage], stage, paths.stage_overrides(stage) + extra.get(stage, []))
             _heading(console, number, f"{stage} train",

@@ -13,7 +13,6 @@ imported only when :func:`load_recipe` is called, and the training core only whe
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
@@ -63,23 +62,40 @@ class Recipe(Generic[ConfigT]):
     build_job: Callable[[ConfigT], TrainingJob[ConfigT, Any]]
     headline_template: str  # e.g. "held-out accuracy {validation_accuracy}": final metrics by name, 3 decimals
 
+    def __post_init__(self) -> None:
+        # Every caller of build_job (plan, run, tests, tools) gets a job sized for the workers the run will use:
+        # training.num_training_workers = "auto" is resolved first (rlhfctl.config.layout; a number passes as is).
+        object.__setattr__(self, "build_job", _resolving_layout(self.build_job))
+
     def plan(self, config: ConfigT, **options: Unpack[PlanOptions]) -> TrainingPlan:
-        """What a run would do (``--dry-run``): rows, steps, workers, where outputs go, the memory plan. Starts
-        nothing."""
-        return self.build_job(config).plan(**options)
+        """What a run would do (``--dry-run``): rows, steps, workers (``"auto"`` resolved), where outputs go, the
+        memory plan. Starts nothing."""
+        from rlhfctl.training.launch import prepare_job
+
+        return prepare_job(self.build_job, config).plan(**options)
 
     def run(self, config: ConfigT, **options: Unpack[RunOptions]) -> RunSummary:
-        """Log the job's warnings, then train, validate and export; returns the core's run summary."""
-        from rlhfctl.training.launch import run_training
+        """Train, validate and export (the job's warnings logged first); returns the core's run summary."""
+        from rlhfctl.training.launch import run_stage
 
-        job = self.build_job(config)
-        for message in job.warnings:
-            logging.getLogger(f"rlhfctl.{self.stage}").warning("WARNING: %s", message)
-        return run_training(job, **options)
+        return run_stage(self.build_job, config, **options)
 
     def headline(self, final_metrics: Mapping[str, float]) -> str:
         """The one line that shows the stage learned (``?`` for a figure the run did not report)."""
         return self.headline_template.format_map(_Figures(final_metrics))
+
+
+def _resolving_layout(build_job: Callable[[Any], TrainingJob]) -> Callable[[Any], TrainingJob]:
+    if getattr(build_job, "resolves_layout", False):
+        return build_job
+
+    def build_resolved(config: Any) -> TrainingJob:
+        from rlhfctl.training.launch import prepare_job
+
+        return prepare_job(build_job, config)
+
+    build_resolved.resolves_layout = True  # type: ignore[attr-defined]
+    return build_resolved
 
 
 class _Figures(dict):

@@ -135,7 +135,7 @@ def test_wizard_rejects_a_bad_typed_answer(tmp_path: Path) -> None:
 
     answers = InitAnswers("sft", model="m", train_file="t", validation_file="", output_dir="o",
                           checkpoint_dir="c")
-    with pytest.raises(UserError, match="Number of Ray Train workers: enter a whole number"):
+    with pytest.raises(UserError, match="Number of training workers .*: enter a whole number"):
         init_cmd.run_wizard(Sloppy(["zero"]), answers)
 
 

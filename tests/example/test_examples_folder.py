@@ -23,7 +23,7 @@ def test_configs_validate_and_point_into_example_run(stage):
     assert config.general.output_dir == REPO_ROOT / "example-run" / "runs" / stage
     assert config.general.checkpoint_dir == REPO_ROOT / "example-run" / "models" / stage
     assert Path(config.dataset.train_file) == EXAMPLES / "data" / f"{stage}.jsonl"
-    assert config.training.num_training_workers == 2
+    assert config.training.num_training_workers == "auto"
 
 
 def test_ppo_config_chains_the_sft_and_rm_exports():
