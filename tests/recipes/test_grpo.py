@@ -344,6 +344,24 @@ def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_pa
     assert all((weights_full[name] == weights_resumed[name]).all() for name in weights_full)
 
 
+def test_several_passes_take_the_old_logprobs_from_the_decoder_not_a_policy_forward(tmp_path, trained_models,
+                                                                                  monkeypatch):
+    from rlhfctl.recipes.grpo_trainer import GRPOTrainer
+
+    sft_export, _ = trained_models
+    forwards: list[str] = []
+    real = GRPOTrainer._no_grad_logprobs
+    monkeypatch.setattr(GRPOTrainer, "_no_grad_logprobs", lambda self, model, generation: forwards.append(
+        "reference" if model is self.models.reference else "policy") or real(self, model, generation))
+    config = make_config(tmp_path, sft_export, train_file=few_prompts(tmp_path, 16), validation_file=None,
+                         ppo_epochs=2, num_mini_batches=2, experience_batch_size=4)
+    metrics = run_inline(config, tmp_path / "ckpt")
+    assert forwards == ["reference"] * 4  # 4 iterations: the reference's forward only, never the policy's
+    # the first pass over the first mini-batch sees ratio 1 (the decoder's log-probs are the policy's), later ones
+    # move away from it only as far as the clip allows
+    assert 0.9 < metrics["train_ratio_mean"] < 1.1 and math.isfinite(metrics["train_loss"])
+
+
 def test_nonfinite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     from rlhfctl.objectives import grpo as grpo_math
 
