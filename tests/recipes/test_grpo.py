@@ -103,8 +103,11 @@ def test_the_memory_plan_knows_every_model_and_the_generation_cache(tmp_path, ti
     assert estimate.per_model["policy"].optimizer_state > 0
     assert all(estimate.per_model[role].optimizer_state == 0 for role in roles[1:])
     assert {"generation", "update", "validation"} <= set(estimate.phase_peaks)
-    on_policy = "rollout forwards" not in estimate.phase_peaks
-    assert on_policy == (beta == 0)  # one pass over one mini-batch: only the reference needs a no-grad forward
+    # only the reference needs a no-grad forward: the sampling policy's log-probs come from the decoder
+    assert ("rollout forwards" in estimate.phase_peaks) == (beta > 0)
+    several_passes = config.model_copy(update={"training": config.training.model_copy(update={"ppo_epochs": 2})})
+    assert ("rollout forwards" in grpo.build_job(several_passes).plan(memory_probe=None).memory.estimate.phase_peaks
+            ) == (beta > 0)
     config.training.num_generations = 8  # twice the completions: a larger KV cache while generating
     larger = grpo.build_job(config).plan(memory_probe=None).memory.estimate
     assert larger.phase_peaks["generation"] > estimate.phase_peaks["generation"]
