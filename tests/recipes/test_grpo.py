@@ -79,7 +79,7 @@ def write_toml(path: Path, text: str) -> Path:
 
 def test_plan_counts_iterations_and_episodes(tmp_path, tiny_model_dir):
     config = make_config(tmp_path, tiny_model_dir, reward_model=tiny_model_dir, num_training_workers=2, epochs=2,
-                         rloo=True)
+                         rloo=True, scale_rewards=True)
     plan = grpo.plan(config)
     # 300 prompts / 2 workers = 150 each -> ceil(150 / 8) = 19 iterations per epoch; 8 prompts x 4 x 2 workers
     assert plan.stage == "grpo" and plan.steps_per_epoch == 19 and plan.total_steps == 38
