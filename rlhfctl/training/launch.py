@@ -340,7 +340,7 @@ def run_stage(build_job: Callable[[Any], TrainingJob], config: Any, *, machine: 
 
             sink.handle(PhaseStarted("starting Ray, reading data"))
             reader = running.enter_context(ThreadPoolExecutor(1, thread_name_prefix="rlhfctl-data"))
-            building = reader.submit(_build_and_preload_ray_train, build_job, resolved)
+            building = reader.submit(build_job, resolved)
             running.enter_context(ray_session(resolved.general.ray_address))  # run_training's session reuses it
             job = building.result()
         else:
@@ -350,20 +350,6 @@ def run_stage(build_job: Callable[[Any], TrainingJob], config: Any, *, machine: 
         for message in job.warnings:
             logging.getLogger(f"rlhfctl.{job.stage}").warning("WARNING: %s", message)
         return run_training(job, **options)
-
-
-def _build_and_preload_ray_train(build_job: Callable[[Any], TrainingJob], config: Any) -> TrainingJob:
-    """On the data thread while ``ray.init`` runs: build the job, then import the Ray Train modules
-    :func:`_run_on_ray` needs (~0.6 s that would otherwise wait until Ray is up, before the controller starts)."""
-    job = build_job(config)
-    preload_ray_train()
-    return job
-
-
-def preload_ray_train() -> None:
-    """Import what launching a worker group on Ray Train takes (Ray Train V2's trainer, our backend and trainer)."""
-    import rlhfctl.training.ray_trainer  # noqa: F401  (ray.train.v2's DataParallelTrainer and its controller)
-    import rlhfctl.training.torch_backend  # noqa: F401
 
 
 def run_training(
