@@ -279,6 +279,8 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     models = _build_models(config, ctx.device)
     policy = ctx.prepare_model(models.policy)
     value_model = ctx.prepare_model(models.value_model)
+    for frozen in (models.reference, models.reward_model):  # FSDP: sharded too (DDP: as loaded)
+        ctx.prepare_frozen(frozen)
     optimizer_steps = ctx.total_steps * training.ppo_epochs * training.num_mini_batches
     optimizers = {"policy": build_optimizer(policy, training), "value_model": build_optimizer(value_model, training)}
     schedulers = {name: build_scheduler(optimizer, training, optimizer_steps) for name, optimizer in optimizers.items()}

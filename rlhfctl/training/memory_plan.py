@@ -132,7 +132,8 @@ def memory_inputs(config: Any, workload: StageWorkload, shapes: dict[str, ModelS
     training = config.training
     return MemoryInputs(
         workload=workload, shapes=shapes, precision=training.mixed_precision, optimizer=training.optimizer,
-        lora=None, gradient_checkpointing=False, world_size=training.num_training_workers, strategy="ddp",
+        lora=None, gradient_checkpointing=False, world_size=training.num_training_workers,
+        strategy=training.strategy,
         device="cuda" if training.use_gpu else "cpu", in_driver=in_driver,
     )
 
