@@ -3,6 +3,7 @@
     python benchmarks/run.py --quick                      # ~10 minutes on 2 cores, tiny sizes
     python benchmarks/run.py --json benchmarks/results/latest.json
     python benchmarks/run.py --quick --only matmul,cli,rm
+    python benchmarks/run.py --only lora-ppo --repeats 1          # LoRA sections run only when named
 
 Sections: matmul (machine limit), cli (start-up), convert (data convert rows/s), rm, sft, ppo (rlhfctl vs TRL,
 runs alternating A B A B), scaling (1 -> 2 workers, small model). Prints a Markdown table and writes JSON.
@@ -26,6 +27,8 @@ from benchlib import stats, workspace  # noqa: E402
 from benchlib.tools import BENCH_DIR, REPO_ROOT, BenchContext  # noqa: E402
 
 SECTIONS = ("matmul", "cli", "convert", "rm", "sft", "ppo", "scaling")
+# Run only when named in --only (each takes several minutes): LoRA next to full-parameter rlhfctl and TRL + peft.
+LORA_SECTIONS = ("lora-ppo", "lora-sft", "lora-ppo-learning")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,10 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Where data, model kits and run folders go (re-used between invocations).")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in SECTIONS]
+    unknown = [name for name in chosen if name not in SECTIONS + LORA_SECTIONS]
     if unknown:
-        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    args.sections = [name for name in SECTIONS if name in chosen]
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS + LORA_SECTIONS)}")
+    args.sections = [name for name in SECTIONS + LORA_SECTIONS if name in chosen]
     return args
 
 
@@ -94,10 +97,11 @@ def build_context(args: argparse.Namespace) -> BenchContext:
 
 
 def run_sections(ctx: BenchContext, sections: list[str]) -> list:
-    from benchlib.sections import cli, machine, ppo, rm, scaling, sft
+    from benchlib.sections import cli, lora, machine, ppo, rm, scaling, sft
 
     runners = {"matmul": machine.run, "cli": cli.run, "convert": cli.run_convert, "rm": rm.run, "sft": sft.run,
-               "ppo": ppo.run, "scaling": scaling.run}
+               "ppo": ppo.run, "scaling": scaling.run, "lora-ppo": lora.run_ppo, "lora-sft": lora.run_sft,
+               "lora-ppo-learning": lora.run_ppo_learning}
     if any(name in sections for name in ("rm", "sft", "ppo", "scaling")) and "matmul" not in sections:
         sections = ["matmul", *sections]  # MFU needs the measured peak
     results = []

@@ -65,7 +65,37 @@ def _parser_with_outputs(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the trainer's output_dir")
     parser.add_argument("--result", required=True, help="JSON file the measured figures are written to")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--lora-r", type=int, help="train peft LoRA adapters of this rank (all linear layers)")
+    parser.add_argument("--lora-alpha", type=float, default=16.0)
+    parser.add_argument("--save-merged", help="save the trained model here (LoRA merged) for held-out evaluation")
+    parser.add_argument("--seed", type=int, default=CPU_FAIR_ARGS["seed"])
     return parser
+
+
+def peft_config(args: argparse.Namespace):
+    """The ``peft.LoraConfig`` rlhfctl's ``[lora]`` with the same r and alpha means (all-linear, no dropout)."""
+    if args.lora_r is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
+
+
+def save_merged(model, tokenizer, folder: str | None) -> None:
+    """Write ``model`` (a peft model merged into its base first) and ``tokenizer`` to ``folder``."""
+    if not folder:
+        return
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """What a TRL user does with a tokenizer without a pad token (Llama's): pad with EOS."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def quiet_transformers() -> None:

@@ -4,6 +4,7 @@ Same policy / reward / value models (the value model starts from the reward mode
 response length, rollouts per update, mini-batches and PPO epochs as the rlhfctl run. TRL reports no time split,
 so this script wraps the trainer module's ``batch_generation`` (generate), ``forward`` without gradients and
 ``get_reward`` (score: reference, value and reward forwards) with timers; train = the rest of each update.
+``--lora-r``: TRL's peft path (LoRA on the policy, no reference copy; TRL trains the value model in full).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
     _install_phase_timers(ppo_module, phase_seconds)
 
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
+    common.ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
     prompts = [row["prompt"] for row in common.load_jsonl(args.prompts)]
     encoded = tokenizer(prompts, truncation=True, max_length=args.max_prompt_length)["input_ids"]
@@ -63,7 +65,8 @@ def main() -> None:
     eval_dataset = Dataset.from_dict({"input_ids": encoded[: args.rollouts_per_update]})
 
     policy = AutoModelForCausalLM.from_pretrained(args.policy)
-    ref_policy = AutoModelForCausalLM.from_pretrained(args.policy)
+    lora = common.peft_config(args)  # with LoRA the reference is the policy with its adapter disabled
+    ref_policy = None if lora else AutoModelForCausalLM.from_pretrained(args.policy)
     reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
     value_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
     for model in (reward_model, value_model):
@@ -83,7 +86,7 @@ def main() -> None:
         stop_token="eos",
         learning_rate=args.learning_rate,
         num_sample_generations=0,
-        **common.CPU_FAIR_ARGS,
+        **{**common.CPU_FAIR_ARGS, "seed": args.seed},
     )
     update_end_times: list[float] = []
     phase_marks: list[dict[str, float]] = []
@@ -98,10 +101,12 @@ def main() -> None:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         callbacks=[_update_recorder(update_end_times, phase_marks, phase_seconds)],
+        peft_config=lora,
     )
     train_started = time.perf_counter()
     trainer.train()
     train_finished = time.perf_counter()
+    common.save_merged(trainer.policy_model, tokenizer, args.save_merged)
 
     # Per-update phase times from the cumulative marks taken at each update end.
     per_update = []

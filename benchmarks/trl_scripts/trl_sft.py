@@ -1,6 +1,8 @@
 """TRL SFTTrainer on the benchmark's SFT rows (prompt-completion, loss on the completion only, no packing).
 
 Same model folder, rows, batch size, max length, epochs and learning rate as the rlhfctl run; CPU-fair settings.
+``--lora-r``/``--lora-alpha``: peft LoRA on all linear layers, as rlhfctl's ``[lora]``; ``--save-merged`` keeps the
+result for the held-out evaluation.
 """
 
 from __future__ import annotations
@@ -36,16 +38,17 @@ def main() -> None:
         max_length=args.max_length,
         completion_only_loss=True,
         packing=False,
-        **common.CPU_FAIR_ARGS,
+        **{**common.CPU_FAIR_ARGS, "seed": args.seed},
         dataloader_num_workers=0,
     )
     step_end_times: list[float] = []
     trainer = SFTTrainer(model=model, args=config, processing_class=tokenizer, train_dataset=dataset,
-                         callbacks=[common.step_timer_callback(step_end_times)])
+                         callbacks=[common.step_timer_callback(step_end_times)], peft_config=common.peft_config(args))
     train_rows = len(trainer.train_dataset)
     train_started = time.perf_counter()
     trainer.train()
     train_finished = time.perf_counter()
+    common.save_merged(trainer.model, tokenizer, args.save_merged)
     common.write_result(args.result, {
         "tool": "trl", "trainer": "SFTTrainer",
         "train_rows": train_rows,

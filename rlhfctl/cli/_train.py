@@ -166,7 +166,7 @@ def _maybe(value) -> str:
 
 
 def render_summary(summary, console: Console) -> None:
-    from rlhfctl.progress.render import format_duration, format_value
+    from rlhfctl.progress.render import format_duration, format_parameters, format_value
 
     table = Table(title=f"{summary.stage} training finished: {summary.steps} steps in "
                         f"{format_duration(summary.wall_time_s)}", show_header=True, header_style="bold")
@@ -177,6 +177,8 @@ def render_summary(summary, console: Console) -> None:
     console.print(table)
     if summary.resumed_from_step is not None:
         console.print(f"resumed from step {summary.resumed_from_step}")
+    if summary.parameters is not None:
+        console.print(format_parameters(*summary.parameters))
     for alarm in summary.alarms:
         console.print(f"[yellow]health warning[/] {escape(alarm.check)} at step {alarm.step}: {escape(alarm.message)}")
     console.print(f"model:   {escape(str(summary.checkpoint_dir))}")

@@ -77,7 +77,8 @@ def validate_config(
 
 
 def _sections(config: Any) -> list[tuple[str, Any]]:
-    return [(name, getattr(config, name)) for name in type(config).model_fields if name != "stage"]
+    """Every section of the config, in file order; an optional section left out (``[lora]``) is not shown."""
+    return [(name, getattr(config, name)) for name in type(config).sections() if getattr(config, name) is not None]
 
 
 def _section_table(name: str, section: Any) -> Table:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -18,30 +19,38 @@ app = typer.Typer(
     epilog=(
         "Examples:\n\n"
         "  rlhfctl example models example-run/models/tiny\n\n"
-        "  rlhfctl example models models/small --preset small --seed 1 --force"
+        "  rlhfctl example models models/small --preset small --seed 1 --force\n\n"
+        "  rlhfctl example models models/tiny-qwen2 --architecture qwen2"
     ),
 )
 def models(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the tokenizer and model into.")],
-    preset: Annotated[str, typer.Option(help="Model size: tiny (~0.15 M parameters) or small (~20 M).")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Model size: tiny (~0.15 M parameters; other architectures ~50 K) "
+                                             "or small (~20 M; Llama-shaped ~60 M).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Seed of the random weights (same seed, same bytes).")] = 0,
+    architecture: Annotated[str, typer.Option(
+        help="gpt2, or a family built as it ships (no pad token, its chat template): llama, qwen2, qwen3, mistral, "
+             "gemma2, gemma3, phi3, gpt_neox, opt.")] = "gpt2",
     force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it exists.")] = False,
 ) -> None:
-    """Build a byte-level BPE tokenizer (trained on the example data) and a random GPT-2-style model, offline."""
+    """Build a byte-level BPE tokenizer (trained on the example data) and a random model, offline."""
     from rich.console import Console
 
+    from rlhfctl.errors import UserError
+    from rlhfctl.example.architectures import ARCHITECTURES, build_architecture_kit
     from rlhfctl.example.kit import PRESETS, build_model_kit_folder, example_data_dir
 
     if preset not in PRESETS:
-        from rlhfctl.errors import UserError
-
         raise UserError(f"unknown --preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    if architecture != "gpt2" and architecture not in ARCHITECTURES:
+        raise UserError(f"unknown --architecture {architecture!r}; expected gpt2 or one of {', '.join(ARCHITECTURES)}")
     console = Console(highlight=False)
-    with console.status(f"building the {preset} model kit ..."):
-        summary = build_model_kit_folder(out_dir, preset=preset, seed=seed, force=force,
+    builder = None if architecture == "gpt2" else functools.partial(build_architecture_kit, architecture=architecture)
+    with console.status(f"building the {preset} {architecture} model kit ..."):
+        summary = build_model_kit_folder(out_dir, preset=preset, seed=seed, force=force, builder=builder,
                                          corpus_files=sorted(example_data_dir().glob("*.jsonl")))
     console.print(f"[green]wrote[/] {summary.out_dir}: {summary.parameters:,} parameters, "
-                  f"vocabulary {summary.vocab_size:,} (preset {preset}, seed {seed})")
+                  f"vocabulary {summary.vocab_size:,} ({architecture}, preset {preset}, seed {seed})")
 
 
 @app.command(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from rlhfctl.config.keys import SEED_SECTIONS, field_info, known_keys
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
+from rlhfctl.config.schema.common import section_type
 from rlhfctl.errors import ConfigIssue
 
 FROM_COMMAND_LINE = "(set on the command line)"
@@ -92,8 +93,7 @@ def _unknown_key_hint(model_cls: type[BaseModel], stage: str, loc: list[str]) ->
     node: type[BaseModel] | None = model_cls
     for part in loc[:-1]:
         field = node.model_fields.get(part) if node else None
-        annotation = getattr(field, "annotation", None)
-        node = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        node = section_type(field.annotation) if field is not None else None  # Optional[LoraConfig] too
     if node is None:
         return ""
     names = list(node.model_fields) + (list(SEED_SECTIONS) if len(loc) == 1 else [])
@@ -101,8 +101,8 @@ def _unknown_key_hint(model_cls: type[BaseModel], stage: str, loc: list[str]) ->
     if match:
         return f"; did you mean '{'.'.join([*loc[:-1], SEED_SECTIONS.get(match[0], match[0])])}'?"
     for section_name, field in model_cls.model_fields.items():  # the key may belong to another section
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and loc[-1] in annotation.model_fields:
+        annotation = section_type(field.annotation)
+        if annotation is not None and loc[-1] in annotation.model_fields:
             return f"; did you mean '{section_name}.{loc[-1]}'?"
     return ""
 

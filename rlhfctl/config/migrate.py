@@ -12,6 +12,10 @@ the mapping, not only the key's name:
   values are written out explicitly, and keys that had no effect are reported (rlhfctl honours them).
 - The reward trainer passed only the learning rate to the optimizer: a non-zero ``weight_decay`` had no effect.
 - ``None`` values are left out (TOML has no null; unset means the same).
+- ``General.lora_config`` (a peft ``LoraConfig`` as keywords) becomes ``[lora]``: ``r``, ``lora_alpha`` ->
+  ``alpha``, ``lora_dropout`` -> ``dropout``, ``target_modules``; ``task_type`` follows from the stage; peft
+  options rlhfctl does not expose are reported. ``General.enable_gradient_checkpointing`` becomes
+  ``training.gradient_checkpointing``.
 """
 
 from __future__ import annotations
@@ -34,10 +38,9 @@ _OPTIMIZERS = {"adamw": "AdamW", "adamw_torch": "AdamW", "adamw_hf": "AdamW", "a
                "adam": "Adam", "sgd": "SGD"}
 _SECTIONS = {"general": "General", "dataset": "Dataset", "training": "Training"}
 _MIXED_PRECISION: tuple[str, ...] = get_args(MixedPrecision)
+_LORA_KEYS = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
 _NO_EQUIVALENT_WHY = {
     "gpt_base_model": "transformers detects the architecture itself",
-    "lora_config": "LoRA adapters are not supported; rlhfctl fine-tunes all weights",
-    "enable_gradient_checkpointing": "gradient checkpointing is not offered (it is slow on CPU)",
     "save_strategy": "checkpoints are written every training.save_every_steps steps and at each epoch end",
     "max_train_steps": "training length is set by training.epochs",
     "device": "the device follows training.resources_per_worker (GPU > 0 trains on GPUs)",
@@ -181,6 +184,11 @@ class _Converter:
             self.set(f"general.{key}", value)
             self.note(original, "no effect", "llm-on-ray's PPO never loaded it (it used model_name/rm_name); "
                                              "rlhfctl loads this export instead")
+        elif key == "lora_config" and isinstance(value, dict):
+            self._lora(original, value)
+        elif key == "enable_gradient_checkpointing" and isinstance(value, bool):
+            self.set("training.gradient_checkpointing", value)
+            self.note(original, "changed", "written as training.gradient_checkpointing")
         elif key == "config" and isinstance(value, dict):
             for sub_key, sub_value in value.items():
                 if sub_key == "trust_remote_code" and isinstance(sub_value, bool):
@@ -191,6 +199,23 @@ class _Converter:
                               if sub_key == "use_auth_token" else "dropped")
         else:
             self._no_equivalent(original, key)
+
+    def _lora(self, original: str, peft_keywords: dict[str, Any]) -> None:
+        """peft ``LoraConfig`` keywords -> ``[lora]`` (its presence turns LoRA on)."""
+        self.data.setdefault("lora", {})
+        for peft_key, value in peft_keywords.items():
+            key = _LORA_KEYS.get(peft_key)
+            if value is None:
+                continue
+            if key is not None and not (key == "target_modules" and not isinstance(value, (str, list))):
+                self.set(f"lora.{key}", list(value) if isinstance(value, list) else value)
+                if key != peft_key:
+                    self.note(f"{original}.{peft_key}", "changed", f"written as lora.{key}")
+            elif peft_key == "task_type":
+                self.note(f"{original}.{peft_key}", "no effect", "rlhfctl chooses it from the stage (causal LM, "
+                                                                 "or sequence classification for reward models)")
+            else:
+                self.note(f"{original}.{peft_key}", "no equivalent", "dropped (not a [lora] setting of rlhfctl)")
 
     def _dataset(self, original: str, key: str, value: Any) -> None:
         if key in ("train_file", "validation_file", "max_length"):

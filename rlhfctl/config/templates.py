@@ -1,7 +1,9 @@
 """Config templates (``templates/<stage>.toml``), generated from the schema, and configs rendered from them.
 
 A template is a valid TOML config with one comment line above each key (the first sentence of the key's
-description); every key of the stage appears once, in schema order. A key with a default shows it, a required key
+description); every key of the stage appears once, in schema order. An optional section (``[lora]``: its presence
+turns LoRA on) is written commented out, header and keys, with its defaults; a value for one of its keys makes the
+whole section live. A key with a default shows it, a required key
 shows its example (``openai-community/gpt2``, ``data/rm.jsonl``), and an optional key (or one whose field gives an
 example besides its default) appears as a commented-out example (``# validation_file = "..."``).
 :func:`render_template` writes the same text with chosen values in place, so a config written by ``rlhfctl init``
@@ -109,7 +111,10 @@ def template_values(stage: str) -> dict[str, Any]:
     template shows the example commented out, as it does for optional keys.
     """
     values = {}
+    optional = CONFIG_CLASSES[stage].optional_sections()
     for key, field in stage_fields(stage).items():
+        if key.split(".")[0] in optional:
+            continue  # an optional section ([lora]) is shown commented out: its presence would turn it on
         if is_required(field):
             values[key] = example_value(field, stage)
         elif default_value(field) is not None and not field.examples:
@@ -147,15 +152,26 @@ def render_template(stage: str, values: Mapping[str, Any] | None = None) -> str:
              "# Relative paths are resolved against this file's folder. Reference of every key: "
              "docs/config-reference.md",
              f"stage = {toml_value(stage)}"]
-    section = ""
+    sections = model_cls.sections()
+    live_optional = {key.split(".")[0] for key, value in values.items() if value is not COMMENT_OUT}
+    section, section_off = "", False
     for key, field in fields.items():
         key_section, name = key.split(".")
         if key_section != section:
             section = key_section
-            lines += ["", f"[{section}]"]
+            section_off = section in model_cls.optional_sections() and section not in live_optional
+            if section_off:
+                lines += ["", f"# {sections[section].optional_section}", f"# [{section}]"]
+            else:
+                lines += ["", f"[{section}]"]
         lines.append(f"# {first_sentence(field.description or '')}")
-        value = values.get(key, shown.get(key, COMMENT_OUT))
-        if value is COMMENT_OUT:
+        if section in model_cls.optional_sections():
+            value = COMMENT_OUT if section_off else values.get(key, default_value(field))
+        else:
+            value = values.get(key, shown.get(key, COMMENT_OUT))
+        if value is COMMENT_OUT and section_off:
+            lines.append(f"# {name} = {toml_value(default_value(field))}")
+        elif value is COMMENT_OUT:
             example = example_value(field, stage)
             example = shown.get(key) if example is None else example
             if example is None:

@@ -7,7 +7,7 @@ loaded through the very same ``from_pretrained`` code path as a hub id or any lo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,27 +66,36 @@ def _strings(value: object) -> Iterator[str]:
             yield from _strings(item)
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int):
-    """Train a byte-level BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast`` (pad distinct from EOS)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_tokenizer(texts: Iterable[str], vocab_size: int, *, special_tokens: Mapping[str, str] = SPECIAL_TOKENS,
+                    extra_special_tokens: Sequence[str] = (), prepend_bos: bool = False):
+    """Train a byte-level BPE tokenizer and wrap it as a ``PreTrainedTokenizerFast``.
+
+    ``special_tokens`` maps the roles ``bos``, ``eos``, ``pad``, ``unk`` (any may be left out: the default kit's
+    tokenizer has all four, pad distinct from EOS) to token strings; ``extra_special_tokens`` are never split
+    (chat-template markers); ``prepend_bos``: encoding with special tokens starts with BOS, as Llama's does.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    specials = list(dict.fromkeys([*special_tokens.values(), *extra_special_tokens]))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS.values()),
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    if prepend_bos:
+        bos = special_tokens["bos"]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.token_to_id(bos))])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token=SPECIAL_TOKENS["bos"],
-        eos_token=SPECIAL_TOKENS["eos"],
-        pad_token=SPECIAL_TOKENS["pad"],
-        unk_token=SPECIAL_TOKENS["unk"],
+        **{f"{role}_token": token for role, token in special_tokens.items()},
+        extra_special_tokens=list(extra_special_tokens) or None,
         padding_side="right",
     )
 
@@ -162,14 +171,16 @@ def build_model_kit_folder(
     preset: str = "tiny",
     seed: int = 0,
     force: bool = False,
+    builder: Callable[..., Path] | None = None,
 ) -> KitSummary:
-    """:func:`build_model_kit` written atomically, refusing to replace ``out_dir`` unless ``force``."""
+    """:func:`build_model_kit` (or ``builder``, called the same way: another family's kit from
+    :mod:`rlhfctl.example.architectures`) written atomically, refusing to replace ``out_dir`` unless ``force``."""
     from rlhfctl.fileio import atomic_directory, refuse_to_clobber
 
     out_dir = Path(out_dir)
     refuse_to_clobber(out_dir, force=force, what="model folder")
     with atomic_directory(out_dir, force=force) as tmp:
-        build_model_kit(tmp, corpus_files=corpus_files, preset=preset, seed=seed)
+        (builder or build_model_kit)(tmp, corpus_files=corpus_files, preset=preset, seed=seed)
     config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
     return KitSummary(out_dir=out_dir, parameters=_count_parameters(out_dir), vocab_size=int(config["vocab_size"]))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfctl.errors import UserError
+from rlhfctl.models.adapters import is_adapter_folder
 
 PAD_TOKEN = "<|pad|>"
 
@@ -33,7 +34,7 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _explain_load_error(what: str, source: str | Path, exc: Exception) -> UserError:
+def explain_load_error(what: str, source: str | Path, exc: Exception) -> UserError:
     local = Path(str(source)).expanduser()
     if local.exists():
         detail = f"{local} exists but could not be loaded as a {what}: {exc}"
@@ -54,10 +55,14 @@ def load_tokenizer(source: str | Path, *, trust_remote_code: bool = False, paddi
     quiet_transformers()
     from transformers import AutoTokenizer
 
+    if is_adapter_folder(source) and not (Path(str(source)).expanduser() / "tokenizer_config.json").is_file():
+        from rlhfctl.models.adapters import adapter_base
+
+        source = adapter_base(source)  # an adapter folder without a tokenizer of its own: the base's
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise _explain_load_error("tokenizer", source, exc) from None
+        raise explain_load_error("tokenizer", source, exc) from None
     if tokenizer.pad_token is None:
         if add_pad_token:
             tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
@@ -74,7 +79,11 @@ def load_tokenizer(source: str | Path, *, trust_remote_code: bool = False, paddi
 
 
 def load_model(auto_class: str, source: str | Path, *, trust_remote_code: bool = False, **kwargs: Any):
-    """``transformers.<auto_class>.from_pretrained(source)`` in fp32 (unless ``dtype`` is given), quietly."""
+    """``transformers.<auto_class>.from_pretrained(source)`` in fp32 (unless ``dtype`` is given), quietly.
+
+    ``source`` may also be a peft adapter folder (an export with ``lora.merge_on_export = false``): its base is
+    loaded and the adapter merged in.
+    """
     quiet_transformers()
     import torch
     import transformers
@@ -83,9 +92,14 @@ def load_model(auto_class: str, source: str | Path, *, trust_remote_code: bool =
               "AutoModelForSequenceClassification": transformers.AutoModelForSequenceClassification}[auto_class]
     kwargs.setdefault("dtype", torch.float32)
     try:
-        loaded = loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
+        if is_adapter_folder(source):  # a stage exported with lora.merge_on_export = false: base + adapter, merged
+            from rlhfctl.models.adapters import load_adapter_folder
+
+            loaded = load_adapter_folder(loader, source, trust_remote_code=trust_remote_code, **kwargs)
+        else:
+            loaded = loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _explain_load_error("model", source, exc) from None
+        raise explain_load_error("model", source, exc) from None
     use_fused_activations(loaded[0] if isinstance(loaded, tuple) else loaded)  # output_loading_info gives a tuple
     return loaded
 

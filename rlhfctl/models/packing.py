@@ -35,12 +35,14 @@ def shared_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
 
 def packing_supported(model) -> bool:
     """Whether ``model``'s backbone is one whose final block is computed at read positions (``models.last_position``)
-    and takes a custom 4-D boolean attention mask (transformers 5 GPT-2, Llama, Qwen2)."""
-    from rlhfctl.models.last_position import final_block, has_read_shortcut
+    and takes a custom 4-D boolean attention mask (transformers 5 GPT-2 and the Llama family), with no sliding
+    window in any layer (transformers applies none under a custom 4-D mask, so a packed row would see further back
+    than its own sequence alone)."""
+    from rlhfctl.models.last_position import final_block, has_read_shortcut, has_sliding_window
 
     backbone = getattr(model, "base_model", None)
     block = final_block(backbone) if backbone is not None else None
-    return block is not None and has_read_shortcut(block)
+    return block is not None and has_read_shortcut(block) and not has_sliding_window(backbone)
 
 
 def collate_packed_pairs(pairs: Sequence[Any], pad_token_id: int, device) -> dict[str, Any]:

@@ -12,22 +12,23 @@ Only imported by code that already runs torch, so torch is imported at the top h
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from rlhfctl.errors import UserError
-from rlhfctl.models.last_position import final_block_at, read_key_mask
+from rlhfctl.models.adapters import adapters_disabled, score_head_name
+from rlhfctl.models.last_position import final_block_at
 from rlhfctl.models.packing import packing_supported
 from rlhfctl.objectives.rm import last_token_index
 
 
 def reward_head(model):
-    """The scalar head module of a sequence-classification model (``score`` for decoder LMs)."""
-    for name in ("score", "classifier", "v_head"):
-        head = getattr(model, name, None)
-        if head is not None:
-            return head
-    return None
+    """The scalar head module of a sequence-classification model (``score`` for decoder LMs); with LoRA, peft's
+    wrapper of it (the trained copy, or the original with the adapters off)."""
+    name = score_head_name(model)
+    return getattr(model, name) if name else None
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ def scores_at(model, input_ids, attention_mask, position_ids, index):
     read_index = index if index.dim() == 2 else index[:, None]  # (batch, reads)
     backbone = model.base_model
     no_cache = {"use_cache": False} if getattr(backbone.config, "use_cache", False) else {}
-    with final_block_at(backbone, read_index, read_key_mask(attention_mask, read_index)):
+    with final_block_at(backbone, read_index, attention_mask):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           **no_cache).last_hidden_state  # (batch, seq, hidden)
     rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
@@ -87,30 +88,39 @@ class TokenScoreModel(nn.Module):
 
     The reward model is read at the last real token; the value model (initialised from the reward model) at the
     position before each response token. Wrapping the backbone + ``score`` head in one module keeps the value
-    model's forward inside DDP, so its gradients are all-reduced.
+    model's forward inside DDP, so its gradients are all-reduced. ``adapters=False`` reads a LoRA-adapted model
+    with its adapters off: the base it was adapted from (with LoRA, PPO's reward model is the value model's base).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, adapters: bool = True) -> None:
         super().__init__()
-        if not isinstance(reward_head(model), nn.Linear) or not isinstance(getattr(model, "base_model", None), nn.Module):
+        head = reward_head(model)
+        head = getattr(head, "original_module", head)  # peft's trainable copy wraps the original linear head
+        if not isinstance(head, nn.Linear) or not isinstance(getattr(model, "base_model", None), nn.Module):
             raise UserError(
                 f"{type(model).__name__} has no per-token linear score head on top of its backbone, which PPO "
                 "needs for the reward and value models.",
                 hint="Use a decoder model (GPT-2, Llama, Qwen, Mistral ...) trained with `rlhfctl rm train`.",
             )
         self.model = model  # the full classification model, saved/exported as is
+        self.adapters = adapters
+
+    def _switch(self):
+        return contextlib.nullcontext() if self.adapters else adapters_disabled(self.model)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
     ) -> torch.Tensor:
-        hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state  # (batch, seq, hidden)
-        return reward_head(self.model)(hidden).squeeze(-1).float()  # (batch, seq)
+        with self._switch():
+            hidden = self.model.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).last_hidden_state  # (batch, seq, hidden)
+            return reward_head(self.model)(hidden).squeeze(-1).float()  # (batch, seq)
 
     def score_at(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, index: torch.Tensor
     ) -> torch.Tensor:
         """The score at one position per row, ``index`` ``(batch,)`` -> ``(batch,)``; the final block computes
         only there (``last_position``), the same values as ``forward(...)[rows, index]``."""
-        return scores_at(self.model, input_ids, attention_mask, position_ids, index)
+        with self._switch():
+            return scores_at(self.model, input_ids, attention_mask, position_ids, index)

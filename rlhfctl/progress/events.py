@@ -26,6 +26,8 @@ class RunStarted:
     world_size: int
     samples_per_step: int  # examples (pairs, sequences, episodes) per optimizer step over all workers
     time: float = field(default_factory=time.time)
+    trainable_parameters: int | None = None  # of the models the run trains (LoRA: adapters and heads)
+    total_parameters: int | None = None  # of those models, frozen bases included (a shared base counted once)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,17 @@ def format_value(value: float) -> str:
     return f"{value:.3e}"
 
 
+def format_parameters(trainable: int | None, total: int | None) -> str:
+    """``"trainable parameters 1.18M of 124.4M (0.95%)"`` ("" when the counts are unknown)."""
+    if trainable is None or not total:
+        return ""
+
+    def millions(count: int) -> str:
+        return f"{count / 1e6:.3g}M" if count >= 1e5 else f"{count:,}"
+
+    return f"trainable parameters {millions(trainable)} of {millions(total)} ({100 * trainable / total:.3g}%)"
+
+
 def alarm_text(event: HealthAlarm) -> Text:
     """One line for a health alarm: yellow for a warning, bold red for one that stops the run."""
     alarm = event.alarm
@@ -68,6 +79,7 @@ class ProgressState:
     epoch: int = 0
     samples_per_step: int = 0
     world_size: int = 0
+    parameters: str = ""  # format_parameters of the RunStarted counts
     train_metrics: dict[str, float] = field(default_factory=dict)
     validation_metrics: dict[str, float] = field(default_factory=dict)
     last_checkpoint_step: int | None = None
@@ -82,6 +94,7 @@ class ProgressState:
         if isinstance(event, RunStarted):
             self.stage, self.total_steps, self.start_step = event.stage, event.total_steps, event.start_step
             self.step, self.samples_per_step, self.world_size = event.start_step, event.samples_per_step, event.world_size
+            self.parameters = format_parameters(event.trainable_parameters, event.total_parameters)
             self.started_at = self.started_at or now
             self.first_step_at = None
         elif isinstance(event, StepEvent):
@@ -157,8 +170,9 @@ class PlainSink(_BaseSink):
             self.console.print(alarm_text(event), highlight=False)
         elif isinstance(event, RunStarted):
             where = "resuming at" if event.start_step else "starting at"
+            parameters = f"; {self.state.parameters}" if self.state.parameters else ""
             self.console.print(f"{event.stage}: {event.world_size} worker(s) running, {where} step "
-                               f"{event.start_step} of {event.total_steps}", highlight=False, markup=False)
+                               f"{event.start_step} of {event.total_steps}{parameters}", highlight=False, markup=False)
         elif isinstance(event, StepEvent) and event.split == "validation":
             values = " ".join(f"{key}={format_value(value)}" for key, value in event.metrics.items())
             self.console.print(f"{self.state.stage} validation step {event.step} epoch {event.epoch}: {values}",
@@ -203,6 +217,8 @@ class LiveSink(_BaseSink):
         footer.append(f"   elapsed {format_duration(self.elapsed())}   eta {format_duration(state.eta_seconds())}")
         if state.last_checkpoint_step is not None:
             footer.append(f"   checkpoint @ step {state.last_checkpoint_step}")
+        if state.parameters:
+            footer.append(f"   {state.parameters}")
         if state.alarms:
             footer.append(f"   {state.alarms} health alarm(s)", style="yellow")
         parts = [header, table, footer]

@@ -12,7 +12,9 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
    - **setup**: the policy (``model_pretrain`` or ``model_name``), a frozen reference copy of it, the frozen reward
      model (``rm_pretrain`` or ``rm_name``) and the value model (initialised from the reward model, or from the
      policy's backbone with ``value_model_init = "policy"``); dropout off in all four; policy and value model
-     DDP-wrapped, each with its own optimizer and scheduler; then the latest checkpoint if there is one.
+     DDP-wrapped, each with its own optimizer and scheduler; then the latest checkpoint if there is one. With
+     ``[lora]`` the policy and value model train adapters, the reference is the policy with its adapters off and
+     the reward model the value model's base (one copy of each base; see :func:`_build_models`).
    - **loop**, one PPO iteration per step, over this worker's shard of the prompts (reshuffled every epoch):
      ``experience_batch_size`` prompts -> generate -> score -> old/ref log-probs and values -> per-token rewards
      (KL penalty + score on the last real token) -> GAE -> whitened advantages -> ``ppo_epochs`` passes of
@@ -43,6 +45,7 @@ from pathlib import Path
 from rlhfctl.config.schema import PPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import ConfigError, ConfigIssue, DataError
+from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.recipes.ppo_trainer import PPOModels, PPOTrainer
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
@@ -97,6 +100,7 @@ def prepare(config: PPOConfig) -> PPOPlan:
     if len(data.train) < workers:
         raise DataError(f"{len(data.train)} prompts cannot feed {workers} workers", path=data.train_file,
                         hint="Use more prompts or fewer training.num_training_workers.")
+    check_model_settings(config, _trained_models(config))
     prompts_per_worker = len(data.train) // workers
     iterations_per_epoch = math.ceil(prompts_per_worker / training.experience_batch_size)
     warnings = [message for message in (reward_head_warning(config.reward_source),) if message]
@@ -131,6 +135,17 @@ def _check_settings(config: PPOConfig) -> None:
             "max_length - max_new_tokens tokens", config.dataset.max_length))
     if issues:
         raise ConfigError(issues)
+
+
+def _trained_models(config: PPOConfig) -> list[AdaptedModel]:
+    """The policy and the value model, where each comes from (what [lora] and checkpointing apply to)."""
+    general = config.general
+    policy_key = "general.model_pretrain" if general.model_pretrain else "general.model_name"
+    policy = AdaptedModel(policy_key, config.policy_source, "causal")
+    if config.training.value_model_init == "policy":
+        return [policy, AdaptedModel(policy_key, config.policy_source, "score")]
+    reward_key = "general.rm_pretrain" if general.rm_pretrain else "general.rm_name"
+    return [policy, AdaptedModel(reward_key, config.reward_source, "score")]
 
 
 def read_reward_stats(config: PPOConfig) -> RewardStats:
@@ -254,7 +269,8 @@ def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
         models=(ModelUse("policy", config.policy_source, head="lm", trained=True),
                 ModelUse("reference", config.policy_source, head="lm", trained=False,
                          lora_shares_base_with="policy"),
-                ModelUse("reward_model", config.reward_source, head="score", trained=False),
+                ModelUse("reward_model", config.reward_source, head="score", trained=False,
+                         lora_shares_base_with="value_model" if value_source == config.reward_source else None),
                 ModelUse("value_model", value_source, head="score", trained=True)),
         phases=tuple(phases),
         data_bytes=rows_bytes(data.train + data.validation, token_lists_per_row=0, max_length=length),
@@ -350,7 +366,14 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
 
 def _build_models(config: PPOConfig, device) -> PPOModels:
-    """Load policy, reference, reward and value models; dropout off in all four, the reference and reward frozen."""
+    """Load policy, reference, reward and value models; dropout off in all four, the reference and reward frozen.
+
+    With ``[lora]`` the policy and the value model train adapters and the frozen models are trained ones with their
+    adapters off, so each base is held once: the reference is the policy's base (``WithoutAdapters``) and, when the
+    value model starts from the reward model (``value_model_init = "reward"``), the reward model is the value
+    model's base with its original, trained score head (the value head is peft's trainable copy of it).
+    """
+    from rlhfctl.models.adapters import WithoutAdapters, adapt_for_training
     from rlhfctl.models.loading import (
         check_same_vocabulary,
         disable_dropout,
@@ -361,31 +384,39 @@ def _build_models(config: PPOConfig, device) -> PPOModels:
     from rlhfctl.models.scoring import TokenScoreModel
 
     trust = config.general.trust_remote_code
+    lora = config.lora is not None
+    value_source = config.reward_source if config.training.value_model_init == "reward" else config.policy_source
+    shares_reward_base = lora and value_source == config.reward_source
     tokenizer = load_tokenizer(config.policy_source, trust_remote_code=trust, padding_side="left")
     policy = load_model("AutoModelForCausalLM", config.policy_source, trust_remote_code=trust)
-    reference = load_model("AutoModelForCausalLM", config.policy_source, trust_remote_code=trust)
+    reference = None if lora else load_model("AutoModelForCausalLM", config.policy_source, trust_remote_code=trust)
     reward_model, load_info = load_model("AutoModelForSequenceClassification", config.reward_source,
                                          trust_remote_code=trust, num_labels=1, output_loading_info=True)
-    value_source = config.reward_source if config.training.value_model_init == "reward" else config.policy_source
-    value_model = load_model("AutoModelForSequenceClassification", value_source, trust_remote_code=trust,
-                             num_labels=1)
+    value_model = reward_model if shares_reward_base else load_model(
+        "AutoModelForSequenceClassification", value_source, trust_remote_code=trust, num_labels=1)
     check_same_vocabulary(tokenizer, reward_model, config.reward_source)
-    if ensure_distinct_pad_token(tokenizer):
-        for model in (policy, reference, reward_model, value_model):
+    loaded = list({id(model): model for model in (policy, reference, reward_model, value_model) if model}.values())
+    # A new pad token would change the bases LoRA adapts (and that its adapter exports name): EOS pads then.
+    if not lora and ensure_distinct_pad_token(tokenizer):
+        for model in loaded:
             if model.get_input_embeddings().num_embeddings < len(tokenizer):
                 model.resize_token_embeddings(len(tokenizer))
-    for model in (policy, reference, reward_model, value_model):
-        disable_dropout(model)
+    for model in loaded:
+        disable_dropout(model)  # before LoRA: lora.dropout stays as configured
         model.config.pad_token_id = tokenizer.pad_token_id
         model.to(device)
-    for frozen in (reference, reward_model):
-        frozen.eval().requires_grad_(False)
+    adapt_for_training(policy, config, source=config.policy_source)
+    adapt_for_training(value_model, config, source=value_source, score_head=True)
+    for frozen in (reference, None if shares_reward_base else reward_model):
+        if frozen is not None:
+            frozen.eval().requires_grad_(False)
     policy.train()
     value_model.train()
     missing = list(load_info.get("missing_keys", []))
     head_fresh = any(name.split(".")[-2:-1] in (["score"], ["classifier"]) for name in missing)
-    return PPOModels(policy, reference, TokenScoreModel(reward_model), TokenScoreModel(value_model), tokenizer,
-                     head_fresh)
+    return PPOModels(policy, reference if reference is not None else WithoutAdapters(policy),
+                     TokenScoreModel(reward_model, adapters=not shares_reward_base), TokenScoreModel(value_model),
+                     tokenizer, head_fresh)
 
 
 def _samples_due(training, step: int) -> bool:

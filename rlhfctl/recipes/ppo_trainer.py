@@ -21,9 +21,9 @@ SAMPLES_PER_LOG = 4
 class PPOModels(NamedTuple):
     """The four models of a PPO run, on the worker's device, plus the shared tokenizer."""
 
-    policy: Any  # trained; AutoModelForCausalLM
-    reference: Any  # frozen copy of the initial policy
-    reward_model: Any  # frozen models.scoring.TokenScoreModel
+    policy: Any  # trained; AutoModelForCausalLM (LoRA: adapters on a frozen base)
+    reference: Any  # frozen copy of the initial policy (LoRA: models.adapters.WithoutAdapters of the policy)
+    reward_model: Any  # frozen models.scoring.TokenScoreModel (LoRA: the value model's base, adapters off)
     value_model: Any  # trained TokenScoreModel, initialised from the reward model (or the policy)
     tokenizer: Any
     reward_head_fresh: bool  # True when the reward model's score head was initialised at load time
@@ -242,7 +242,8 @@ class PPOTrainer:
         if exported is not None:
             from rlhfctl.training.export import export_hf
 
-            export_hf(value_model, self.models.tokenizer, Path(exported) / VALUE_MODEL_DIR)
+            export_hf(value_model, self.models.tokenizer, Path(exported) / VALUE_MODEL_DIR,
+                      merge_adapters=self.ctx.merge_adapters_on_export)
 
 
 def nonfinite_loss_error(step: int) -> RuntimeFailure:

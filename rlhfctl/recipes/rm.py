@@ -2,7 +2,8 @@
 
 Supports: any ``AutoModelForSequenceClassification``-loadable model (a causal LM gets a new scalar head, a
 previous RM export continues), prompts as text or message lists (chat template or the plain template),
-per-row ``margin``, ``center_rewards_coefficient``, gradient accumulation, clipping, mixed precision, resume.
+per-row ``margin``, ``center_rewards_coefficient``, gradient accumulation, clipping, mixed precision, resume,
+LoRA (``[lora]``: adapters on the backbone, the score head trained in full) and gradient checkpointing.
 
 Recipe, top to bottom:
     driver:  build_job  -> load + validate data (before Ray), count steps        (plan / run call it)
@@ -23,6 +24,7 @@ from functools import partial
 from rlhfctl.config.schema import RMConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import DataError
+from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
 from rlhfctl.training.batching import (
@@ -60,6 +62,7 @@ def build_job(config: RMConfig) -> TrainingJob[RMConfig, RMPayload]:
     if len(data.train) < workers:
         raise DataError(f"{len(data.train)} training rows cannot be shared by {workers} workers "
                         "(each needs at least one)", path=data.train_file)
+    check_model_settings(config, [AdaptedModel("general.base_model", config.general.base_model, "score")])
     per_epoch = steps_per_epoch(len(data.train), workers, training.batch_size, training.gradient_accumulation_steps)
     return TrainingJob(
         stage=STAGE, config=config, train_loop=train_loop,
@@ -96,6 +99,7 @@ def memory_workload(config: RMConfig, data: TrainingData) -> StageWorkload:
 
 def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     """Runs on every Ray Train worker (module-level so Ray can pickle it)."""
+    from rlhfctl.models.adapters import adapt_for_training
     from rlhfctl.models.loading import disable_dropout, load_reward_model, load_tokenizer
     from rlhfctl.models.preference import (
         collate_for,
@@ -116,7 +120,8 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     # Model and data.
     tokenizer = load_tokenizer(config.general.base_model, trust_remote_code=trust)
     model = load_reward_model(config.general.base_model, tokenizer, trust_remote_code=trust)
-    disable_dropout(model)
+    disable_dropout(model)  # before LoRA: lora.dropout stays as configured
+    model = adapt_for_training(model, config, source=config.general.base_model, score_head=True)
     train_pairs = tokenize_pairs(payload.train_rows, tokenizer, config.dataset.max_length)
     validation_pairs = tokenize_pairs(payload.validation_rows, tokenizer, config.dataset.max_length)
     evaluated_pairs = validation_pairs or train_pairs  # without held-out pairs, validation scores the training pairs

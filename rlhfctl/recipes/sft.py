@@ -18,7 +18,8 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
 
 Supported: single- and multi-turn data (the final assistant message is the response, earlier turns are the
 prompt), resume from the latest checkpoint (same final metrics as an uninterrupted run on CPU), DDP on CPU
-(gloo) or GPU (nccl), bf16/fp16 autocast.
+(gloo) or GPU (nccl), bf16/fp16 autocast, LoRA adapters (``[lora]``: exported merged, or as the adapter folder)
+and gradient checkpointing (:mod:`rlhfctl.models.adapters`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from functools import partial
 from rlhfctl.config.schema import SFTConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import DataError
+from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.training import batching
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
@@ -64,6 +66,7 @@ def build_job(config: SFTConfig) -> TrainingJob[SFTConfig, SFTPayload]:
         raise DataError(f"{len(data.train)} training rows cannot be shared by {workers} workers "
                         "(each needs at least one)", path=data.train_file,
                         hint="Use more data or fewer training.num_training_workers.")
+    check_model_settings(config, [AdaptedModel("general.base_model", config.general.base_model, "causal")])
     micro_batches = batching.micro_batches_per_epoch(len(data.train), workers, training.batch_size)
     per_epoch = batching.steps_per_epoch(len(data.train), workers, training.batch_size,
                                          training.gradient_accumulation_steps)
@@ -176,11 +179,13 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
 
 def _build_model_and_tokenizer(config: SFTConfig, device):
+    from rlhfctl.models.adapters import adapt_for_training
     from rlhfctl.models.loading import load_model, load_tokenizer
 
     general = config.general
     tokenizer = load_tokenizer(general.base_model, trust_remote_code=general.trust_remote_code)
     model = load_model("AutoModelForCausalLM", general.base_model, trust_remote_code=general.trust_remote_code)
+    model = adapt_for_training(model, config, source=general.base_model)  # [lora], gradient checkpointing
     return model.to(device), tokenizer
 
 

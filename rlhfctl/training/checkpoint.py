@@ -4,7 +4,8 @@ Layout of one checkpoint folder (``checkpoint_<step>``)::
 
     state.json                   step, epoch, batch_in_epoch, extra, scheduler states, optimizer non-tensor state,
                                  RNG states (python random, numpy, torch per rank) and a manifest of every file
-    model.<name>.safetensors     weights of each model (shared/tied tensors stored once)
+    model.<name>.safetensors     weights of each model (shared/tied tensors stored once); of a model with frozen
+                                 parameters (LoRA: a frozen base) only the trainable ones, which is all that changes
     optim.<name>.safetensors     optimizer tensors (Adam moments, step counters ...), keyed "<param index>/<key>"
 
 ``state.json`` is written last and lists the size of every other file, so a folder that was interrupted while
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhfctl.errors import UserError
 from rlhfctl.runfiles import CHECKPOINT_PREFIX
 
 STATE_FILE = "state.json"  # inside a checkpoint folder; the other files are listed in it
@@ -160,9 +162,16 @@ def write_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, int] = dict(shard_files or {})
     sharded = shard_files is not None
+    model_contents: dict[str, str] = {}
     for name, model in state.models.items() if not sharded else ():
         file_name = f"model.{name}.safetensors"
-        save_model(unwrap_model(model), str(folder / file_name))
+        trainable = trainable_tensors(unwrap_model(model))
+        if trainable is None:
+            save_model(unwrap_model(model), str(folder / file_name))
+            model_contents[name] = "full"
+        else:
+            save_file(trainable, str(folder / file_name))
+            model_contents[name] = "trainable"
         manifest[file_name] = (folder / file_name).stat().st_size
     optimizer_rest: dict[str, Any] = {}
     for name, optimizer in state.optimizers.items() if not sharded else ():
@@ -181,6 +190,7 @@ def write_checkpoint(
         "extra": state.extra,
         "metrics": metrics or {},
         "optimizers": optimizer_rest,
+        "model_contents": model_contents,
         "schedulers": {name: scheduler.state_dict() for name, scheduler in state.schedulers.items()},
         "rng": rng_states if rng_states is not None else [capture_rng_state()],
         "files": manifest,
@@ -250,6 +260,7 @@ def read_checkpoint(folder: Path, into: TrainState | None = None, *, rank: int =
         _read_schedulers_and_rng(document, into, rank)
         return into
     model_names = {name[len("model."):-len(".safetensors")] for name in document["files"] if name.startswith("model.")}
+    contents = document.get("model_contents", {})
     for name in sorted(model_names):
         path = str(folder / f"model.{name}.safetensors")
         if into is None:
@@ -262,6 +273,8 @@ def read_checkpoint(folder: Path, into: TrainState | None = None, *, rank: int =
                 into.models[name], into.optimizers.get(name), load_file(path),
                 None if optimizer_rest is None else _join_optimizer_state(
                     load_file(str(folder / f"optim.{name}.safetensors")), optimizer_rest))
+        elif name in into.models and contents.get(name, "full") == "trainable":
+            load_trainable(unwrap_model(into.models[name]), load_file(path), name)
         elif name in into.models:
             load_model(unwrap_model(into.models[name]), path, strict=True)
     for name, rest in document.get("optimizers", {}).items():
@@ -293,6 +306,42 @@ def _is_sharded(model) -> bool:
     from rlhfctl.training.fsdp import is_sharded
 
     return is_sharded(model)
+
+
+def trainable_tensors(model) -> dict[str, Any] | None:
+    """The parameters that require gradients, by name, when some do not (a frozen base); None when all do."""
+    named = list(model.named_parameters())
+    trainable = {name: param.detach().cpu().contiguous() for name, param in named if param.requires_grad}
+    return None if len(trainable) == len(named) else trainable
+
+
+def parameter_counts(*models) -> tuple[int, int]:
+    """``(trainable, total)`` parameters of ``models``, each tensor counted once (a base two models share, tied
+    weights)."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for model in models:
+        for param in unwrap_model(model).parameters():
+            if id(param) not in seen:
+                seen.add(id(param))
+                total += param.numel()
+                trainable += param.numel() if param.requires_grad else 0
+    return trainable, total
+
+
+def load_trainable(model, tensors: dict[str, Any], name: str) -> None:
+    """Copy a checkpoint's trainable parameters into ``model``: exactly the names that require gradients there."""
+    import torch
+
+    params = {key: param for key, param in model.named_parameters() if param.requires_grad}
+    if params.keys() != tensors.keys():
+        missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
+        raise UserError(f"cannot resume: the checkpoint's trainable parameters of {name!r} are not the model's "
+                        f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})",
+                        hint="Resume with the [lora] settings the run was started with, or start over with --force.")
+    with torch.no_grad():
+        for key, param in params.items():
+            param.copy_(tensors[key])
 
 
 def unwrap_model(model):

@@ -34,7 +34,6 @@ from torch.distributed.tensor import DTensor
 from rlhfctl.errors import UserError
 
 _HEAD_NAMES = ("score", "classifier", "v_head")
-PEFT_WRAPPER_ATTRIBUTE = "_rlhfctl_peft_model"  # models.adapters keeps an adapted model's PeftModel there
 
 
 class BlocksNotFound(UserError):
@@ -152,14 +151,14 @@ def plain_copy(hf_model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modu
     """An unsharded copy of the transformers model ``hf_model`` holding ``weights`` (its full state dict): built
     on the meta device from its config, LoRA adapters re-attached as they were, then the tensors assigned (no
     copy of them is made)."""
+    from rlhfctl.models.adapters import attach_peft_config, peft_config_of
+
     original_class = next(cls for cls in type(hf_model).__mro__ if not issubclass(cls, FSDPModule))
-    peft_wrapper = vars(hf_model).get(PEFT_WRAPPER_ATTRIBUTE)
+    lora = peft_config_of(hf_model)
     with torch.device("meta"):
         copy = original_class(hf_model.config)
-        if peft_wrapper is not None:
-            from rlhfctl.models.adapters import attach_peft_config
-
-            attach_peft_config(copy, peft_wrapper.peft_config["default"])
+        if lora is not None:
+            attach_peft_config(copy, lora)
     missing, unexpected = copy.load_state_dict(weights, strict=False, assign=True)
     if missing or unexpected:
         raise RuntimeError(f"the gathered weights do not fit {original_class.__name__}: missing {missing[:3]}, "

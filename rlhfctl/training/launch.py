@@ -177,6 +177,7 @@ class RunSummary:
     checkpoint_dir: Path
     wall_time_s: float
     resumed_from_step: int | None = None
+    parameters: tuple[int | None, int] | None = None  # (trainable, total) of the trained models, as the run reported
     alarms: tuple[Alarm, ...] = ()  # health warnings raised during the run (a stop alarm raises instead)
 
 
@@ -359,7 +360,7 @@ def run_training(
     return RunSummary(
         stage=job.stage, final_metrics=final_metrics, history=list(recorder.history), steps=recorder.last_step,
         output_dir=job.output_dir, checkpoint_dir=job.checkpoint_dir, wall_time_s=time.time() - started,
-        resumed_from_step=resumed_from_step, alarms=tuple(recorder.alarms),
+        resumed_from_step=resumed_from_step, parameters=recorder.parameters, alarms=tuple(recorder.alarms),
     )
 
 

@@ -26,7 +26,7 @@ from rlhfctl.errors import UserError
 from rlhfctl.training.memory import LoraSpec, MemoryEstimate, MemoryInputs, StageWorkload, estimate_memory
 from rlhfctl.training.memory_probe import DeviceMemory, format_bytes, probe_this_machine
 from rlhfctl.training.model_config import read_model_shape
-from rlhfctl.training.model_shape import ModelShape, ModelShapeError
+from rlhfctl.training.model_shape import ALL_LINEAR, ModelShape, ModelShapeError
 
 REFUSE_RATIO = 1.2
 Verdict = Literal["fits", "tight", "refuse", "unknown"]
@@ -129,13 +129,21 @@ class MemoryPlan:
 def memory_inputs(config: Any, workload: StageWorkload, shapes: dict[str, ModelShape], *,
                   in_driver: bool) -> MemoryInputs:
     """The estimator's inputs from a stage config (``training.*``) and the stage's workload."""
-    training = config.training
+    training, lora = config.training, getattr(config, "lora", None)
     return MemoryInputs(
         workload=workload, shapes=shapes, precision=training.mixed_precision, optimizer=training.optimizer,
-        lora=None, gradient_checkpointing=False, world_size=training.num_training_workers,
-        strategy=training.strategy,
+        lora=lora_spec(lora), gradient_checkpointing=getattr(training, "gradient_checkpointing", False),
+        world_size=training.num_training_workers, strategy=training.strategy,
         device="cuda" if training.use_gpu else "cpu", in_driver=in_driver,
     )
+
+
+def lora_spec(lora: Any) -> LoraSpec | None:
+    """The estimator's view of a ``[lora]`` section (None: LoRA off)."""
+    if lora is None:
+        return None
+    names = lora.target_names
+    return LoraSpec(lora.r, ALL_LINEAR if names is None else tuple(names))
 
 
 def read_shapes(workload: StageWorkload) -> dict[str, ModelShape]:

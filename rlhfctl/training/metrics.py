@@ -8,7 +8,8 @@ before the replayed steps are appended, so the file always describes one consist
 
 ``events.jsonl`` is the run's timeline, append-only (restarts never trim it): one JSON object per line with
 ``time`` (Unix seconds) and ``kind``: ``start`` (``stage``, ``world_size``, ``start_step`` -- above 0 when the run
-resumed or restarted from a checkpoint --, ``total_steps``, ``samples_per_step``), ``checkpoint`` (``step``,
+resumed or restarted from a checkpoint --, ``total_steps``, ``samples_per_step``, and ``trainable_parameters`` /
+``total_parameters`` of the trained models when the stage reports them), ``checkpoint`` (``step``,
 ``path``), ``notice`` (``message``), ``finish`` (``step``, ``final_metrics``), ``failure`` (``step``: the last
 logged train step, ``message``) and ``health`` (an alarm of :mod:`rlhfctl.monitor`: ``check``, ``action``,
 ``step``, ``split``, ``value``, ``threshold``, ``message``), recorded once per check and step (a restarted worker
@@ -74,6 +75,7 @@ class MetricsRecorder:
         self.history: list[dict[str, Any]] = read_jsonl(self.metrics_path) if keep_existing else []
         self.samples: list[dict[str, Any]] = read_jsonl(self.samples_path) if keep_existing else []
         self.last_step = max((int(row["step"]) for row in self.history if row.get("split") == "train"), default=0)
+        self.parameters: tuple[int | None, int] | None = None  # (trainable, total) of the trained models, when told
         self._rewrite()
         if not keep_existing:
             atomic_write_text(self.events_path, "")
@@ -93,9 +95,14 @@ class MetricsRecorder:
     def handle(self, event: ProgressEvent) -> None:
         if isinstance(event, RunStarted):
             self._restart_at(event.start_step)
-            self.record_event({"kind": "start", "stage": event.stage, "world_size": event.world_size,
-                               "start_step": event.start_step, "total_steps": event.total_steps,
-                               "samples_per_step": event.samples_per_step}, at=event.time)
+            record = {"kind": "start", "stage": event.stage, "world_size": event.world_size,
+                      "start_step": event.start_step, "total_steps": event.total_steps,
+                      "samples_per_step": event.samples_per_step}
+            if event.total_parameters is not None:
+                self.parameters = (event.trainable_parameters, event.total_parameters)
+                record.update(trainable_parameters=event.trainable_parameters,
+                              total_parameters=event.total_parameters)
+            self.record_event(record, at=event.time)
         elif isinstance(event, CheckpointSaved):
             self.record_event({"kind": "checkpoint", "step": event.step, "path": event.path}, at=event.time)
         elif isinstance(event, Notice):

@@ -279,13 +279,15 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             if self._health is not None:
                 self._health.observe_samples(step, rows)
 
-
-    def announce_start(self, start_step: int) -> None:
-        """Tell the driver the loop is running from ``start_step`` (called by :meth:`restore`)."""
+    def announce_start(self, start_step: int, parameters: tuple[int, int] | None = None) -> None:
+        """Tell the driver the loop is running from ``start_step`` (called by :meth:`restore`), with the trained
+        models' ``(trainable, total)`` parameter counts."""
         if self.is_main:
+            trainable, total = parameters or (None, None)
             self._sender.send(RunStarted(stage=self.core.stage, total_steps=self.core.total_steps,
                                          start_step=start_step, world_size=self.world_size,
-                                         samples_per_step=self.core.samples_per_step))
+                                         samples_per_step=self.core.samples_per_step,
+                                         trainable_parameters=trainable, total_parameters=total))
         if self._health is not None:
             self._health.resume(self.core.health_history, start_step)
 
@@ -309,7 +311,8 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         folder_cm = self._latest_checkpoint_folder()
         with folder_cm as folder:
             restored = None if folder is None else ckpt.read_checkpoint(folder, state, rank=self.rank)
-        self.announce_start(restored.step if restored else 0)
+        parameters = ckpt.parameter_counts(*state.models.values()) if state is not None and state.models else None
+        self.announce_start(restored.step if restored else 0, parameters)
         return restored
 
     @contextlib.contextmanager
@@ -422,12 +425,20 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
 
     def export(self, model, tokenizer, extra_files: dict[str, Any] | None = None) -> Path | None:
         """Rank 0 writes the final model (from :meth:`export_model`) to ``checkpoint_dir`` in Hugging Face format
-        (atomically)."""
+        (atomically); a LoRA-adapted model merged into its base, or as its adapter folder with
+        ``lora.merge_on_export = false``."""
         if not self.is_main:
             return None
         from rlhfctl.training.export import export_hf
 
-        return export_hf(model, tokenizer, Path(self.core.checkpoint_dir), extra_files=extra_files)
+        return export_hf(model, tokenizer, Path(self.core.checkpoint_dir), extra_files=extra_files,
+                         merge_adapters=self.merge_adapters_on_export)
+
+    @property
+    def merge_adapters_on_export(self) -> bool:
+        """``lora.merge_on_export`` (True without a ``[lora]`` section)."""
+        lora = getattr(self.config, "lora", None)
+        return lora is None or lora.merge_on_export
 
 
 # ----------------------------------------------------------------------------------------------- setup

@@ -25,6 +25,19 @@ def test_models_rejects_an_unknown_preset(tmp_path):
     assert "tiny" in result.output and "small" in result.output
 
 
+def test_models_builds_other_architectures_as_they_ship(tmp_path):
+    import json
+
+    result = runner.invoke(app, ["example", "models", str(tmp_path / "mistral"), "--architecture", "mistral"])
+    assert result.exit_code == 0, result.output
+    assert "(mistral, preset tiny, seed 0)" in result.output
+    assert json.loads((tmp_path / "mistral" / "config.json").read_text())["model_type"] == "mistral"
+    tokenizer_config = json.loads((tmp_path / "mistral" / "tokenizer_config.json").read_text())
+    assert "pad_token" not in tokenizer_config and "[INST]" in (tmp_path / "mistral" / "chat_template.jinja").read_text()
+    unknown = runner.invoke(app, ["example", "models", str(tmp_path / "x"), "--architecture", "bloom"])
+    assert unknown.exit_code == 2 and "llama" in unknown.output
+
+
 def test_run_refuses_a_used_work_folder_without_force(tmp_path):
     workdir = tmp_path / "example-run"
     workdir.mkdir()

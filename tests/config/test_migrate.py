@@ -75,9 +75,14 @@ General:
   config:
     trust_remote_code: false
     use_auth_token: null
+  enable_gradient_checkpointing: true
   lora_config:
     task_type: CAUSAL_LM
     r: 8
+    lora_alpha: 32
+    lora_dropout: 0.1
+    target_modules: [q_proj, v_proj]
+    bias: none
 Dataset:
   train_file: examples/data/sample_finetune_data_small.jsonl
   group: true
@@ -165,9 +170,15 @@ def test_finetune_yaml(tmp_path: Path) -> None:
     assert result.data["general"]["trust_remote_code"] is False
     assert result.data["dataset"]["max_length"] == 512
     notes = _notes(result)
-    for key in ("General.gpt_base_model", "General.lora_config", "General.save_strategy", "Dataset.group",
-                "Training.device", "Training.logging_steps"):
+    for key in ("General.gpt_base_model", "General.save_strategy", "Dataset.group",
+                "Training.device", "Training.logging_steps", "General.lora_config.bias"):
         assert notes[key][0] == "no equivalent", key
+    assert result.data["lora"] == {"r": 8, "alpha": 32, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+    assert notes["General.lora_config.lora_alpha"] == ("changed", "written as lora.alpha")
+    assert notes["General.lora_config.task_type"][0] == "no effect"
+    assert result.data["training"]["gradient_checkpointing"] is True
+    assert notes["General.enable_gradient_checkpointing"] == ("changed", "written as training.gradient_checkpointing")
+    assert "\n[lora]\n" in result.to_toml()
     assert notes["Training.optimizer"] == ("changed", "'adamw_torch' written as 'AdamW'")
     assert notes["General.checkpoint_dir"][0] == "added"
     tomllib.loads(result.to_toml())

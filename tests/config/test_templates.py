@@ -41,10 +41,19 @@ def test_template_shows_every_key_once_with_its_default_or_example(stage: str) -
     data = tomllib.loads(text)
     for key, field in stage_fields(stage).items():
         section, name = key.split(".")
-        if name in data[section] and not is_required(field):
+        if name in data.get(section, {}) and not is_required(field):
             assert data[section][name] == default_value(field), f"{key}: the template changes the default"
         elif not is_required(field):
             assert f"# {name} = " in text  # optional, or an example besides the default: commented out
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_optional_lora_section_is_commented_out_until_a_key_is_given(stage: str) -> None:
+    assert "lora" not in tomllib.loads(render_template(stage))  # a template must not turn LoRA on
+    assert "\n# [lora]\n" in render_template(stage)
+    data = tomllib.loads(render_template(stage, {"lora.r": 4}))
+    assert data["lora"] == {"r": 4, "alpha": 16.0, "dropout": 0.0, "target_modules": "all-linear",
+                            "merge_on_export": True}
 
 
 def test_write_templates_writes_only_what_changed(tmp_path: Path) -> None:

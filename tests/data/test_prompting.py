@@ -73,3 +73,45 @@ def test_sft_example_multi_turn_plain_and_template():
 def test_sft_example_must_end_with_assistant():
     with pytest.raises(ValueError):
         render_sft_example([{"role": "user", "content": "Q"}], None)
+
+
+class StrictTemplateTokenizer(TemplateTokenizer):
+    """Like Gemma 2's template: no system role."""
+
+    eos_token = "<eos>"
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        from jinja2.exceptions import TemplateError
+
+        if messages[0]["role"] == "system":
+            raise TemplateError("System role not supported")
+        if messages[-1]["role"] == "assistant" and not add_generation_prompt:
+            return super().apply_chat_template(messages[:-1], add_generation_prompt=True) + \
+                f"{messages[-1]['content']}<eos>\n"
+        return super().apply_chat_template(messages, tokenize, add_generation_prompt)
+
+
+def test_a_template_without_system_role_gets_the_system_text_in_the_first_user_turn():
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert format_prompt(messages, StrictTemplateTokenizer()) == format_prompt(
+        [{"role": "user", "content": "Be brief.\n\nHi"}], TemplateTokenizer())
+
+
+def test_a_template_response_that_writes_eos_ends_there():
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    prompt, response = render_sft_example(messages, StrictTemplateTokenizer())
+    assert response == "Hello<eos>"  # not "Hello<eos>\n": nothing after EOS, and no second EOS appended
+
+
+def test_a_conversation_no_template_accepts_is_a_user_error():
+    from rlhfctl.errors import UserError
+
+    with pytest.raises(UserError, match=r"roles \[assistant, user\]"):
+        format_prompt([{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}],
+                      type("Refusing", (StrictTemplateTokenizer,), {"apply_chat_template": _refuse})())
+
+
+def _refuse(self, messages, tokenize=False, add_generation_prompt=False):
+    from jinja2.exceptions import TemplateError
+
+    raise TemplateError("Conversation roles must alternate")

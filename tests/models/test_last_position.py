@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from rlhfctl.models.last_position import final_block, final_block_at, read_key_mask  # noqa: E402
+from rlhfctl.models.last_position import final_block, final_block_at, has_read_shortcut  # noqa: E402
+from rlhfctl.models.loading import disable_dropout  # noqa: E402
 from rlhfctl.models.scoring import make_scorer  # noqa: E402
 from rlhfctl.objectives.rm import last_token_index  # noqa: E402
 
@@ -66,7 +67,7 @@ def test_scores_and_gradients_match_the_full_forward(tiny_classifier, kind, padd
 
 
 def _in_shortcut(backbone, attention_mask, read_index):
-    return final_block_at(backbone, read_index, read_key_mask(attention_mask, read_index))
+    return final_block_at(backbone, read_index, attention_mask)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2"])
@@ -88,9 +89,7 @@ def test_the_shortcut_is_in_place_only_inside_the_block(tiny_classifier, kind):
     assert torch.equal(hidden.detach()[~read], unread.expand(int((~read).sum()), -1))
 
 
-@pytest.mark.parametrize("kind, overrides", [("gpt2", {"reorder_and_upcast_attn": True}),
-                                             ("qwen2", {"use_sliding_window": True, "sliding_window": 4,
-                                                        "max_window_layers": 0})])
+@pytest.mark.parametrize("kind, overrides", [("gpt2", {"reorder_and_upcast_attn": True})])
 def test_blocks_it_does_not_model_exactly_run_their_own_forward(tiny_classifier, kind, overrides):
     model = tiny_classifier(kind, **overrides)
     input_ids, attention_mask = _batch("right")
@@ -125,3 +124,61 @@ def test_any_position_reads_what_the_full_forward_gives_there(tiny_classifier, k
         expected = score_model(input_ids, attention_mask, position_ids)[torch.arange(4), index]
         got = score_model.score_at(input_ids, attention_mask, position_ids, index)
     assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------- every architecture
+
+SHORTCUT_FAMILIES = {"llama", "qwen2", "qwen3", "mistral", "phi3"}  # the others run their own final block
+
+
+def _kit_classifier(architecture: str, *, lora: bool = False):
+    """A fp64 scalar-head model of the offline kit's ``architecture``, its sliding windows (where it has them)
+    shorter than the test sequences; with ``lora``, peft adapters whose up-projections are not zero."""
+    import dataclasses
+
+    from rlhfctl.example.architectures import ARCHITECTURES, SHAPES
+
+    shape = dataclasses.replace(SHAPES["tiny"], window=4, layers=3)
+    config = ARCHITECTURES[architecture].config(shape, vocab_size=50, bos_token_id=1, eos_token_id=2)
+    config.num_labels, config.pad_token_id = 1, PAD
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSequenceClassification.from_config(config)
+    # fp64 for exact comparisons, except Gemma 2, whose eager attention mask turns fully masked rows into NaN in
+    # fp64 (not in fp32 or bf16, what training uses)
+    model = model.float() if architecture == "gemma2" else model.double()
+    disable_dropout(model)  # OPT's config has dropout 0.1; the stages that score train without dropout
+    if lora:
+        from rlhfctl.config.schema import LoraConfig
+        from rlhfctl.models.adapters import add_lora
+
+        add_lora(model, LoraConfig(r=4), source=architecture, score_head=True)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.1)  # a trained adapter: the LoRA path changes the scores
+    return model.train()
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3",
+                                          "gpt_neox", "opt"])
+def test_every_kit_architecture_scores_as_the_full_forward(architecture, lora):
+    from rlhfctl.models.packing import packing_supported
+
+    model = _kit_classifier(architecture, lora=lora)
+    assert has_read_shortcut(final_block(model.base_model)) == (architecture in SHORTCUT_FAMILIES)
+    # a sliding window in any layer rules packing out (transformers ignores windows under a custom 4-D mask)
+    assert packing_supported(model) == (architecture in {"llama", "qwen3"})
+    scores = {}
+    for padding in ("right", "left"):
+        input_ids, attention_mask = _batch(padding)  # rows of 1 to 12 tokens: longer than the window of 4
+        scorer = make_scorer(model)
+        expected, expected_grads = _scores_and_grads(
+            lambda: _full_forward_scores(model, input_ids, attention_mask), model)
+        got, got_grads = _scores_and_grads(lambda: scorer(input_ids, attention_mask), model)
+        assert torch.allclose(got, expected.float(), atol=1e-6, rtol=0), (padding, got, expected)
+        assert got_grads.keys() == expected_grads.keys()
+        for name, grad in expected_grads.items():
+            assert torch.allclose(got_grads[name], grad, rtol=0, atol=1e-8 + 1e-5 * float(grad.abs().max())), name
+        scores[padding] = got
+    assert torch.allclose(scores["right"], scores["left"], atol=1e-5, rtol=0)  # positions count real tokens only

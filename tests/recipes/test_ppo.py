@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhfctl.config.schema import PPOConfig, RMConfig, SFTConfig
+from rlhfctl.config.schema import LoraConfig, PPOConfig, RMConfig, SFTConfig
 from rlhfctl.errors import ConfigError, RuntimeFailure
 from rlhfctl.recipes import ppo
 
@@ -19,7 +19,8 @@ TIMING_KEYS = ("time_", "episodes_per_s")
 
 
 def make_config(tmp_path: Path, policy: Path, reward: Path, *, train_file: Path = DATA / "ppo.jsonl",
-                validation_file: Path | None = DATA / "heldout_prompts.jsonl", **training) -> PPOConfig:
+                validation_file: Path | None = DATA / "heldout_prompts.jsonl", lora: dict | None = None,
+                **training) -> PPOConfig:
     options = {"num_training_workers": 1, "experience_batch_size": 8, "batch_size": 8, "num_mini_batches": 2,
                "ppo_epochs": 2, "learning_rate": 3e-4, "save_every_steps": 0, "sample_every_steps": 2,
                "max_failures": 0, **training}
@@ -32,6 +33,7 @@ def make_config(tmp_path: Path, policy: Path, reward: Path, *, train_file: Path 
         "dataset": dataset,
         "training": options,
         "generation": {"max_new_tokens": 16},
+        **({"lora": lora} if lora is not None else {}),
     })
 
 
@@ -105,12 +107,14 @@ def test_reward_stats_are_required_for_normalised_scores(tmp_path, tiny_model_di
 # ----------------------------------------------------------------------------------------------- in-process runs
 
 
-def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("lora", [None, {"r": 4, "dropout": 0.1}], ids=["full", "lora"])
+def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir, lora):
+    """With LoRA too (adapter dropout draws from the restored RNG; the checkpoint holds adapters and heads only)."""
     from safetensors.torch import load_file
 
     prompts = few_prompts(tmp_path, 32)
     config = make_config(tmp_path / "a", tiny_model_dir, tiny_model_dir, train_file=prompts,
-                         validation_file=None, epochs=2, save_every_steps=2)
+                         validation_file=None, epochs=2, save_every_steps=2, lora=lora)
     full = run_inline(config, tmp_path / "a" / "ckpt")  # 4 iterations per epoch, 8 in all
     checkpoints = sorted((tmp_path / "a" / "ckpt").glob("checkpoint_*"))
     assert [path.name for path in checkpoints] == [f"checkpoint_{step:08d}" for step in (2, 4, 6, 8)]
@@ -118,7 +122,7 @@ def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_pa
     assert json.loads((middle / "state.json").read_text())["batch_in_epoch"] == 2
 
     resumed_config = make_config(tmp_path / "b", tiny_model_dir, tiny_model_dir, train_file=prompts,
-                                 validation_file=None, epochs=2, save_every_steps=2)
+                                 validation_file=None, epochs=2, save_every_steps=2, lora=lora)
     resumed = run_inline(resumed_config, tmp_path / "b" / "ckpt", resume_from=middle)
 
     assert without_timings(resumed) == without_timings(full)
@@ -126,6 +130,7 @@ def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_pa
     weights_resumed = load_file(str(tmp_path / "b" / "export" / "model.safetensors"))
     assert all((weights_full[name] == weights_resumed[name]).all() for name in weights_full)
     state = json.loads((checkpoints[-1] / "state.json").read_text())
+    assert state["model_contents"] == {name: "trainable" if lora else "full" for name in ("policy", "value_model")}
     assert state["extra"]["episodes"] == 8 * 8
     assert set(state["extra"]["kl_controller"]) == {"value", "target", "horizon"}
 
@@ -232,3 +237,25 @@ def test_ppo_on_two_ray_workers_raises_heldout_reward_with_bounded_kl_and_resume
     assert resumed.resumed_from_step == 8
     assert without_timings(resumed.final_metrics) == pytest.approx(without_timings(metrics), rel=1e-6, abs=1e-9)
     shutil.rmtree(tmp_path / "killed" / "run", ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_lora_ppo_on_two_ray_workers_raises_heldout_reward_with_one_copy_of_each_base(tmp_path, trained_models):
+    """DDP over adapters: the value model's adapters and head train on the reward model's base, the reference is
+    the policy without adapters; gradient checkpointing on. The exports are adapter folders peft loads."""
+    from peft import AutoPeftModelForCausalLM
+
+    config = ray_config(tmp_path, trained_models).model_copy(update={"lora": LoraConfig(r=8, merge_on_export=False)})
+    config.training.learning_rate, config.training.gradient_checkpointing = 3e-3, True
+    summary = ppo.run(config)
+    metrics = summary.final_metrics
+    before, after = metrics["validation_initial_score_mean"], metrics["validation_score_mean"]
+    print(f"\nLoRA: held-out RM score {before:.3f} -> {after:.3f}, KL(k1) {metrics['validation_kl_k1']:.2f} nats, "
+          f"{metrics['train_episodes_per_s']:.1f} episodes/s, parameters {summary.parameters}")
+    assert after - before > 1.0
+    trainable, total = summary.parameters
+    assert trainable < 0.1 * total  # adapters and the value head
+    policy = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert policy.peft_config["default"].base_model_name_or_path == str(trained_models[0])
+    assert (tmp_path / "export" / "value_model" / "adapter_config.json").is_file()

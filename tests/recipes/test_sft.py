@@ -104,23 +104,58 @@ def test_sft_on_two_ray_workers_lowers_heldout_loss_and_exports(tmp_path, tiny_m
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_resume_after_a_failure_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, tiny_model_dir):
-    from rlhfctl.errors import RuntimeFailure
-
     def config_in(folder: Path):
         folder.mkdir()
         # one worker: the in-process path (no Ray start-up); dropout is on, so RNG state must be restored too
         return load_config(write_config(folder, tiny_model_dir, num_training_workers=1, epochs=2,
                                         save_every_steps=10))
 
-    uninterrupted = sft.run(config_in(tmp_path / "a"))
-    interrupted_config = config_in(tmp_path / "b")
-    with pytest.raises(RuntimeFailure, match="step 10"):
-        sft.run(interrupted_config, fault_injection={"after_step": 10, "marker": str(tmp_path / "fault"),
-                                                     "action": "raise"})
-    resumed = sft.run(interrupted_config, resume=True)
+    uninterrupted, resumed = run_interrupted_and_resumed(config_in, tmp_path, after_step=10)
 
     assert resumed.resumed_from_step == 10
     assert resumed.steps == uninterrupted.steps == 46
     assert set(resumed.final_metrics) == set(uninterrupted.final_metrics)
     for key, value in uninterrupted.final_metrics.items():
         assert resumed.final_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.timeout(300)
+def test_lora_with_checkpointing_resumes_exactly_and_exports_the_adapter(tmp_path, tiny_model_dir):
+    """In-process: adapters (dropout on, so the RNG matters) + gradient checkpointing, interrupted after a
+    checkpoint and resumed, give the uninterrupted run's numbers; the checkpoint and export hold the adapter."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(SFT_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:48]), encoding="utf-8")
+
+    def config_in(folder: Path):
+        folder.mkdir()
+        path = write_config(folder, tiny_model_dir, rows, num_training_workers=1, epochs=2, batch_size=8,
+                            save_every_steps=3, gradient_checkpointing=True)
+        path.write_text(path.read_text() + "\n[lora]\nr = 4\ndropout = 0.1\nmerge_on_export = false\n")
+        return load_config(path)
+
+    uninterrupted, resumed = run_interrupted_and_resumed(config_in, tmp_path, after_step=3)
+    assert resumed.resumed_from_step == 3 and resumed.steps == uninterrupted.steps == 12  # 6 steps per epoch
+    for key, value in uninterrupted.final_metrics.items():
+        assert resumed.final_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    trainable, total = resumed.parameters
+    assert 0 < trainable < total / 10
+    checkpoint = sorted((tmp_path / "b" / "run" / "sft_run").glob("checkpoint_*"))[-1]
+    assert json.loads((checkpoint / "state.json").read_text())["model_contents"] == {"model": "trainable"}
+    export = tmp_path / "b" / "export"
+    assert (export / "adapter_config.json").is_file() and not (export / "config.json").exists()
+    starts = [json.loads(line) for line in (tmp_path / "b" / "run" / "events.jsonl").read_text().splitlines()]
+    assert [(e["trainable_parameters"], e["total_parameters"]) for e in starts if e["kind"] == "start"] == [
+        (trainable, total)] * 2
+
+
+def run_interrupted_and_resumed(config_in, tmp_path: Path, *, after_step: int):
+    """The summaries of an uninterrupted run (``config_in(tmp_path / "a")``) and of the same run
+    (``tmp_path / "b"``) failed after ``after_step`` and resumed with ``--resume``."""
+    from rlhfctl.errors import RuntimeFailure
+
+    uninterrupted = sft.run(config_in(tmp_path / "a"))
+    interrupted_config = config_in(tmp_path / "b")
+    with pytest.raises(RuntimeFailure, match=f"step {after_step}"):
+        sft.run(interrupted_config, fault_injection={"after_step": after_step, "marker": str(tmp_path / "fault"),
+                                                     "action": "raise"})
+    return uninterrupted, sft.run(interrupted_config, resume=True)

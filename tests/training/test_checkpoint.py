@@ -95,3 +95,39 @@ def test_incomplete_checkpoints_are_never_picked(tmp_path):
 def test_non_finite_extra_is_refused(tmp_path):
     with pytest.raises(ValueError):
         write_checkpoint(TrainState(step=1, extra={"x": float("nan")}), tmp_path / "c")
+
+
+def _frozen_base(seed: int = 0):
+    """A model whose first layer is frozen (a LoRA base) and an optimizer over the rest."""
+    model, _, _ = _objects(seed)
+    model[0].requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    return model, optimizer
+
+
+def test_a_model_with_a_frozen_base_stores_only_its_trainable_parameters(tmp_path):
+    from safetensors.torch import load_file
+
+    from rlhfctl.training.checkpoint import parameter_counts
+
+    model, optimizer = _frozen_base()
+    _train_steps(model, optimizer, _objects()[2], 2)
+    folder = write_checkpoint(TrainState(step=2, models={"m": model}, optimizers={"m": optimizer}), tmp_path / "c")
+    assert set(load_file(str(folder / "model.m.safetensors"))) == {"1.weight", "1.bias", "2.weight", "2.bias"}
+    assert json.loads((folder / "state.json").read_text())["model_contents"] == {"m": "trainable"}
+    assert parameter_counts(model, model) == (8 + 8 + 8 + 1, 4 * 8 + 8 + 8 + 8 + 8 + 1)  # a shared model once
+
+    fresh, fresh_optimizer = _frozen_base(seed=0)  # the base comes from the model source again: same frozen weights
+    read_checkpoint(folder, TrainState(models={"m": fresh}, optimizers={"m": fresh_optimizer}))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))
+
+
+def test_resuming_with_other_trainable_parameters_is_a_user_error(tmp_path):
+    from rlhfctl.errors import UserError
+
+    model, optimizer = _frozen_base()
+    folder = write_checkpoint(TrainState(models={"m": model}, optimizers={"m": optimizer}), tmp_path / "c")
+    other, _ = _frozen_base()
+    other[2].requires_grad_(False)  # e.g. other lora.target_modules
+    with pytest.raises(UserError, match="trainable parameters of 'm'"):
+        read_checkpoint(folder, TrainState(models={"m": other}))

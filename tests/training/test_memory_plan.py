@@ -140,3 +140,33 @@ def test_every_stage_plans_from_config_json(tmp_path, shape_only_model, stage):
     roles = {"rm": {"reward_model"}, "ppo": {"policy", "reference", "reward_model", "value_model"}}[stage]
     assert set(plan.estimate.per_model) == roles
     assert plan.estimate.per_worker_peak_bytes == plan.estimate.breakdown.total
+
+
+def test_lora_and_checkpointing_in_the_config_reach_the_plan(tmp_path, shape_only_model):
+    full = plan_memory(sft_job(tmp_path, shape_only_model), probe=fixed(64 * GiB)).estimate
+    lora = plan_memory(sft_job(tmp_path, shape_only_model, "lora.r=8"), probe=fixed(64 * GiB)).estimate
+    # adapters on q/k/v/o (512 -> 512), gate/up (512 -> 1536) and down (1536 -> 512) of 8 blocks: r * (in + out)
+    adapters = 8 * 8 * (4 * (512 + 512) + 3 * (512 + 1536))
+    assert lora.trainable_parameters == adapters == 655_360
+    assert lora.breakdown.optimizer_state == 8 * adapters  # AdamW: two fp32 states per adapter parameter
+    assert lora.breakdown.gradients < full.breakdown.gradients / 20
+    assert lora.per_worker_peak_bytes < full.per_worker_peak_bytes - full.breakdown.optimizer_state
+    listed = plan_memory(sft_job(tmp_path, shape_only_model, 'lora.target_modules=["q_proj", "v_proj"]'),
+                         probe=fixed(64 * GiB)).estimate
+    assert listed.trainable_parameters == 8 * 8 * 2 * (512 + 512)
+    checkpointed = plan_memory(sft_job(tmp_path, shape_only_model, "training.gradient_checkpointing=true"),
+                               probe=fixed(64 * GiB)).estimate
+    assert checkpointed.breakdown.activations < full.breakdown.activations
+    assert checkpointed.breakdown.weights == full.breakdown.weights
+
+
+def test_lora_ppo_holds_each_base_once(tmp_path, shape_only_model):
+    model = str(shape_only_model)
+    config = load_config(REPO_ROOT / "examples" / "configs" / "ppo.toml", overrides=[
+        f"general.model_name={model}", f"general.rm_name={model}", f"general.model_pretrain={model}",
+        f"general.rm_pretrain={model}", f"general.output_dir={tmp_path / 'run'}",
+        f"general.checkpoint_dir={tmp_path / 'export'}", "lora.r=8", "training.value_model_init=reward"])
+    per_model = plan_memory(load_recipe("ppo").build_job(config), probe=fixed(64 * GiB)).estimate.per_model
+    # the reference is the policy with its adapter off, the reward model the value model's base with its adapter off
+    assert per_model["reference"].weights == 0 and per_model["reward_model"].weights == 0
+    assert per_model["policy"].weights > 0 and per_model["value_model"].weights > 0

@@ -2,8 +2,9 @@
 
 One TOML file configures one stage. Sections follow the workflow rlhfctl replaces (``[general]``, ``[dataset]``,
 ``[training]``; the seed's ``General``/``Dataset``/``Training`` spellings are accepted) plus ``[generation]`` for
-PPO, and ``[monitor]`` (the health checks) in every stage. Every model forbids unknown keys; the loader turns
-pydantic's errors into :class:`rlhfctl.errors.ConfigIssue` objects with "did you mean" suggestions.
+PPO, ``[monitor]`` (the health checks) in every stage, and the optional ``[lora]`` of every training stage
+(present: LoRA on). Every model forbids unknown keys; the loader turns pydantic's errors into
+:class:`rlhfctl.errors.ConfigIssue` objects with "did you mean" suggestions.
 
 Everything else about a key is derived from its field here (see :mod:`rlhfctl.config.keys`): path keys and model
 sources (from the type), files that must exist, the stage a file is for (its keys unique to one stage), the
@@ -40,6 +41,7 @@ from rlhfctl.config.schema.common import (
     TrainingCommon,
     seed_spellings,
 )
+from rlhfctl.config.schema.lora import ALL_LINEAR, LoraConfig
 from rlhfctl.config.schema.ppo import GenerationConfig, PPOConfig, PPODataset, PPOGeneral, PPOTraining
 from rlhfctl.config.schema.rm import RMConfig, RMDataset, RMTraining
 from rlhfctl.config.schema.sft import SFTConfig, SFTDataset, SFTTraining
@@ -56,6 +58,7 @@ SECTION_ALIASES: dict[str, str] = seed_spellings(
 """The seed workflow's section spellings (``General``) -> ours (``general``)."""
 
 __all__ = [
+    "ALL_LINEAR",
     "CONFIG_CLASSES",
     "LR_SCHEDULERS",
     "OPTIMIZERS",
@@ -65,6 +68,7 @@ __all__ = [
     "DatasetConfig",
     "GeneralCommon",
     "GenerationConfig",
+    "LoraConfig",
     "MixedPrecision",
     "ModelGeneral",
     "MonitorConfig",

@@ -70,6 +70,8 @@ class Section(BaseModel):
 
     # Groups of keys of which at most one may be set (the loader, the templates and `init` honour them).
     exclusive_keys: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    # For a section a stage may leave out (``[lora]``): the comment above its commented-out header in templates.
+    optional_section: ClassVar[str] = ""
 
 
 # ----------------------------------------------------------------------------------------------- [general]
@@ -196,6 +198,10 @@ class TrainingCommon(Section):
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (not applied to biases and norms).")
     gradient_accumulation_steps: PositiveInt = Field(1, description="Micro-steps per optimizer step.")
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass instead of keeping them (less memory, about "
+        "a third more compute; non-reentrant, works with [lora])."
+    )
     mixed_precision: MixedPrecision = Field(
         "no", description='"no" (fp32, the right choice on CPU), "bf16" or "fp16" autocast.'
     )
@@ -365,6 +371,14 @@ class MonitorConfig(Section):
 # ----------------------------------------------------------------------------------------------- stage configs
 
 
+def section_type(annotation: object) -> type[Section] | None:
+    """The :class:`Section` a field holds (``Optional[LoraConfig]`` -> ``LoraConfig``), or None."""
+    members = [arg for arg in get_args(annotation) if arg is not type(None)] if get_args(annotation) else [annotation]
+    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], Section):
+        return members[0]
+    return None
+
+
 def seed_spellings(sections: list[str]) -> dict[str, str]:
     """The seed workflow's section spellings (``General``) -> ours (``general``)."""
     return {name.capitalize(): name for name in sections}
@@ -374,7 +388,8 @@ class StageConfigBase(BaseModel):
     """A whole config file for one stage: ``stage = "<name>"`` and one field per ``[section]``.
 
     A stage module subclasses it with ``stage: Literal["<name>"] = "<name>"``, a one-line ``summary`` (the first
-    line of its template, shown by ``rlhfctl init --list``) and its sections.
+    line of its template, shown by ``rlhfctl init --list``) and its sections; every stage that trains a model also
+    takes ``lora: Optional[LoraConfig] = None`` (:mod:`.lora`: the section's presence turns LoRA on).
     """
 
     model_config = _MODEL_CONFIG
@@ -389,12 +404,21 @@ class StageConfigBase(BaseModel):
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:
-        """``{"general": ModelGeneral, ...}`` in file order: the stage's own sections, then the shared ones
-        declared here (``monitor``)."""
-        found = {name: field.annotation for name, field in cls.model_fields.items()
-                 if isinstance(field.annotation, type) and issubclass(field.annotation, Section)}
+        """``{"general": ModelGeneral, ...}`` in file order: the stage's own sections, then the optional ones a
+        file may leave out (``lora``), then the shared ones declared here (``monitor``)."""
+        found = {name: section for name, field in cls.model_fields.items()
+                 if (section := section_type(field.annotation)) is not None}
+        optional = cls.optional_sections()
         shared = [name for name in StageConfigBase.model_fields if name in found]
-        return {name: found[name] for name in [*(name for name in found if name not in shared), *shared]}
+        own = [name for name in found if name not in shared and name not in optional]
+        return {name: found[name] for name in [*own, *optional, *shared]}
+
+    @classmethod
+    def optional_sections(cls) -> tuple[str, ...]:
+        """Sections a file may leave out, whose presence turns a feature on (``lora``): typed ``Optional[...]``,
+        default None."""
+        return tuple(name for name, field in cls.model_fields.items()
+                     if section_type(field.annotation) and field.default is None and field.default_factory is None)
 
     @model_validator(mode="before")
     @classmethod

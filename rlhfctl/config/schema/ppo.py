@@ -22,6 +22,7 @@ from rlhfctl.config.schema.common import (
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.lora import LoraConfig
 from rlhfctl.config.schema.markers import Ask, WizardStep
 
 _GPT2 = "openai-community/gpt2"
@@ -123,6 +124,7 @@ class PPOConfig(StageConfigBase):
     dataset: PPODataset
     training: PPOTraining = Field(default_factory=PPOTraining)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    lora: Optional[LoraConfig] = None
 
     @property
     def policy_source(self) -> str:

@@ -14,6 +14,7 @@ from rlhfctl.config.schema.common import (
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.lora import LoraConfig
 
 
 class RMDataset(DatasetConfig):
@@ -39,3 +40,4 @@ class RMConfig(StageConfigBase):
     general: ModelGeneral
     dataset: RMDataset
     training: RMTraining = Field(default_factory=RMTraining)
+    lora: Optional[LoraConfig] = None

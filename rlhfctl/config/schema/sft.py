@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field
 
@@ -13,6 +13,7 @@ from rlhfctl.config.schema.common import (
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.lora import LoraConfig
 
 
 class SFTDataset(DatasetConfig):
@@ -34,3 +35,4 @@ class SFTConfig(StageConfigBase):
     general: ModelGeneral
     dataset: SFTDataset
     training: SFTTraining = Field(default_factory=SFTTraining)
+    lora: Optional[LoraConfig] = None
