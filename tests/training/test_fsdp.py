@@ -180,3 +180,78 @@ def test_export_copy_is_a_plain_tied_model_and_generation_may_differ_per_worker(
     assert results[0]["copy_tied"] and results[0]["copy_matches"]
     assert [result["generated"] for result in results] == [[2, 7], [2, 11]]
     assert all(result["after_generation_matches"] for result in results)
+
+
+# ----------------------------------------------------------------------------------------------- bad input (CLI)
+
+OPAQUE_MODELING = '''
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class OpaqueConfig(PretrainedConfig):
+    model_type = "opaque"
+
+    def __init__(self, vocab_size=1024, hidden_size=8, **kwargs):
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        super().__init__(**kwargs)
+
+
+class OpaqueForScore(PreTrainedModel):
+    """No _no_split_modules and no list of layers: nothing FSDP can shard block by block."""
+
+    config_class = OpaqueConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.body = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh())
+        self.score = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        return SequenceClassifierOutput(logits=self.score(self.body(self.embed(input_ids))).mean(1))
+'''
+
+
+@pytest.fixture()
+def opaque_model(tmp_path, tiny_model_dir) -> Path:
+    folder = tmp_path / "opaque"
+    folder.mkdir()
+    (folder / "modeling_opaque.py").write_text(OPAQUE_MODELING, encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "opaque", "architectures": ["OpaqueForScore"], "vocab_size": 1024, "hidden_size": 8,
+        "auto_map": {"AutoConfig": "modeling_opaque.OpaqueConfig",
+                     "AutoModelForSequenceClassification": "modeling_opaque.OpaqueForScore"}}), encoding="utf-8")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
+    return folder
+
+
+def _rm_dry_run(tmp_path: Path, model: Path, *overrides: str):
+    from typer.testing import CliRunner
+
+    from rlhfctl.cli.app import app
+
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "rm.toml"
+    return CliRunner().invoke(app, ["rm", "train", str(config), "--dry-run", f"general.base_model={model}",
+                                    f"general.output_dir={tmp_path / 'run'}",
+                                    f"general.checkpoint_dir={tmp_path / 'model'}", *overrides])
+
+
+def test_fsdp_refuses_a_model_without_blocks_before_any_worker_starts(tmp_path, opaque_model):
+    result = _rm_dry_run(tmp_path, opaque_model, "training.strategy=fsdp", "training.num_training_workers=2",
+                         "general.trust_remote_code=true")
+    assert result.exit_code == 2, result.output
+    assert "training.strategy" in result.output and "OpaqueForScore" in result.output
+    assert "Traceback" not in result.output
+    ddp = _rm_dry_run(tmp_path, opaque_model, "training.num_training_workers=2", "general.trust_remote_code=true")
+    assert ddp.exit_code == 0, ddp.output  # the same model is fine under DDP
+
+
+def test_fsdp_with_one_worker_warns_and_runs_as_ddp(tmp_path, tiny_model_dir):
+    result = _rm_dry_run(tmp_path, tiny_model_dir, "training.strategy=fsdp", "training.num_training_workers=1")
+    assert result.exit_code == 0, result.output
+    assert 'training.strategy = "fsdp" with one worker runs as "ddp"' in " ".join(result.output.split())
