@@ -18,6 +18,7 @@ converted on load (:func:`load_full_into_sharded`): every rank reads the whole f
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,9 @@ def read_shards(folder: Path, state) -> None:
         set_optimizer_state_dict
 
     content = _state_dicts(state)
-    dcp.load(content, storage_reader=dcp.FileSystemReader(str(Path(folder) / SHARDS_DIR)))
+    with warnings.catch_warnings():  # one process (a run resumed on one worker) is meant: no need to say so
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(content, storage_reader=dcp.FileSystemReader(str(Path(folder) / SHARDS_DIR)))
     partial = StateDictOptions(strict=False)
     for name, model in state.models.items():
         set_model_state_dict(model, content["models"][name], options=partial)

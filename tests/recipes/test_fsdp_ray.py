@@ -77,6 +77,15 @@ def test_rm_under_fsdp_resumes_exactly_after_a_failure(rm_reference, tmp_path, t
     assert _final_validation(tmp_path) == _final_validation(rm_reference)
 
 
+def test_a_killed_worker_recovers_from_the_sharded_checkpoint_to_the_uninterrupted_result(rm_reference, tmp_path,
+                                                                                          tiny_model_dir):
+    config = load_config(RM_CONFIG, overrides=_rm_overrides(tmp_path, tiny_model_dir, max_failures=1))
+    marker = tmp_path / "killed"
+    summary = rm.run(config, fault_injection={"after_step": 10, "marker": str(marker), "action": "kill"})
+    assert marker.exists() and summary.steps == 30  # the worker really died once; Ray Train restarted the group
+    assert _final_validation(tmp_path) == _final_validation(rm_reference)
+
+
 def test_a_sharded_checkpoint_resumes_on_one_worker(rm_reference, tmp_path, tiny_model_dir):
     # the reference's step-20 checkpoint, continued by one worker (in-process, unsharded): DCP reshards on load
     shutil.copytree(rm_reference / "run", tmp_path / "run")
@@ -106,6 +115,7 @@ def test_a_ddp_checkpoint_resumes_under_fsdp_converted(rm_reference, tmp_path, t
 def _ppo_config(tmp_path: Path, model_dir: Path, **extra):
     from tests.recipes.test_ppo import few_prompts, make_config
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     prompts = few_prompts(tmp_path, 32)  # 16 per worker: 2 iterations of 8 per epoch
     return make_config(tmp_path, model_dir, model_dir, train_file=prompts, num_training_workers=2, epochs=2,
                        save_every_steps=1, strategy="fsdp", **extra)
