@@ -82,6 +82,10 @@ def shard_model(model: nn.Module) -> nn.Module:
     for piece in _separately_called_pieces(model):
         fully_shard(piece)
     fully_shard(model)
+    # Make ``model`` the root of its units now. FSDP2 otherwise takes the first unit that runs a forward as a root,
+    # and a backbone called on its own first (LoRA PPO's reward model is the value model's base, scored before the
+    # value model first runs) would then refuse to join the value model's tree.
+    model._get_fsdp_state()._lazy_init()
     return model
 
 
