@@ -15,8 +15,20 @@ def config_to_dict(config: StageConfig) -> dict:
     """Plain, TOML-ready dict: paths as strings, unset optional keys left out (TOML has no null); ``stage`` first,
     then the sections in file order (:meth:`StageConfigBase.sections`)."""
     data = config.model_dump(mode="json", exclude_none=True)
+    for name in type(config).sections():
+        section = getattr(config, name, None)
+        if name in data and section is not None:
+            _drop_exclusive_partners(section, data[name])
     return {"stage": data.pop("stage"), **{name: data.pop(name) for name in type(config).sections() if name in data},
             **data}
+
+
+def _drop_exclusive_partners(section: Any, values: dict[str, Any]) -> None:
+    """Of two mutually exclusive keys (e.g. ``validation_file`` / ``validation_split_percentage``), a set first key
+    drops its partner's default, so the written TOML loads again."""
+    for first, second in getattr(section, "exclusive_keys", ()):
+        if first in values and second not in section.model_fields_set:
+            values.pop(second, None)
 
 
 def dotted_values(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

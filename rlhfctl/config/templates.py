@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +38,9 @@ from rlhfctl.config.keys import (
     is_required,
     stage_fields,
 )
+from rlhfctl.config.loader import tomllib
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
 from rlhfctl.errors import RuntimeFailure, UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 REPOSITORY_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 

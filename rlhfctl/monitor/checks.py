@@ -25,8 +25,8 @@ REWARD_KEYS = ("score_mean", "reward_mean", "reward", "rewards/mean", "objective
 RESPONSE_LENGTH_KEYS = ("response_length_mean", "response_length", "completion_length", "completions/mean_length")
 EXPLAINED_VARIANCE_KEYS = ("explained_variance", "value/explained_variance", "val/explained_variance")
 LENGTH_BIAS_KEYS = ("length_bias_spearman",)
-# NaN here means "not defined for this step", not a broken run: explained variance of returns without variance, the
-# gradient norm with clipping off (a NaN gradient shows in the loss as well).
+# NaN here means "not defined for this step", not a broken run: explained variance of returns without variance; the
+# gradient norm is inf/NaN on the steps fp16 loss scaling skips (a really broken gradient shows in the loss too).
 MAY_BE_UNDEFINED_KEYS = frozenset({*EXPLAINED_VARIANCE_KEYS, "grad_norm", "grad_norm_policy", "grad_norm_value"})
 RESPONSE_TEXT_KEYS = ("response", "completion")
 

@@ -75,7 +75,7 @@ class PPOPayload:
     train_rows: list[dict]  # {"prompt": str | list[message]} rows of the training split
     validation_rows: list[dict]  # held-out prompts (may be empty)
     iterations_per_epoch: int  # PPO iterations (= steps) per pass over each worker's shard
-    reward_stats: RewardStats | None  # set when training.normalize_scores
+    reward_stats: RewardStats | None  # set when scores are normalised (training.normalize_scores)
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,10 @@ def prepare(config: PPOConfig) -> PPOPlan:
     check_model_settings(config, _trained_models(config))
     prompts_per_worker = len(data.train) // workers
     iterations_per_epoch = math.ceil(prompts_per_worker / training.experience_batch_size)
+    if training.value_warmup_steps >= iterations_per_epoch * training.epochs:
+        raise ConfigError([ConfigIssue(
+            "training.value_warmup_steps", f"must be fewer than the run's {iterations_per_epoch * training.epochs} "
+            "PPO iterations, or the policy never trains", training.value_warmup_steps)])
     warnings = [message for message in (reward_head_warning(config.reward_source),) if message]
     return PPOPlan(
         config=config,
@@ -110,7 +114,8 @@ def prepare(config: PPOConfig) -> PPOPlan:
         iterations_per_epoch=iterations_per_epoch,
         total_steps=iterations_per_epoch * training.epochs,
         episodes_per_step=training.experience_batch_size * workers,
-        reward_stats=read_reward_stats(config) if training.normalize_scores else None,
+        reward_stats=read_reward_stats(config, required=training.normalize_scores is True)
+        if training.normalize_scores else None,
         warnings=tuple(warnings),
     )
 
@@ -148,26 +153,32 @@ def _trained_models(config: PPOConfig) -> list[AdaptedModel]:
     return [policy, AdaptedModel(reward_key, config.reward_source, "score")]
 
 
-def read_reward_stats(config: PPOConfig) -> RewardStats:
-    """The reward mean/std stored by ``rlhfctl rm train`` in ``rm_pretrain/reward_stats.json``."""
+def read_reward_stats(config: PPOConfig, *, required: bool = True) -> RewardStats | None:
+    """The reward mean/std stored by ``rlhfctl rm train`` in ``rm_pretrain/reward_stats.json``.
+
+    Without ``general.rm_pretrain`` or without the file: a ConfigError when ``required``, else ``None`` (scores
+    stay raw). A file that exists but holds no usable statistics is an error either way.
+    """
     folder = config.general.rm_pretrain
-    problem = None
-    if folder is None:
-        problem = "needs general.rm_pretrain (an RM export with reward_stats.json) to normalise scores"
-    else:
-        path = Path(folder) / REWARD_STATS_FILE
-        try:
-            stats = json.loads(path.read_text(encoding="utf-8"))
-            mean = float(stats.get("mean", stats.get("reward_mean")))
-            std = float(stats.get("std", stats.get("reward_std")))
-            if math.isfinite(mean) and math.isfinite(std) and std > 0:
-                return RewardStats(mean=mean, std=std)
-            problem = f"{path} holds mean={mean}, std={std}; expected finite values and std > 0"
-        except FileNotFoundError:
-            problem = f"{path} does not exist (is general.rm_pretrain an export of `rlhfctl rm train`?)"
-        except (ValueError, TypeError, AttributeError):
-            problem = f"{path} is not JSON with numeric 'mean' and 'std'"
-    raise ConfigError([ConfigIssue("training.normalize_scores", problem, True)])
+    path = None if folder is None else Path(folder) / REWARD_STATS_FILE
+    if path is None or not path.is_file():
+        if not required:
+            return None
+        problem = ("needs general.rm_pretrain (an RM export with reward_stats.json) to normalise scores"
+                   if path is None else f"{path} does not exist (is general.rm_pretrain an export of `rlhfctl rm "
+                                        "train`?)")
+        raise ConfigError([ConfigIssue("training.normalize_scores", problem, config.training.normalize_scores)])
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+        mean = float(stats.get("mean", stats.get("reward_mean")))
+        std = float(stats.get("std", stats.get("reward_std")))
+        if math.isfinite(mean) and math.isfinite(std) and std > 0:
+            return RewardStats(mean=mean, std=std)
+        problem = f"{path} holds mean={mean}, std={std}; expected finite values and std > 0"
+    except (OSError, ValueError, TypeError, AttributeError):
+        problem = f"{path} is not JSON with numeric 'mean' and 'std'"
+    raise ConfigError([ConfigIssue("training.normalize_scores", problem + " (set training.normalize_scores = false "
+                                   "to use raw scores)", config.training.normalize_scores)])
 
 
 def reward_head_warning(reward_source: str) -> str | None:
@@ -228,6 +239,7 @@ def build_job(config: PPOConfig) -> TrainingJob[PPOConfig, PPOPayload]:
             "response length": f"up to {generation.max_new_tokens} new tokens",
             "KL": f"{training.kl_estimator}, coef {training.kl_coeff}"
                   + (f" adapting toward {training.target_kl}" if training.target_kl else " (fixed)"),
+            "scores": _scores_note(ppo_plan.reward_stats, config),
             "validation": ppo_plan.data.validation_source,
         },
         warnings=ppo_plan.warnings,
@@ -277,6 +289,14 @@ def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
     )
 
 
+def _scores_note(stats: RewardStats | None, config: PPOConfig) -> str:
+    if stats is not None:
+        return f"normalised: (score - {stats.mean:.4g}) / {stats.std:.4g} (the RM export's reward_stats.json)"
+    if config.training.normalize_scores == "auto":
+        return "raw (no reward_stats.json in general.rm_pretrain to normalise with)"
+    return "raw (training.normalize_scores = false)"
+
+
 # ----------------------------------------------------------------------------------------------- worker side
 
 
@@ -297,10 +317,13 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     value_model = ctx.prepare_model(models.value_model)
     for frozen in (models.reference, models.reward_model):  # FSDP: sharded too (DDP: as loaded)
         ctx.prepare_frozen(frozen)
-    optimizer_steps = ctx.total_steps * training.ppo_epochs * training.num_mini_batches
+    steps_per_iteration = training.ppo_epochs * training.num_mini_batches
+    optimizer_steps = {"policy": max(ctx.total_steps - training.value_warmup_steps, 1) * steps_per_iteration,
+                       "value_model": ctx.total_steps * steps_per_iteration}  # the policy waits out the warm-up
     optimizers = {"policy": build_optimizer(policy, training), "value_model": build_optimizer(value_model, training)}
-    schedulers = {name: build_scheduler(optimizer, training, optimizer_steps) for name, optimizer in optimizers.items()}
-    kl_controller = ppo_objective.KLController(training.kl_coeff, training.target_kl, training.kl_horizon)
+    schedulers = {name: build_scheduler(optimizer, training, optimizer_steps[name])
+                  for name, optimizer in optimizers.items()}
+    kl_controller = ppo_objective.KLController(training.kl_coeff, training.target_kl or None, training.kl_horizon)
     state = TrainState(
         models={"policy": unwrap_model(policy), "value_model": unwrap_model(value_model)},
         optimizers=optimizers, schedulers=schedulers,

@@ -105,7 +105,8 @@ class PPOTrainer:
             rewards = pm.masked_whiten(rewards, mask, shift_mean=False)
         advantages, returns = pm.gae_advantages(rewards, rollout.old_values, mask, training.gamma, training.lam)
         advantages = pm.masked_whiten(advantages, mask)
-        update_stats = self._update(rollout, advantages, returns, step)
+        value_warmup = step <= training.value_warmup_steps
+        update_stats = self._update(rollout, advantages, returns, step, train_policy=not value_warmup)
         trained = time.perf_counter()
 
         k1 = (pm.kl_per_token(rollout.old_logprobs, rollout.ref_logprobs, "k1") * mask).sum(1)  # (batch,)
@@ -130,16 +131,16 @@ class PPOTrainer:
         metrics["score_std"] = math.sqrt(max(metrics.pop("score_sq_mean") - metrics["score_mean"] ** 2, 0.0))
         metrics["kl_coef"] = kl_coef
         metrics["learning_rate"] = self.schedulers["policy"].get_last_lr()[0]
-        self.kl_controller.update(metrics["kl_k1"], len(prompts) * self.ctx.world_size)
+        if not value_warmup:  # the policy has not moved yet: its KL says nothing about the coefficient
+            self.kl_controller.update(metrics["kl_k1"], len(prompts) * self.ctx.world_size)
         samples = self._sample_rows(prompts, rollout) if with_samples else []
         return metrics, samples
 
-    def _update(self, rollout, advantages, returns, step: int) -> dict[str, float]:
-        """``ppo_epochs`` passes over the rollouts in ``num_mini_batches`` clipped updates; returns mean stats."""
-        import torch
+    def _update(self, rollout, advantages, returns, step: int, *, train_policy: bool) -> dict[str, float]:
+        """``ppo_epochs`` passes over the rollouts in ``num_mini_batches`` clipped updates; returns mean stats.
 
-        from rlhfctl.models.rollout import policy_logprobs, response_values
-        from rlhfctl.objectives import ppo as pm
+        With ``train_policy=False`` (value warm-up) only the value model learns and steps."""
+        import torch
 
         training, ctx = self.training, self.ctx
         num_rollouts = rollout.query_responses.shape[0]
@@ -154,41 +155,57 @@ class PPOTrainer:
                 micro_chunks = [mini_indices[i : i + micro_batch] for i in range(0, mini_batch, micro_batch)]
                 nonfinite = False
                 for chunk_number, idx in enumerate(micro_chunks):
-                    mask = rollout.response_mask[idx]
                     last = chunk_number == len(micro_chunks) - 1  # all-reduce once per mini-batch, on its last
                     with ctx.gradient_sync(self.policy, self.value_model, sync=last):
-                        with ctx.autocast():
-                            logprobs, entropy = policy_logprobs(
-                                self.policy, rollout.query_responses[idx], rollout.attention_mask[idx],
-                                rollout.prompt_len, self.temperature, return_entropy=True,
-                                entropy_grad=training.entropy_coef > 0)
-                            values = response_values(self.value_model, rollout.query_responses[idx],
-                                                     rollout.attention_mask[idx], rollout.prompt_len)
-                        policy_loss = pm.clipped_policy_loss(logprobs, rollout.old_logprobs[idx], advantages[idx],
-                                                             mask, training.cliprange)
-                        value_loss = pm.clipped_value_loss(values, rollout.old_values[idx], returns[idx], mask,
-                                                           training.cliprange_value)
-                        mean_entropy = pm.masked_mean(entropy, mask)
-                        loss = policy_loss.loss + training.vf_coef * value_loss.loss
-                        loss = loss - training.entropy_coef * mean_entropy
+                        loss, stats = self._micro_batch_loss(rollout, idx, advantages, returns, train_policy)
                         ctx.backward(loss * (len(idx) / len(mini_indices)))
                     nonfinite |= not bool(torch.isfinite(loss).item())
-                    for key, value in (
-                        ("policy_loss", policy_loss.loss), ("value_loss", value_loss.loss),
-                        ("entropy", mean_entropy), ("policy_clip_fraction", policy_loss.clip_fraction),
-                        ("value_clip_fraction", value_loss.clip_fraction), ("approx_kl", policy_loss.approx_kl),
-                        ("ratio_mean", policy_loss.ratio_mean),
-                    ):
-                        totals[key] = totals.get(key, 0.0) + float(value.item())
+                    for key, value in stats.items():
+                        totals[key] = totals.get(key, 0.0) + value
                     count += 1
                 # every worker learns whether any worker saw a NaN/inf before anything is stepped
                 if ctx.all_reduce_sum({"nonfinite": float(nonfinite)})["nonfinite"] > 0:
                     raise nonfinite_loss_error(step)
-                totals["grad_norm_policy"] = ctx.step(self.optimizers["policy"], self.schedulers["policy"],
-                                                      self.policy)
+                totals["grad_norm_policy"] = (ctx.step(self.optimizers["policy"], self.schedulers["policy"],
+                                                       self.policy) if train_policy else 0.0)
                 totals["grad_norm_value"] = ctx.step(self.optimizers["value_model"],
                                                      self.schedulers["value_model"], self.value_model)
         return {key: value if key.startswith("grad_norm") else value / count for key, value in totals.items()}
+
+    def _micro_batch_loss(self, rollout, idx, advantages, returns, train_policy: bool):
+        """The clipped policy + value loss of rollouts ``idx`` and its statistics (floats).
+
+        Without ``train_policy`` the loss is the value loss alone and the policy's forward runs without gradients
+        on the bare module (no DDP reduction is prepared for a backward that never comes)."""
+        import contextlib
+
+        import torch
+
+        from rlhfctl.models.rollout import policy_logprobs, response_values
+        from rlhfctl.objectives import ppo as pm
+
+        training, ctx = self.training, self.ctx
+        mask = rollout.response_mask[idx]
+        ids, attention = rollout.query_responses[idx], rollout.attention_mask[idx]
+        with ctx.autocast():
+            with contextlib.nullcontext() if train_policy else torch.no_grad():
+                logprobs, entropy = policy_logprobs(
+                    self.policy if train_policy else unwrap_model(self.policy), ids, attention, rollout.prompt_len,
+                    self.temperature, return_entropy=True, entropy_grad=training.entropy_coef > 0)
+            values = response_values(self.value_model, ids, attention, rollout.prompt_len)
+        policy_loss = pm.clipped_policy_loss(logprobs, rollout.old_logprobs[idx], advantages[idx], mask,
+                                             training.cliprange)
+        value_loss = pm.clipped_value_loss(values, rollout.old_values[idx], returns[idx], mask,
+                                           training.cliprange_value)
+        mean_entropy = pm.masked_mean(entropy, mask)
+        if train_policy:
+            loss = policy_loss.loss + training.vf_coef * value_loss.loss - training.entropy_coef * mean_entropy
+        else:
+            loss = training.vf_coef * value_loss.loss
+        stats = {"policy_loss": policy_loss.loss, "value_loss": value_loss.loss, "entropy": mean_entropy,
+                 "policy_clip_fraction": policy_loss.clip_fraction, "value_clip_fraction": value_loss.clip_fraction,
+                 "approx_kl": policy_loss.approx_kl, "ratio_mean": policy_loss.ratio_mean}
+        return loss, {key: float(value.item()) for key, value in stats.items()}
 
     def _sample_rows(self, prompts: list[str], rollout) -> list[dict]:
         tokenizer = self.models.tokenizer

@@ -206,18 +206,18 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             loss.backward()
 
     def step(self, optimizer, scheduler, model) -> float:
-        """Clip gradients (``training.max_grad_norm``), step optimizer and scheduler, zero gradients.
-
-        Returns the gradient norm before clipping (``nan`` when clipping is off).
+        """Clip gradients to ``training.max_grad_norm`` (0: no clipping), step optimizer and scheduler, zero
+        gradients. Returns the gradient norm before clipping (measured with clipping off too).
         """
         import torch
 
         if self._grad_scaler is not None:
             self._grad_scaler.unscale_(optimizer)
-        grad_norm = float("nan")
-        if self.training.max_grad_norm is not None:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.training.max_grad_norm)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        max_norm = self.training.max_grad_norm or math.inf  # clip_grad_norm_ with inf only measures
+        grad_norm = 0.0
+        if params:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
         if self._grad_scaler is not None:
             self._grad_scaler.step(optimizer)

@@ -77,6 +77,7 @@ def test_wrong_types_are_reported_with_line_and_value(rm_dir: Path) -> None:
         ("learning_rate = -1e-5", "training.learning_rate", "must be greater than 0"),
         ("num_training_workers = 0", "training.num_training_workers", "must be greater than 0"),
         ("warmup_ratio = 1.5", "training.warmup_ratio", "must be at most 1"),
+        ("max_grad_norm = -1.0", "training.max_grad_norm", "must be at least 0"),
         ("learning_rate = inf", "training.learning_rate", "expected a finite number"),
         ("resources_per_worker = { CPU = 0 }", "training.resources_per_worker", "at least some CPU or GPU"),
         ('mixed_precision = "fp8"', "training.mixed_precision", "expected one of 'no', 'bf16' or 'fp16'"),

@@ -17,6 +17,7 @@ from rlhfctl.config.schema import (
     DatasetConfig,
     MonitorConfig,
     PPOConfig,
+    PPOTraining,
     RMTraining,
     Stage,
     StageConfig,
@@ -57,6 +58,15 @@ def test_types_are_strict_but_ints_count_as_numbers() -> None:
     for bad in ({"epochs": "2"}, {"epochs": True}, {"learning_rate": "1e-5"}, {"max_grad_norm": float("nan")}):
         with pytest.raises(ValidationError):
             RMTraining(**bad)
+
+
+def test_normalize_scores_is_true_false_or_auto_and_nothing_else() -> None:
+    assert PPOTraining().normalize_scores == "auto"
+    for value in (True, False, "auto"):
+        assert PPOTraining(normalize_scores=value).normalize_scores == value
+    for bad in ("yes", "true", 1, 0, None):
+        with pytest.raises(ValidationError, match='expected true, false or "auto"'):
+            PPOTraining(normalize_scores=bad)
 
 
 def test_ppo_sources_prefer_the_exports(tmp_path) -> None:

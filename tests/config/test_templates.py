@@ -119,11 +119,11 @@ def test_render_refuses_keys_the_template_lacks() -> None:
 
 
 def test_render_makes_a_commented_out_key_live_and_a_live_one_commented() -> None:
-    text = render_template("ppo", {"training.target_kl": 3.0, "general.trust_remote_code": True,
+    text = render_template("ppo", {"training.score_clip": 3.0, "general.trust_remote_code": True,
                                    "training.kl_horizon": COMMENT_OUT})
-    assert "\ntarget_kl = 3.0\n" in text and "\ntrust_remote_code = true\n" in text
-    assert "\n# kl_horizon = 10000\n" in text
-    assert field_info("ppo", "training.kl_horizon").default == 10000
+    assert "\nscore_clip = 3.0\n" in text and "\ntrust_remote_code = true\n" in text
+    assert "\n# kl_horizon = 256\n" in text
+    assert field_info("ppo", "training.kl_horizon").default == 256
 
 
 def test_toml_value() -> None:

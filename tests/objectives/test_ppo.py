@@ -232,3 +232,19 @@ def test_adaptive_kl_controller():
     restored.load_state_dict(controller.state_dict())
     assert restored == controller
     assert restored.update(float("nan"), 10) == restored.value
+
+
+def test_kl_controller_at_the_template_defaults():
+    # kl_coeff 0.05, target_kl 2.5, kl_horizon 256; 2 workers x 8 prompts = 16 episodes per iteration
+    controller = pm.KLController(0.05, target=2.5, horizon=256)
+    # KL 3.0: error 3 / 2.5 - 1 = 0.2 -> 0.05 * (1 + 0.2 * 16 / 256) = 0.050625
+    assert controller.update(3.0, 16) == pytest.approx(0.050625)
+    # KL on target: no change
+    assert controller.update(2.5, 16) == pytest.approx(0.050625)
+    # KL 2.25: error -0.1 -> 0.050625 * (1 - 0.1 * 16 / 256) = 0.050308593750
+    assert controller.update(2.25, 16) == pytest.approx(0.05030859375)
+    # 128 iterations (2,048 episodes) far above the target: at most (1 + 0.2 / 16) ** 128 = 4.9 times the start
+    runaway = pm.KLController(0.05, target=2.5, horizon=256)
+    for _ in range(128):
+        runaway.update(100.0, 16)
+    assert runaway.value == pytest.approx(0.05 * 1.0125**128) and runaway.value < 0.05 * math.exp(0.2 * 2048 / 256)

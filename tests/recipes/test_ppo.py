@@ -81,6 +81,9 @@ def test_plan_refuses_inconsistent_settings(tmp_path, tiny_model_dir):
         ppo.prepare(config)
     keys = {issue.key for issue in caught.value.issues}
     assert keys == {"training.num_mini_batches", "training.gradient_accumulation_steps", "dataset.max_length"}
+    # 300 prompts, 8 per iteration: 38 iterations, all of them value warm-up
+    with pytest.raises(ConfigError, match="fewer than the run's 38 PPO iterations"):
+        ppo.prepare(make_config(tmp_path, tiny_model_dir, tiny_model_dir, value_warmup_steps=38))
 
 
 def test_untrained_reward_head_is_warned_about(tmp_path, tiny_model_dir):
@@ -96,12 +99,41 @@ def test_reward_stats_are_required_for_normalised_scores(tmp_path, tiny_model_di
         ppo.prepare(config)
     rm_export = tmp_path / "rm_export"
     rm_export.mkdir()
-    (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}), encoding="utf-8")
     config.general.rm_pretrain = rm_export
+    with pytest.raises(ConfigError, match="does not exist"):
+        ppo.prepare(config)
+    (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}), encoding="utf-8")
     assert ppo.prepare(config).reward_stats == ppo.RewardStats(mean=0.5, std=2.0)
     (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 0.0}), encoding="utf-8")
     with pytest.raises(ConfigError, match="std > 0"):
         ppo.prepare(config)
+
+
+def test_scores_are_normalised_by_default_when_the_rm_export_has_statistics(tmp_path, tiny_model_dir):
+    config = make_config(tmp_path, tiny_model_dir, tiny_model_dir)
+    assert config.training.normalize_scores == "auto"
+    assert ppo.prepare(config).reward_stats is None  # no RM export: raw scores, said in the plan
+    assert ppo.plan(config).notes["scores"].startswith("raw (no reward_stats.json")
+    rm_export = tmp_path / "rm_export"
+    rm_export.mkdir()
+    config.general.rm_pretrain = rm_export
+    assert ppo.prepare(config).reward_stats is None  # an export without the file: raw as well
+    (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}), encoding="utf-8")
+    assert ppo.prepare(config).reward_stats == ppo.RewardStats(mean=0.5, std=2.0)
+    assert ppo.plan(config).notes["scores"].startswith("normalised: (score - 0.5) / 2 ")
+    (rm_export / "reward_stats.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not JSON"):  # a broken file is never ignored
+        ppo.prepare(config)
+    config.training.normalize_scores = False
+    assert ppo.prepare(config).reward_stats is None
+
+
+def test_the_plan_states_the_kl_target_and_zero_fixes_the_coefficient(tmp_path, tiny_model_dir):
+    config = make_config(tmp_path, tiny_model_dir, tiny_model_dir)
+    assert config.training.target_kl == 2.5
+    assert ppo.plan(config).notes["KL"] == "k1, coef 0.05 adapting toward 2.5"
+    config.training.target_kl = 0.0
+    assert ppo.plan(config).notes["KL"] == "k1, coef 0.05 (fixed)"
 
 
 # ----------------------------------------------------------------------------------------------- in-process runs
@@ -133,6 +165,35 @@ def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_pa
     assert state["model_contents"] == {name: "trainable" if lora else "full" for name in ("policy", "value_model")}
     assert state["extra"]["episodes"] == 8 * 8
     assert set(state["extra"]["kl_controller"]) == {"value", "target", "horizon"}
+
+
+def test_value_warmup_trains_only_the_value_model_then_both(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    prompts = few_prompts(tmp_path, 24)  # 3 iterations: 2 of value warm-up, then one PPO update of both models
+    config = make_config(tmp_path, tiny_model_dir, tiny_model_dir, train_file=prompts, validation_file=None,
+                         value_warmup_steps=2, target_kl=0.5, kl_horizon=16, save_every_steps=2)
+    final = run_inline(config, tmp_path / "ckpt")
+    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    after_warmup = tmp_path / "ckpt" / "checkpoint_00000002"
+    policy = load_file(str(after_warmup / "model.policy.safetensors"))
+    assert same_weights(policy, initial)  # the policy waited
+    value = load_file(str(after_warmup / "model.value_model.safetensors"))
+    assert not same_weights(value, initial, prefix="model.")  # the critic learned
+    extra = json.loads((after_warmup / "state.json").read_text())["extra"]
+    assert extra["kl_controller"]["value"] == config.training.kl_coeff  # the controller waits with the policy
+    # iteration 3 trains the policy, with the coefficient untouched by the warm-up iterations' KL
+    assert final["train_grad_norm_policy"] > 0.0 and final["train_grad_norm_value"] > 0.0
+    assert final["train_kl_coef"] == config.training.kl_coeff
+    trained = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert not same_weights(trained, initial)
+
+
+def same_weights(saved: dict, initial: dict, prefix: str = "") -> bool:
+    """Every tensor of ``initial`` equal in ``saved`` (names there carry ``prefix``; tied copies may be absent)."""
+    shared = [name for name in initial if prefix + name in saved]
+    assert len(shared) >= len(initial) - 1, "the two state dicts do not describe the same model"
+    return all(bool((saved[prefix + name] == initial[name]).all()) for name in shared)
 
 
 def test_nonfinite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):

@@ -147,6 +147,23 @@ def test_gradient_sync_skips_the_all_reduce_only_when_asked(tmp_path):
     channel.close()
 
 
+@pytest.mark.parametrize(("max_grad_norm", "expected_step"), [(1.0, 0.1 * 3 / 5), (0.0, 0.1 * 3)])
+def test_step_clips_to_max_grad_norm_and_zero_turns_clipping_off(tmp_path, max_grad_norm, expected_step):
+    channel = LocalChannel()
+    ctx = setup_worker(_loop_config(tmp_path, channel, optimizer="SGD", learning_rate=0.1,
+                                    max_grad_norm=max_grad_norm))
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    optimizer = build_optimizer(model, ctx.training)
+    model.weight.grad = torch.tensor([[3.0, 4.0]])  # norm 5
+    grad_norm = ctx.step(optimizer, None, model)
+    # the norm is reported before clipping either way; clipped to 1 the gradient is [3, 4] / 5
+    assert grad_norm == pytest.approx(5.0)
+    assert model.weight[0, 0].item() == pytest.approx(-expected_step)
+    assert model.weight.grad is None
+    channel.close()
+
+
 def test_a_worker_refuses_a_plan_its_own_device_cannot_hold(tmp_path):
     """The check the driver leaves to the workers (a joined cluster, a GPU without nvidia-smi): setup_worker
     compares the plan with the worker's own device (here this machine's RAM) before any model is loaded."""

@@ -197,7 +197,9 @@ class TrainingCommon(Section):
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="Fraction of the optimizer steps spent warming up.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (not applied to biases and norms).")
     gradient_accumulation_steps: PositiveInt = Field(1, description="Micro-steps per optimizer step.")
-    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_grad_norm: float = Field(
+        1.0, ge=0, description="Clip the gradient norm to this value before each optimizer step (0: no clipping)."
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass instead of keeping them (less memory, about "
         "a third more compute; non-reentrant, works with [lora])."

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlhfctl.config.schema.common import (
     BatchSize,
@@ -66,13 +66,21 @@ class PPOTraining(TrainingCommon):
     experience_batch_size: PositiveInt = Field(8, description="Prompts each worker rolls out per PPO iteration.")
     kl_coeff: Annotated[
         float, Ask("KL penalty coefficient (kl_coeff):", WizardStep.OPTIMISATION)
-    ] = Field(0.05, ge=0, description="Weight of the per-token KL penalty against the reference (initial) policy.")
+    ] = Field(0.05, ge=0, description="Weight of the per-token KL penalty against the reference (initial) policy "
+                                      "at the start; the KL controller adapts it toward target_kl.")
     kl_estimator: Literal["k1", "k3"] = Field("k1", description="Per-token KL estimator in the reward.")
-    target_kl: Optional[float] = Field(
-        None, gt=0, examples=[6.0],
-        description="Adapt kl_coeff toward this KL per sequence (leave out for a fixed kl_coeff).",
+    target_kl: float = Field(
+        2.5, ge=0,
+        description="KL budget in nats per response: kl_coeff is adapted so that the KL to the reference policy "
+        "settles here (0: a fixed kl_coeff). The KL is the kl_k1 metric: the sum over a response's tokens at the "
+        "sampling temperature. Ziegler et al.'s proportional controller: after each iteration kl_coeff is "
+        "multiplied by 1 + clip(KL / target_kl - 1, -0.2, 0.2) * episodes / kl_horizon. Raise it for longer "
+        "responses, or to trade more KL for more reward.",
     )
-    kl_horizon: PositiveInt = Field(10000, description="Horizon (episodes) of the adaptive KL controller.")
+    kl_horizon: PositiveInt = Field(
+        256, description="Horizon (episodes) of the KL controller: the smaller, the faster kl_coeff follows the KL; "
+        "at most a factor e^(0.2 * episodes / kl_horizon) over a run."
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="Discount factor in GAE.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     cliprange: PositiveFloat = Field(0.2, description="PPO policy-ratio clip range.")
@@ -89,8 +97,22 @@ class PPOTraining(TrainingCommon):
     score_clip: Optional[float] = Field(
         None, gt=0, examples=[10.0], description="Clip reward-model scores to [-score_clip, score_clip]."
     )
-    normalize_scores: bool = Field(
-        False, description="Normalise scores with the reward mean/std stored in the RM export."
+    normalize_scores: Union[bool, Literal["auto"]] = Field(
+        "auto", description='Divide reward-model scores by the reward std (after subtracting the mean) stored in the '
+        'RM export\'s reward_stats.json, so that kl_coeff and score_clip mean the same for any reward model: "auto" '
+        "(when general.rm_pretrain has that file), true (required: an error without it) or false."
+    )
+
+    @field_validator("normalize_scores", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: object) -> object:
+        if value is True or value is False or value == "auto":
+            return value
+        raise ValueError(f'expected true, false or "auto", found {value!r}')
+
+    value_warmup_steps: NonNegativeInt = Field(
+        0, description="PPO iterations at the start that train only the value model (the policy waits, so its "
+        "first updates get advantages from a fitted critic; 0: none). Their rollouts count toward the epochs."
     )
     value_model_init: Literal["reward", "policy"] = Field(
         "reward", description="Initialise the value model from the reward model (default) or the policy."
