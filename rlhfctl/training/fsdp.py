@@ -16,7 +16,8 @@ Worker side only (imported by :class:`rlhfctl.training.worker.WorkerContext` whe
   between workers (sampling that stops at EOS, validation shards of unequal size): no collective runs inside, so
   workers never wait on each other there. PPO generates this way (the documented faster path: one all-gather per
   unit per rollout, not one per generated token).
-- :func:`full_state_dict` / :func:`plain_copy`: the HF export — full weights gathered on rank 0 (CPU) and put into
+- :func:`model_for_export` (:func:`full_state_dict` + :func:`plain_copy`): the HF export — full weights gathered on
+  rank 0 (CPU) and put into
   an unsharded copy of the model built on the meta device, adapters re-attached, so the export path of a DDP run
   (merge or adapter folder, ``save_pretrained``) writes it.
 """
@@ -149,6 +150,20 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def model_for_export(root: nn.Module, *, is_main: bool) -> nn.Module | None:
+    """The transformers model inside ``root`` as an export writes it: itself when unsharded; when sharded, an
+    unsharded copy with the full weights on the main rank (None elsewhere). Collective when sharded."""
+    prefix, hf_model = next((name, module) for name, module in root.named_modules()
+                            if hasattr(module, "config") and hasattr(module, "save_pretrained"))
+    if not is_sharded(root):
+        return hf_model
+    weights = full_state_dict(root)
+    if not is_main:
+        return None
+    start = f"{prefix}." if prefix else ""
+    return plain_copy(hf_model, {key[len(start):]: value for key, value in weights.items() if key.startswith(start)})
 
 
 def plain_copy(hf_model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:

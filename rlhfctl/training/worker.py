@@ -407,21 +407,9 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         """The transformers model inside ``model`` (a DDP wrapper, a scorer, the model itself) as the export writes
         it. Every rank must call it: under FSDP the full weights are gathered into an unsharded copy on rank 0
         (None on the other ranks); otherwise the model itself."""
-        from rlhfctl.training.fsdp import is_sharded
+        from rlhfctl.training.fsdp import model_for_export
 
-        root = ckpt.unwrap_model(model)
-        prefix, hf_model = next((name, module) for name, module in root.named_modules()
-                                if hasattr(module, "config") and hasattr(module, "save_pretrained"))
-        if not is_sharded(root):
-            return hf_model
-        from rlhfctl.training.fsdp import full_state_dict, plain_copy
-
-        weights = full_state_dict(root)
-        if not self.is_main:
-            return None
-        start = f"{prefix}." if prefix else ""
-        return plain_copy(hf_model, {key[len(start):]: value for key, value in weights.items()
-                                     if key.startswith(start)})
+        return model_for_export(ckpt.unwrap_model(model), is_main=self.is_main)
 
     def export(self, model, tokenizer, extra_files: dict[str, Any] | None = None) -> Path | None:
         """Rank 0 writes the final model (from :meth:`export_model`) to ``checkpoint_dir`` in Hugging Face format
