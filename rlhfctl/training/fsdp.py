@@ -17,9 +17,8 @@ Worker side only (imported by :class:`rlhfctl.training.worker.WorkerContext` whe
   workers never wait on each other there. PPO generates this way (the documented faster path: one all-gather per
   unit per rollout, not one per generated token).
 - :func:`model_for_export` (:func:`full_state_dict` + :func:`plain_copy`): the HF export — full weights gathered on
-  rank 0 (CPU) and put into
-  an unsharded copy of the model built on the meta device, adapters re-attached, so the export path of a DDP run
-  (merge or adapter folder, ``save_pretrained``) writes it.
+  rank 0 (CPU) and put into an unsharded copy of the model built on the meta device, adapters re-attached, so the
+  export path of a DDP run (merge or adapter folder, ``save_pretrained``) writes it.
 """
 
 from __future__ import annotations
