@@ -240,7 +240,7 @@ def table(results: list[dict]) -> str:
             continue
         lines.append(f"| {item['case']} | {item['stage']} | {item['model']} | {item['workers']} | "
                      f"{item['estimate_bytes'] / GiB:.3f} | {item['measured_bytes'] / GiB:.3f} | {item['ratio']:.2f} | "
-                     f"{item['peak_phase']} | {item['wall_time_s']:.0f} | {item['tree_peak_bytes'] / GiB:.2f} | "
+                     f"{item['peak_phase']} | {item['wall_time_s']:.0f} | {item.get('tree_peak_bytes', 0) / GiB:.2f} | "
                      f"{item.get('steady_samples_per_s') or ''} |")
     return "\n".join(lines)
 
