@@ -101,7 +101,7 @@ def trl_run(run_dir: Path, data: learning.LearningData, start: learning.Starting
                "--response-length", str(s["response_length"]), "--temperature", str(s["temperature"]),
                "--learning-rate", str(s["learning_rate"]), "--kl-coef", str(s["kl_coef"]),
                "--rollouts-per-update", str(s["rollouts_per_update"]), "--ppo-epochs", str(s["ppo_epochs"]),
-               "--seed", str(seed), "--save-policy", str(run_dir / "export"), "--out", str(run_dir / "output"),
+               "--seed", str(seed), "--save-merged", str(run_dir / "export"), "--out", str(run_dir / "output"),
                "--result", str(run_dir / "result.json")]
     measured = run_measured(command, env=trl_env(TRL_PPO_DIR), cwd=run_dir, timeout_s=1800,
                             log_file=run_dir / "log.txt", sample_interval_s=5.0)

@@ -42,8 +42,6 @@ def main() -> None:
     parser.add_argument("--ppo-epochs", type=int, default=4)
     parser.add_argument("--max-prompt-length", type=int, default=96)
     parser.add_argument("--kl-coef", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-policy", help="save the trained policy (and tokenizer) here, inside the timed run")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -109,9 +107,6 @@ def main() -> None:
     trainer.train()
     train_finished = time.perf_counter()
     common.save_merged(trainer.policy_model, tokenizer, args.save_merged)
-    if args.save_policy:
-        trainer.save_model(args.save_policy)
-        tokenizer.save_pretrained(args.save_policy)
 
     # Per-update phase times from the cumulative marks taken at each update end.
     per_update = []

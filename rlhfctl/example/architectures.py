@@ -109,11 +109,26 @@ class Architecture:
 
     def config(self, shape: Shape, *, vocab_size: int, bos_token_id: int | None, eos_token_id: int) -> Any:
         """The transformers config of this family at ``shape`` (no pad token id: the tokenizers have none)."""
-        import transformers
-
-        config_class = getattr(transformers, self.config_class)
-        return config_class(vocab_size=vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+        return _config_classes()[self.config_class](vocab_size=vocab_size, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                             pad_token_id=None, **_family_keys(self.config_class, shape), **self.options)
+
+
+def _config_classes() -> dict[str, Any]:
+    """The transformers config class of each family, by name (a fixed table: no lookup of code by a string)."""
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        OPTConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
+
+    return {cls.__name__: cls for cls in (LlamaConfig, Qwen2Config, Qwen3Config, MistralConfig, Gemma2Config,
+                                          Gemma3TextConfig, Phi3Config, GPTNeoXConfig, OPTConfig)}
 
 
 def _family_keys(config_class: str, shape: Shape) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 from rlhfctl.errors import ConfigError, ConfigIssue, UserError
 
-_AUTO_CLASSES = {"causal": "AutoModelForCausalLM", "score": "AutoModelForSequenceClassification"}
 CHILD_TIMEOUT_S = 600
 
 
@@ -170,7 +169,8 @@ def _meta_model(use: AdaptedModel, *, trust_remote_code: bool):
 
     quiet_transformers()
     source = adapter_base(use.source) if is_adapter_folder(use.source) else use.source
-    auto = getattr(transformers, _AUTO_CLASSES[use.kind])
+    auto = {"causal": transformers.AutoModelForCausalLM,
+            "score": transformers.AutoModelForSequenceClassification}[use.kind]
     try:
         config = transformers.AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
                                                          **({"num_labels": 1} if use.kind == "score" else {}))

@@ -22,7 +22,7 @@ from typing import Literal
 ALL_LINEAR = "all-linear"
 # Architectures whose last block rlhfctl computes only where a score is read (models/last_position.py; a test keeps
 # the two lists in step): a reward model's final block costs almost nothing there.
-READ_SHORTCUT_MODEL_TYPES = frozenset({"gpt2", "llama", "qwen2"})
+READ_SHORTCUT_MODEL_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3"})
 
 NormKind = Literal["layer", "rms"]
 AttentionKind = Literal["sdpa", "eager"]

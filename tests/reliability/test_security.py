@@ -30,6 +30,9 @@ _CODE_BUILTINS = {"eval", "exec", "compile", "__import__", "execfile"}
 _UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
 _SHELL_CALLS = {("os", "system"), ("os", "popen"), ("commands", "getoutput")}
 _UNSAFE_YAML = {"load", "unsafe_load", "full_load", "load_all", "unsafe_load_all"}
+# peft's adapter loader reads adapter_config.json and safetensors weights onto a model already loaded: it has no
+# trust_remote_code and runs no model code of its own.
+_NO_REMOTE_CODE_LOADERS = {"PeftModel.from_pretrained"}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -70,7 +73,8 @@ def unsafe_calls(source: str, filename: str = "<string>") -> list[str]:
             problem = f"{name}() can build arbitrary objects"
         elif parts[-1] == "from_pretrained" and _keyword_is(node, "trust_remote_code", True):
             problem = "from_pretrained(trust_remote_code=True) hard-coded"
-        elif parts[-1] == "from_pretrained" and not any(kw.arg in ("trust_remote_code", None) for kw in node.keywords):
+        elif parts[-1] == "from_pretrained" and ".".join(parts[-2:]) not in _NO_REMOTE_CODE_LOADERS \
+                and not any(kw.arg in ("trust_remote_code", None) for kw in node.keywords):
             problem = "from_pretrained without an explicit trust_remote_code"
         elif name == "getattr" and node.args and _dotted(node.args[0]).split(".")[0] in ("torch", "transformers") \
                 and len(node.args) > 1 and not isinstance(node.args[1], ast.Constant):
@@ -105,6 +109,7 @@ def test_scanner_flags_each_unsafe_call(snippet):
     "torch.load(path, weights_only=True)", "ast.literal_eval(text)", "yaml.safe_load(text)",
     "subprocess.run(['ray', 'stop'])", "re.compile(pattern)", "importlib.import_module(f'rlhfctl.recipes.{stage}')",
     "AutoTokenizer.from_pretrained(p, trust_remote_code=trust)", "getattr(torch.optim, 'AdamW')",
+    "PeftModel.from_pretrained(base, folder)",
 ])
 def test_scanner_allows_safe_calls(snippet):
     assert unsafe_calls(snippet) == [], snippet
