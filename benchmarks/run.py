@@ -5,8 +5,8 @@
     python benchmarks/run.py --quick --only matmul,cli,rm
     python benchmarks/run.py --only lora-ppo --repeats 1          # LoRA sections run only when named
 
-Sections: matmul (machine limit), cli (start-up), convert (data convert rows/s), rm, sft, ppo (rlhfctl vs TRL,
-runs alternating A B A B), scaling (1 -> 2 workers, small model). Prints a Markdown table and writes JSON.
+Sections: matmul (machine limit), cli (start-up), convert (data convert rows/s), rm, sft, ppo, dpo, grpo (rlhfctl vs
+TRL, runs alternating A B A B), scaling (1 -> 2 workers, small model). Prints a Markdown table and writes JSON.
 See benchmarks/README.md for what every figure means.
 """
 
@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import stats, workspace  # noqa: E402
 from benchlib.tools import BENCH_DIR, REPO_ROOT, BenchContext  # noqa: E402
 
-SECTIONS = ("matmul", "cli", "convert", "rm", "sft", "ppo", "scaling")
+SECTIONS = ("matmul", "cli", "convert", "rm", "sft", "ppo", "dpo", "grpo", "scaling")
+TRAINING_SECTIONS = ("rm", "sft", "ppo", "dpo", "grpo", "scaling")  # MFU: these need the measured matmul peak
 # Run only when named in --only (each takes several minutes): LoRA next to full-parameter rlhfctl and TRL + peft.
 LORA_SECTIONS = ("lora-ppo", "lora-sft", "lora-ppo-learning")
 
@@ -97,19 +98,19 @@ def build_context(args: argparse.Namespace) -> BenchContext:
 
 
 def run_sections(ctx: BenchContext, sections: list[str]) -> list:
-    from benchlib.sections import cli, lora, machine, ppo, rm, scaling, sft
+    from benchlib.sections import cli, dpo, grpo, lora, machine, ppo, rm, scaling, sft
 
     runners = {"matmul": machine.run, "cli": cli.run, "convert": cli.run_convert, "rm": rm.run, "sft": sft.run,
-               "ppo": ppo.run, "scaling": scaling.run, "lora-ppo": lora.run_ppo, "lora-sft": lora.run_sft,
-               "lora-ppo-learning": lora.run_ppo_learning}
-    if any(name in sections for name in ("rm", "sft", "ppo", "scaling")) and "matmul" not in sections:
+               "ppo": ppo.run, "dpo": dpo.run, "grpo": grpo.run, "scaling": scaling.run, "lora-ppo": lora.run_ppo,
+               "lora-sft": lora.run_sft, "lora-ppo-learning": lora.run_ppo_learning}
+    if any(name in sections for name in TRAINING_SECTIONS) and "matmul" not in sections:
         sections = ["matmul", *sections]  # MFU needs the measured peak
     results = []
     for name in sections:
         started = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         load_before = os.getloadavg()[0]
-        if name in ("rm", "sft", "ppo", "scaling"):
+        if name in TRAINING_SECTIONS:
             machine.reprobe_fp32_peak(ctx)  # MFU uses the best peak seen so far
         section = runners[name](ctx)
         section.details["section_seconds"] = time.perf_counter() - started
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for section in results for row in section.rows]
     for threads in (1, 2):
         best = ctx.peak_gflops.get(f"fp32@{threads}")
-        if best and any(section.name in ("rm", "sft", "ppo", "scaling") for section in results):
+        if best and any(section.name in TRAINING_SECTIONS for section in results):
             rows.append(stats.Row("machine", f"fp32 peak used for MFU, {threads} thread(s)", "GFLOP/s", best, None,
                                   "best of every matmul probe in this run"))
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])

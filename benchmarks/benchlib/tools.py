@@ -24,7 +24,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = BENCH_DIR.parent
 TRL_SCRIPTS = BENCH_DIR / "trl_scripts"
 TRL_PPO_DIR = BENCH_DIR / ".trl-1.12.0"      # the last TRL with PPOTrainer (trl.experimental.ppo)
-TRL_CURRENT_DIR = BENCH_DIR / ".trl-current"  # current TRL, for RLOO
+TRL_CURRENT_DIR = BENCH_DIR / ".trl-current"  # current TRL: RLOO, DPO, GRPO
 ACCELERATE_DIR = BENCH_DIR / ".trl-accelerate"
 
 # Without a per-record "time" field, a step's time is when its metrics line appeared (the driver polls its
@@ -49,6 +49,8 @@ class ToolRun:
     phase_seconds: dict[str, float] = field(default_factory=dict)  # PPO: generate/score/train per update
     error: str | None = None
     rate_note: str = ""             # why steady_rate is missing although the run succeeded
+    first_step_s: float | None = None  # rlhfctl: command start to the first optimizer step's log time
+    extra: dict = field(default_factory=dict)  # figures beside the timing: TRL's result file, rlhfctl's validation
 
     @property
     def ok(self) -> bool:
@@ -67,7 +69,7 @@ class ToolRun:
             "tool": self.tool, "label": self.label, "ok": self.ok, "error": self.error,
             "steady_rate": self.steady_rate, "wall_time_s": self.wall_time_s, "peak_pss_gb": self.peak_pss_gb,
             "peak_processes": self.measured.peak_processes if self.measured else None,
-            "phase_seconds": self.phase_seconds, "rate_note": self.rate_note,
+            "phase_seconds": self.phase_seconds, "rate_note": self.rate_note, "first_step_s": self.first_step_s,
         }
 
 
@@ -149,6 +151,8 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
         return run
     train = [record for record in measured.metrics if record.split == "train"]
     exact = bool(train) and all("time" in rec.record for rec in train)
+    if exact and measured.start_time:
+        run.first_step_s = float(train[0].record["time"]) - measured.start_time
     run.steady_rate = stats.steady_state_rate([rec.time for rec in train], [items_per_step] * len(train),
                                               min_span_s=0.0 if exact else MIN_ARRIVAL_SPAN_S)
     if run.steady_rate is None:
@@ -159,6 +163,7 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
             run.rate_note = (f"{len(train)} steps logged; too short to time from metrics arrival "
                              f"(needs >= {MIN_ARRIVAL_SPAN_S:.0f} s after warm-up)")
     run.phase_seconds = _rlhfctl_phase_seconds([rec.record for rec in train])
+    run.extra["validation"] = [rec.record for rec in measured.metrics if rec.split == "validation"]
     return run
 
 
@@ -244,6 +249,8 @@ def run_trl_script(ctx: BenchContext, script: str, label: str, args: list[str], 
         return run
     result = json.loads(result_path.read_text(encoding="utf-8"))
     run.steady_rate = stats.steady_state_rate(result["step_end_times_s"], result["items_per_step"])
+    run.extra = {key: value for key, value in result.items()
+                 if key not in ("step_end_times_s", "items_per_step", "per_update_phase_s")}
     phases = result.get("per_update_phase_s") or []
     if len(phases) > 1:
         run.phase_seconds = {name: stats.median(p[f"{name}_s"] for p in phases[1:])

@@ -143,3 +143,25 @@ def items_per_step(total_items: int, batch_size: int, steps: int) -> list[int]:
 def load_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def preference_dataset(path: str | Path):
+    """The benchmark's RM pairs as TRL's preference rows (``prompt``, ``chosen``, ``rejected``): RM and DPO."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["instruction"], "chosen": r["chosen"], "rejected": r["rejected"]}
+                              for r in load_jsonl(path)])
+
+
+def policy_and_reward_model(args):
+    """``(tokenizer, reward_tokenizer, policy, reward_model)`` of an on-policy run (``--policy``,
+    ``--reward-model``): the policy's tokenizer pads on the left for generation: RLOO and GRPO."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.policy)
+    tokenizer.padding_side = "left"
+    reward_tokenizer = AutoTokenizer.from_pretrained(args.reward_model)
+    policy = AutoModelForCausalLM.from_pretrained(args.policy)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
+    reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
+    return tokenizer, reward_tokenizer, policy, reward_model

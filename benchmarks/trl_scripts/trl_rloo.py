@@ -22,16 +22,10 @@ def main() -> None:
     started = time.perf_counter()
     common.set_threads(args.threads)
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import RLOOConfig, RLOOTrainer
 
     common.quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(args.policy)
-    tokenizer.padding_side = "left"
-    reward_tokenizer = AutoTokenizer.from_pretrained(args.reward_model)
-    policy = AutoModelForCausalLM.from_pretrained(args.policy)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1)
-    reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
+    tokenizer, reward_tokenizer, policy, reward_model = common.policy_and_reward_model(args)
     prompts = [row["prompt"] for row in common.load_jsonl(args.prompts)]
     steps = max(1, args.episodes // args.completions_per_step)
     config = RLOOConfig(

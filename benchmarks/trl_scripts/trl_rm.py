@@ -19,16 +19,10 @@ def main() -> None:
 
     started = time.perf_counter()
     common.set_threads(args.threads)
-    from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     common.quiet_transformers()
-
-    def load(path: str) -> Dataset:
-        rows = common.load_jsonl(path)
-        return Dataset.from_list([{"prompt": r["instruction"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                                  for r in rows])
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=1)
@@ -53,8 +47,8 @@ def main() -> None:
         model=model,
         args=config,
         processing_class=tokenizer,
-        train_dataset=load(args.train),
-        eval_dataset=load(args.validation) if args.validation else None,
+        train_dataset=common.preference_dataset(args.train),
+        eval_dataset=common.preference_dataset(args.validation) if args.validation else None,
         callbacks=[common.step_timer_callback(step_end_times)],
     )
     train_rows = len(trainer.train_dataset)

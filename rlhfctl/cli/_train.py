@@ -143,7 +143,7 @@ def render_plan(plan, console: Console) -> None:
     resources = ", ".join(f"{amount:g} {name}" for name, amount in sorted(plan.resources_per_worker.items()))
     where = plan.ray_address or ("this process (no Ray start-up)" if plan.mode == "local" else "embedded local Ray")
     rows = [
-        ("workers", f"{plan.workers} x {{{resources}}} on {where}"),
+        ("workers", plan.layout or f"{plan.workers} x {{{resources}}} on {where}"),
         ("training rows", _maybe(plan.train_rows)),
         ("validation rows", _maybe(plan.validation_rows)),
         ("epochs", str(plan.epochs)),

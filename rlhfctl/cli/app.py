@@ -54,7 +54,7 @@ def _root(
         False, "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
     ),
 ) -> None:
-    """From raw preference data to an aligned model: SFT, reward modelling and PPO on Ray Train."""
+    """From raw preference data to an aligned model: SFT, reward modelling, PPO, DPO and GRPO on Ray Train."""
 
 
 def build_app() -> typer.Typer:
@@ -64,7 +64,7 @@ def build_app() -> typer.Typer:
     root = typer.Typer(
         cls=RlhfctlGroup,
         name="rlhfctl",
-        help="From raw preference data to an aligned model: SFT, reward modelling and PPO on Ray Train.",
+        help="From raw preference data to an aligned model: SFT, reward modelling, PPO, DPO and GRPO on Ray Train.",
         no_args_is_help=True,
         rich_markup_mode="rich",
         pretty_exceptions_enable=False,

@@ -7,7 +7,6 @@ Thin layer: parse arguments, call :mod:`rlhfctl.config`, render with Rich. Error
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -56,7 +55,7 @@ def validate_config(
             typer.echo(json.dumps({"valid": False, "path": str(config), "problems": [
                 {"key": issue.key, "message": issue.message, "line": issue.line} for issue in exc.issues]}))
         raise
-    notes = check_resources(resolved, os.cpu_count())
+    notes = check_resources(resolved)
     if json_output:
         typer.echo(json.dumps({
             "valid": True,

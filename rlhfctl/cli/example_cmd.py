@@ -10,7 +10,8 @@ import typer
 
 app = typer.Typer(
     no_args_is_help=True,
-    help="The bundled end-to-end example: a tiny offline model kit and the whole SFT -> RM -> PPO workflow.",
+    help="The bundled end-to-end example: a tiny offline model kit and the whole SFT -> RM -> PPO / DPO / GRPO "
+         "workflow.",
 )
 
 
@@ -69,7 +70,7 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Start over in a work folder a previous run used.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress; only the stage summaries.")] = False,
 ) -> None:
-    """Tiny model kit -> data convert -> SFT -> RM -> PPO -> a table comparing the SFT and PPO policies."""
+    """Tiny model kit -> data convert -> SFT -> RM -> PPO, DPO, GRPO -> a table comparing them with SFT."""
     from rich.console import Console
 
     from rlhfctl.example.compare import render_comparison

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 _LOADER_NAMES = ("known_keys", "load_config", "parse_override", "validate_config_dict")
-_SCHEMA_NAMES = ("CONFIG_CLASSES", "STAGES", "GenerationConfig", "PPOConfig", "RMConfig", "SFTConfig", "StageConfig")
+_SCHEMA_NAMES = ("CONFIG_CLASSES", "STAGES", "DPOConfig", "GRPOConfig", "GenerationConfig", "PPOConfig", "RMConfig",
+                 "SFTConfig", "StageConfig")
 
 __all__ = sorted(_LOADER_NAMES + _SCHEMA_NAMES)
 

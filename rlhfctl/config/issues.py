@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import re
+import types
 from collections.abc import Collection
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -46,12 +48,20 @@ def issues_from_validation(
     model_cls = CONFIG_CLASSES[stage]
     issues = []
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
-        key = ".".join(loc)
+        loc = _key_parts(model_cls, error["loc"])
+        key = dotted_key(loc)
         found = error.get("input")
         kind = error["type"]
         ctx = error.get("ctx", {})
-        if kind == "extra_forbidden":
+        if kind == "union_tag_invalid":  # an unknown name in a list of tables told apart by it (reward.functions)
+            choices = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+            found = ctx.get("tag")
+            message = f"unknown {ctx.get('discriminator', 'name').strip(chr(39))} {found!r}; expected one of " \
+                      f"{', '.join(choices)}"
+            close = difflib.get_close_matches(str(found), choices, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        elif kind == "extra_forbidden":
             message = "unknown key" + _unknown_key_hint(model_cls, stage, loc)
         elif kind == "missing":
             field = field_info(stage, key)
@@ -83,6 +93,55 @@ def issues_from_validation(
     return issues
 
 
+def _key_parts(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Pydantic's error location as the parts of a config key: list indexes kept as ``"[2]"`` parts, the tag a
+    discriminated union adds (``reward.functions[2].regex.pattern``) dropped: ``["reward", "functions", "[2]",
+    "pattern"]``."""
+    parts: list[str] = []
+    node: Any = model_cls
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+            node = get_args(node)[0] if get_origin(node) is list and get_args(node) else None
+            continue
+        if get_origin(node) in (Union, types.UnionType):
+            members = [member for member in map(_unwrap, get_args(node)) if isinstance(member, type)
+                       and issubclass(member, BaseModel)]
+            tagged = [member for member in members if _tag(member) == part]
+            if tagged:  # the union's tag: not part of the key
+                node = tagged[0]
+                continue
+        parts.append(str(part))
+        field = node.model_fields.get(part) if isinstance(node, type) and issubclass(node, BaseModel) else None
+        node = field.annotation if field is not None else None
+    return parts
+
+
+def _unwrap(annotation: Any) -> Any:
+    """``Annotated[X, ...]`` -> X; ``Optional[X]`` -> X."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation) \
+                and len(get_args(annotation)) == 2:
+            annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+        else:
+            return annotation
+
+
+def _tag(model: type[BaseModel]) -> str | None:
+    """The ``Literal`` value of a tagged model's ``name`` field (the discriminator rlhfctl's schema uses)."""
+    field = model.model_fields.get("name")
+    values = get_args(field.annotation) if field is not None and get_origin(field.annotation) is Literal else ()
+    return values[0] if len(values) == 1 else None
+
+
+def dotted_key(parts: list[str]) -> str:
+    """``["reward", "functions", "[2]", "pattern"]`` -> ``reward.functions[2].pattern``."""
+    return ".".join(parts).replace(".[", "[")
+
+
 def _unknown_key_hint(model_cls: type[BaseModel], stage: str, loc: list[str]) -> str:
     """"; did you mean ...?" for an unknown key: a close key in its section, the section it belongs in, or the
     stage that has it."""
@@ -108,9 +167,15 @@ def _unknown_key_hint(model_cls: type[BaseModel], stage: str, loc: list[str]) ->
 
 
 def locate(text: str, loc: list[str]) -> int | None:
-    """Best-effort 1-based line of a dotted key in TOML text (``[section]`` headers and ``key =`` lines)."""
+    """Best-effort 1-based line of a dotted key in TOML text (``[section]`` headers and ``key =`` lines; an item of
+    a table list, ``["reward", "functions", "[2]", "pattern"]``, in the third ``[[reward.functions]]`` table)."""
     if not text or not loc:
         return None
+    if len(loc) >= 3 and re.fullmatch(r"\[\d+\]", loc[2]):
+        found = _locate_in_table_list(text, f"{loc[0]}.{loc[1]}", int(loc[2][1:-1]), loc[3] if len(loc) > 3 else None)
+        if found is not None:
+            return found
+        return locate(text, loc[:2])  # written inline (functions = [{ ... }]): the key's own line
     section_aliases = {v: k for k, v in SEED_SECTIONS.items()}
     want_section = loc[0] if len(loc) > 1 else ""
     key = loc[1] if len(loc) > 1 else loc[0]
@@ -131,6 +196,23 @@ def locate(text: str, loc: list[str]) -> int | None:
         ):
             return number
     return section_line
+
+
+def _locate_in_table_list(text: str, table: str, index: int, key: str | None) -> int | None:
+    """The line of ``key`` (or the header) in the ``index``-th ``[[table]]`` of ``text``, or None."""
+    seen, inside, header_line = -1, False, None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            inside = False
+            if re.match(rf"^\[\[\s*{re.escape(table)}\s*\]\]", stripped):
+                seen += 1
+                inside = seen == index
+                header_line = number if inside else header_line
+            continue
+        if inside and key is not None and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+    return header_line if seen >= index else None
 
 
 def sorted_by_line(issues: list[ConfigIssue]) -> list[ConfigIssue]:

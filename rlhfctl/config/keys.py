@@ -10,7 +10,7 @@ import re
 import types
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -33,6 +33,20 @@ def value_type(annotation: Any) -> Any:
         if len(members) == 1:
             return value_type(members[0])
     return annotation
+
+
+def number_or_words(annotation: Any) -> tuple[Any, tuple[str, ...]] | None:
+    """``(PositiveInt, ("auto",))`` for a field typed ``Union[PositiveInt, Literal["auto"]]`` (a number, or one of
+    some words); None for any other type."""
+    if get_origin(annotation) is Annotated:
+        return number_or_words(get_args(annotation)[0])
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return None
+    numbers = [arg for arg in get_args(annotation) if value_type(arg) in (int, float)]
+    words = [word for arg in get_args(annotation) if get_origin(arg) is Literal for word in get_args(arg)]
+    if len(numbers) != 1 or not words or len(numbers) + 1 != len(get_args(annotation)):
+        return None
+    return numbers[0], tuple(str(word) for word in words)
 
 
 def markers(field: FieldInfo, kind: type) -> list[Any]:
@@ -158,8 +172,14 @@ def exclusive_key_groups() -> tuple[tuple[str, ...], ...]:
 
 
 @cache
+def stage_keys() -> dict[str, frozenset[str]]:
+    """For each stage, every key and section name it accepts (``"generation"``, ``"generation.top_k"``, ...)."""
+    return {stage: frozenset(set(stage_fields(stage)) | set(CONFIG_CLASSES[stage].sections())) for stage in STAGES}
+
+
+@cache
 def stage_unique_keys() -> dict[str, frozenset[str]]:
-    """For each stage, the keys (and sections) no other stage has: they tell which stage a file is for."""
-    keys = {stage: set(stage_fields(stage)) | set(CONFIG_CLASSES[stage].sections()) for stage in STAGES}
+    """For each stage, the keys (and sections) no other stage has."""
+    keys = stage_keys()
     return {stage: frozenset(own - set().union(*(keys[other] for other in STAGES if other != stage)))
             for stage, own in keys.items()}

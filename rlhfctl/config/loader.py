@@ -27,7 +27,7 @@ from rlhfctl.config.keys import (
     model_source_keys,
     must_exist_keys,
     path_keys,
-    stage_unique_keys,
+    stage_keys,
     value_type,
 )
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES, StageConfig
@@ -181,8 +181,9 @@ def _drop_replaced_exclusive_keys(data: dict[str, Any], overridden: Collection[s
 
 
 def detect_stage(data: dict[str, Any], requested: str | None) -> str | None:
-    """The stage a config is for: the ``stage`` key, else the requested one, else the stage whose own keys (those
-    no other stage has, such as ``general.model_name`` for PPO) the file uses most."""
+    """The stage a config is for: the ``stage`` key, else the requested one, else the stage that accepts the most of
+    the file's telling keys (those not every stage has, such as ``general.model_name`` for PPO and GRPO, or
+    ``training.kl_coeff`` for PPO alone). A tie is no answer (None): the file must say ``stage = ...``."""
     declared = data.get("stage")
     if isinstance(declared, str) and declared in STAGES:
         return declared
@@ -190,9 +191,12 @@ def detect_stage(data: dict[str, Any], requested: str | None) -> str | None:
         return requested
     present = set(data) | {f"{section}.{key}" for section, table in data.items() if isinstance(table, dict)
                            for key in table}
-    counts = {stage: len(own & present) for stage, own in stage_unique_keys().items()}
-    best = max(STAGES, key=lambda stage: counts[stage])
-    return best if counts[best] else None
+    accepted = stage_keys()
+    telling = present - set.intersection(*(set(keys) for keys in accepted.values()))
+    counts = {stage: len(keys & telling) for stage, keys in accepted.items()}
+    best = max(counts.values(), default=0)
+    leaders = [stage for stage in STAGES if counts[stage] == best]
+    return leaders[0] if best and len(leaders) == 1 else None
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -266,8 +270,9 @@ def _validate(
         raise ConfigError(issues, path)
     detected = detect_stage(data, stage)
     if detected is None:
-        issues.append(ConfigIssue("stage", "cannot tell which stage this config is for: add stage = \"sft\", "
-                                           "\"rm\" or \"ppo\" at the top of the file (or pass --stage)"))
+        choices = ", ".join(f'"{name}"' for name in STAGES)
+        issues.append(ConfigIssue("stage", f"cannot tell which stage this config is for: add stage = one of "
+                                           f"{choices} at the top of the file (or pass --stage)"))
         raise ConfigError(issues, path)
     model_cls = CONFIG_CLASSES[detected]
     data = {**data, "stage": detected}

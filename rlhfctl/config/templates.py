@@ -36,10 +36,12 @@ from rlhfctl.config.keys import (
     exclusive_key_groups,
     first_sentence,
     is_required,
+    markers,
     stage_fields,
 )
 from rlhfctl.config.loader import tomllib
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
+from rlhfctl.config.schema.markers import LiveExample
 from rlhfctl.errors import RuntimeFailure, UserError
 
 REPOSITORY_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -103,14 +105,15 @@ def template_values(stage: str) -> dict[str, Any]:
     """``{"section.key": value}`` the template shows live: examples of required keys, defaults of the others.
 
     A key with a default *and* an example (``trust_remote_code``, default false, example true) is left out: the
-    template shows the example commented out, as it does for optional keys.
+    template shows the example commented out, as it does for optional keys, unless the field is marked
+    :data:`~rlhfctl.config.schema.markers.LIVE_EXAMPLE`.
     """
     values = {}
     optional = CONFIG_CLASSES[stage].optional_sections()
     for key, field in stage_fields(stage).items():
         if key.split(".")[0] in optional:
             continue  # an optional section ([lora]) is shown commented out: its presence would turn it on
-        if is_required(field):
+        if is_required(field) or markers(field, LiveExample):
             values[key] = example_value(field, stage)
         elif default_value(field) is not None and not field.examples:
             values[key] = default_value(field)

@@ -25,6 +25,7 @@ from rlhfctl.config.keys import (
     first_sentence,
     is_required,
     markers,
+    number_or_words,
     stage_fields,
     value_type,
 )
@@ -53,14 +54,25 @@ class Question:
 
     @property
     def value_type(self) -> Any:
-        """``str``, ``Path``, ``int``, ``float`` or ``bool``."""
+        """``str``, ``Path``, ``int``, ``float`` or ``bool`` (``str`` for a number-or-word key: see ``words``)."""
+        if self.words:
+            return str
         return value_type(self.ask.entry_type if self.ask.entry else self.field.annotation)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """Words the key accepts instead of a whole number (``("auto",)`` for ``num_training_workers``)."""
+        found = None if self.ask.entry else number_or_words(self.field.annotation)
+        return found[1] if found else ()
 
     @property
     def bounds(self) -> dict[str, Any]:
         entry_type = self.ask.entry_type
         if self.ask.entry:
             return bounds(list(get_args(entry_type)[1:])) if get_origin(entry_type) is Annotated else {}
+        found = number_or_words(self.field.annotation)
+        if found and get_origin(found[0]) is Annotated:
+            return bounds(list(get_args(found[0])[1:]))
         return bounds(self.field.metadata)
 
     @property
@@ -93,6 +105,8 @@ class Question:
         """Checks a typed reply (None: anything, including nothing, is accepted)."""
         if self.optional or self.value_type is bool:
             return None
+        if self.words:
+            return _whole_number_check(self.bounds, self.words)
         if self.value_type is int:
             return _whole_number_check(self.bounds)
         if self.value_type is float:
@@ -103,6 +117,9 @@ class Question:
 
     def parse(self, reply: str) -> Any:
         """A reply that passed :meth:`validator` as the answer's value (paths stay text)."""
+        if self.words:
+            reply = reply.strip()
+            return int(reply) if reply.isdigit() else reply
         if self.value_type in (int, float):
             return self.value_type(reply)
         return reply
@@ -116,16 +133,17 @@ def _smallest_whole(limits: dict[str, Any]) -> int | None:
     return limits["gt"] + 1 if "gt" in limits else limits.get("ge")
 
 
-def _whole_number_check(limits: dict[str, Any]) -> Validator:
+def _whole_number_check(limits: dict[str, Any], words: tuple[str, ...] = ()) -> Validator:
     smallest = _smallest_whole(limits)
+    alternatives = "".join(f' or "{word}"' for word in words)
 
     def check(text: str) -> str | None:
         text = text.strip()
-        if text.isdigit() and (smallest is None or int(text) >= smallest):
+        if text in words or (text.isdigit() and (smallest is None or int(text) >= smallest)):
             return None
         if "gt" in limits:
-            return f"enter a whole number greater than {limits['gt']}"
-        return "enter a whole number" + (f" of {smallest} or more" if smallest is not None else "")
+            return f"enter a whole number greater than {limits['gt']}{alternatives}"
+        return "enter a whole number" + (f" of {smallest} or more" if smallest is not None else "") + alternatives
 
     return check
 
@@ -270,6 +288,8 @@ class InitAnswers:
             value = self.values[question.name]
             if value is None or (question.optional and value == ""):
                 continue
+            if question.words and isinstance(value, str):  # a flag's text: "2" -> 2, "auto" stays
+                value = question.parse(value)
             if not question.ask.entry:
                 values[question.key] = value
                 continue

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,11 +47,16 @@ class TrainingData:
     validation_source: str  # e.g. "data/val.jsonl", "5% of data/rm.jsonl (seed 42)" or "none"
 
 
-def load_training_data(dataset: DatasetConfig, kind: Kind, seed: int) -> TrainingData:
-    """Load ``dataset.train_file`` (and ``validation_file``) for stage ``kind`` and split it from ``seed``."""
-    train_rows = load_rows(dataset.train_file, kind)
+def load_training_data(dataset: DatasetConfig, kind: Kind, seed: int,
+                       extra_keys: Mapping[str, str] | None = None) -> TrainingData:
+    """Load ``dataset.train_file`` (and ``validation_file``) for stage ``kind`` and split it from ``seed``.
+
+    ``extra_keys``: more keys every row must have, kept in the normalised row (text or a number), each with who
+    reads it for the error message, e.g. ``{"answer": "reward function exact_match"}``.
+    """
+    train_rows = load_rows(dataset.train_file, kind, extra_keys)
     if dataset.validation_file is not None:
-        validation_rows = load_rows(dataset.validation_file, kind)
+        validation_rows = load_rows(dataset.validation_file, kind, extra_keys)
         return TrainingData(train_rows, validation_rows, Path(dataset.train_file), str(dataset.validation_file))
     percentage = dataset.validation_split_percentage
     train, validation = split_rows(train_rows, percentage, seed)
@@ -75,14 +81,31 @@ def split_rows(rows: list[dict], percentage: float, seed: int) -> tuple[list[dic
     return train, validation
 
 
-def load_rows(path: Path | str, kind: Kind) -> list[dict]:
-    """Read every record of ``path`` and normalise it for ``kind`` (raises DataError on the first bad row)."""
+def load_rows(path: Path | str, kind: Kind, extra_keys: Mapping[str, str] | None = None) -> list[dict]:
+    """Read every record of ``path`` and normalise it for ``kind`` (raises DataError on the first bad row); keep
+    ``extra_keys`` (see :func:`load_training_data`)."""
     normalize = _NORMALIZERS[kind]
     path = Path(path)
-    rows = [normalize(record, path, line) for line, record in iter_records(path)]
+    rows = [{**normalize(record, path, line), **_extra_fields(record, path, line, extra_keys or {})}
+            for line, record in iter_records(path)]
     if not rows:
         raise DataError("the file has no rows", path=path)
     return rows
+
+
+def _extra_fields(record: object, path: Path, line: int, extra_keys: Mapping[str, str]) -> dict:
+    """The values of ``extra_keys`` in ``record``: present, text or a number."""
+    fields = {}
+    for key, reader in extra_keys.items():
+        value = record.get(key) if isinstance(record, dict) else None
+        if value is None:
+            raise DataError(f"missing ({reader} reads it)", path=path, line=line, key=key,
+                            hint=f'Give every row a "{key}" value, or drop what reads it from the config.')
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise DataError(f"expected text or a number, found {type(value).__name__}", path=path, line=line,
+                            key=key)
+        fields[key] = value
+    return fields
 
 
 # ----------------------------------------------------------------------------------------------- per kind

@@ -1,4 +1,4 @@
-"""The README's end-to-end example: raw example data to a PPO policy, then a comparison, in a few minutes on a CPU.
+"""The README's end-to-end example: raw example data to PPO, DPO and GRPO policies, then a comparison, on a CPU.
 
 ``run_example(workdir)`` runs, in one work folder (default ``./example-run``):
 
@@ -6,12 +6,17 @@
    GPT-2-style model) -> ``models/tiny``;
 2. ``data convert`` of the raw example files (Alpaca JSON, HH-RLHF transcripts, bare prompt lines) with the very
    function the CLI calls, its reports shown -> ``data/``;
-3. ``sft train``, 4. ``rm train``, 5. ``ppo train`` with ``examples/configs/{sft,rm,ppo}.toml``, their paths
-   overridden into the work folder (exactly what ``key=value`` arguments on the command line do);
-6. the comparison (:mod:`rlhfctl.example.compare`): RM held-out accuracy and the mean RM score of SFT vs PPO
-   responses on held-out prompts, with a few responses side by side (also written to ``comparison.json``).
+3. ``sft train``, 4. ``rm train``, 5. ``ppo train``, 6. ``dpo train``, 7. ``grpo train`` with
+   ``examples/configs/<stage>.toml``, their paths overridden into the work folder (exactly what ``key=value``
+   arguments on the command line do): PPO and GRPO start from the SFT export and score with the RM export, DPO
+   starts from the SFT export and learns from the RM's preference pairs;
+8. the comparison (:mod:`rlhfctl.example.compare`): RM held-out accuracy and the mean RM score of the SFT policy
+   vs the PPO, DPO and GRPO policies on held-out prompts, with a few responses side by side (also written to
+   ``comparison.json``).
 
-Ray is started once for the three training stages (the core reuses an initialised Ray) and shut down at the end.
+A stage that runs on Ray starts it once for every stage after it (the core reuses an initialised Ray), and it is
+shut down at the end; with the example configs' ``num_training_workers = "auto"`` on a machine without GPUs every
+stage runs in this process and Ray never starts.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ MARKER_FILE = ".rlhfctl-example"
 KIT_SEED = 0
 # Responses sampled per policy for the comparison use PPO's own generation settings from ppo.toml.
 COMPARISON_SEED = 1234
+TRAINED_STAGES = ("sft", "rm", "ppo", "dpo", "grpo")  # in the order they run (steps 3-7)
+POLICY_STAGES = ("ppo", "dpo", "grpo")  # compared with the SFT policy
+STEPS = 8
+# Which converted data file each stage trains on (data/<name>.jsonl): DPO learns from the RM's pairs, GRPO from
+# PPO's prompts.
+STAGE_DATA = {"sft": "sft", "rm": "rm", "ppo": "ppo", "dpo": "rm", "grpo": "ppo"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ class ExamplePaths:
     workdir: Path
 
     def model_dir(self, name: str) -> Path:
-        """``models/<name>``: ``tiny`` (the kit), then each stage's export (``sft``, ``rm``, ``ppo``)."""
+        """``models/<name>``: ``tiny`` (the kit), then each stage's export (``sft``, ``rm``, ``ppo``, ...)."""
         return self.workdir / "models" / name
 
     @property
@@ -63,11 +74,14 @@ class ExamplePaths:
 
     def stage_overrides(self, stage: str) -> list[str]:
         """``key=value`` overrides that point a stage's example config into this work folder."""
-        common = [f"general.output_dir={self.run_dir(stage)}", f"dataset.train_file={self.data_file(stage)}"]
+        common = [f"general.output_dir={self.run_dir(stage)}",
+                  f"dataset.train_file={self.data_file(STAGE_DATA[stage])}"]
         tiny, export = self.model_dir("tiny"), self.model_dir(stage)
         if stage in ("sft", "rm"):
             return [f"general.base_model={tiny}", f"general.checkpoint_dir={export}", *common]
-        return [
+        if stage == "dpo":  # the SFT export is the policy to start from and the reference
+            return [f"general.base_model={self.model_dir('sft')}", f"general.checkpoint_dir={export}", *common]
+        return [  # ppo, grpo
             f"general.model_name={tiny}",
             f"general.model_pretrain={self.model_dir('sft')}",
             f"general.rm_name={tiny}",
@@ -144,7 +158,7 @@ def run_example(
     ``quiet``).
     """
     from rlhfctl.example.kit import example_data_dir
-    from rlhfctl.training.ray_cluster import ray_session
+    from rlhfctl.training.ray_cluster import shared_ray_sessions
 
     started = time.time()
     console = console or Console(highlight=False)
@@ -172,9 +186,10 @@ def run_example(
     _heading(console, 2, "data convert", f"{examples_dir / 'data' / 'raw'} -> {paths.data_dir}")
     result.conversions = timed("convert", lambda: _convert_raw_data(paths, examples_dir, console, quiet))
 
-    configs = {stage: examples_dir / "configs" / f"{stage}.toml" for stage in ("sft", "rm", "ppo")}
-    with ray_session(None):  # one Ray for the three stages: the core reuses an initialised Ray
-        for number, stage in ((3, "sft"), (4, "rm"), (5, "ppo")):
+    configs = {stage: examples_dir / "configs" / f"{stage}.toml" for stage in TRAINED_STAGES}
+    ppo_config = None  # its generation settings are the comparison's
+    with shared_ray_sessions():  # stages on Ray share one (none starts when every stage runs in this process)
+        for number, stage in enumerate(TRAINED_STAGES, start=3):
             config = _load_stage_config(configs[stage], stage, paths.stage_overrides(stage) + extra.get(stage, []))
             _heading(console, number, f"{stage} train",
                      f"rlhfctl {stage} train {configs[stage]} + overrides into {paths.workdir}")
@@ -185,9 +200,11 @@ def run_example(
                 sink.close()
             result.summaries[stage] = summary
             _stage_line(console, stage, summary)
+            if stage == "ppo":
+                ppo_config = config
 
-        ppo_config = config
-        _heading(console, 6, "comparison", "SFT policy vs PPO policy on held-out prompts, scored by the RM")
+        _heading(console, STEPS, "comparison",
+                 "SFT policy vs PPO, DPO and GRPO policies on held-out prompts, scored by the RM")
         result.comparison = timed("compare", lambda: _compare(paths, result.summaries, ppo_config))
     atomic_write_text(paths.comparison_file, json.dumps(result.comparison.to_dict(), indent=2) + "\n")
     result.wall_time_s = time.time() - started
@@ -198,7 +215,7 @@ def run_example(
 
 
 def _heading(console: Console, number: int, title: str, detail: str) -> None:
-    console.rule(f"[bold]{number}/6 {title}[/]", align="left")
+    console.rule(f"[bold]{number}/{STEPS} {title}[/]", align="left")
     console.print(f"[dim]{detail}[/]")
 
 
@@ -275,6 +292,7 @@ def _compare(paths: ExamplePaths, summaries: dict[str, Any], ppo_config) -> Comp
         sft_loss_before=sft_metrics.get("validation_initial_loss"),
         sft_loss_after=sft_metrics.get("validation_loss"),
         ppo_kl=ppo_kl(summaries["ppo"].final_metrics),
+        more_policies={stage: paths.model_dir(stage) for stage in POLICY_STAGES if stage != "ppo"},
     )
 
 

@@ -1,6 +1,10 @@
 """Generation for PPO and ``ppo sample``: prompts tokenised and left-padded, responses sampled with the KV cache and
 cut after their first stop token.
 
+Sampling runs rlhfctl's own decode loop (:mod:`rlhfctl.models.decoding`: ``generate``'s sampling distribution, step
+for step, with less work per token, and each token's log-probability on the side); ``engine="generate"`` calls
+transformers' ``generate`` instead (the reference the tests compare against).
+
 Only imported by code that already runs torch (the PPO worker loop and ``ppo sample``), so torch is imported at the
 top here.
 """
@@ -93,28 +97,67 @@ class Generation(NamedTuple):
     attention_mask: torch.Tensor  # (batch, prompt_len + response_len), 0 on prompt and response padding
     prompt_len: int
     truncated: ppo_objective.TruncatedResponses  # response ids, response_mask (batch, response_len), has_stop, lengths
+    # (batch, response_len): each response token's log-prob under logits / logprobs_temperature, from the logits it
+    # was sampled from (0 on padding); None from transformers' generate
+    response_logprobs: torch.Tensor | None = None
+    logprobs_temperature: float | None = None
+
+
+ENGINES = ("auto", "model", "generate")
 
 
 @torch.no_grad()
 def generate_responses(
-    policy: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingSettings
+    policy: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingSettings,
+    *, engine: str = "auto",
 ) -> Generation:
     """Sample one response per prompt with the KV cache and cut it after its first stop token.
 
-    ``policy`` must be the bare model (for a DDP-wrapped model pass ``.module``).
+    ``policy`` must be the bare model (for a DDP-wrapped model pass ``.module``). ``engine``: ``"auto"`` (the
+    fastest decoder for the architecture, :mod:`rlhfctl.models.decoding`), ``"model"`` (the decode loop over the
+    model's own forward) or ``"generate"`` (transformers' ``generate``).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     was_training = policy.training
     policy.eval()
+    logprobs = None
     try:
-        output = policy.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            generation_config=sampling.to_generation_config(),
-        )  # (batch, prompt_len + generated_len)
+        if engine == "generate":
+            output = policy.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=sampling.to_generation_config(),
+            )  # (batch, prompt_len + generated_len)
+            generated = output[:, prompt_ids.shape[1]:]
+        else:
+            from rlhfctl.models.decoding import decode
+
+            generated, logprobs = decode(
+                policy, prompt_ids, prompt_mask, max_new_tokens=sampling.max_new_tokens,
+                do_sample=sampling.do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
+                top_p=sampling.top_p, stop_ids=sampling.stop_ids, pad_token_id=sampling.pad_token_id, engine=engine,
+            )
     finally:
         policy.train(was_training)
     prompt_len = prompt_ids.shape[1]
-    truncated = ppo_objective.truncate_after_stop(output[:, prompt_len:], list(sampling.stop_ids), sampling.pad_token_id)
+    truncated = ppo_objective.truncate_after_stop(generated, list(sampling.stop_ids), sampling.pad_token_id)
     query_responses = torch.cat([prompt_ids, truncated.response_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, truncated.response_mask.long()], dim=1)
-    return Generation(query_responses, attention_mask, prompt_len, truncated)
+    if logprobs is None:
+        return Generation(query_responses, attention_mask, prompt_len, truncated)
+    return Generation(query_responses, attention_mask, prompt_len, truncated,
+                      response_logprobs=logprobs * truncated.response_mask, logprobs_temperature=sampling.temperature)
+
+
+def generate_for_prompts(policy: nn.Module, prompt_texts: list[str], tokenizer: Any, max_prompt_tokens: int,
+                         sampling: SamplingSettings) -> Generation:
+    """Rendered prompts (``data.prompting.format_prompt``) -> one sampled response each, on the policy's device:
+    :func:`tokenize_prompts` (special tokens only when no chat template rendered them), then
+    :func:`generate_responses`. ``policy`` must be the bare model."""
+    from rlhfctl.data.prompting import has_chat_template
+
+    ids, mask = tokenize_prompts(prompt_texts, tokenizer, max_prompt_tokens,
+                                 add_special_tokens=not has_chat_template(tokenizer))
+    device = next(policy.parameters()).device
+    return generate_responses(policy, ids.to(device), mask.to(device), sampling)

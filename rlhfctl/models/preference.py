@@ -19,6 +19,8 @@ class TokenizedPair(NamedTuple):
     chosen_ids: list[int]  # prompt + chosen reply + EOS, cut to max_length
     rejected_ids: list[int]  # prompt + rejected reply + EOS, cut to max_length
     margin: float  # the row's margin (0 when it has none)
+    chosen_prompt_length: int = 0  # prompt tokens at the start of chosen_ids (what max_length left of the prompt)
+    rejected_prompt_length: int = 0  # the same for rejected_ids
 
 
 def tokenize_pairs(rows: list[dict], tokenizer, max_length: int) -> list[TokenizedPair]:
@@ -34,12 +36,14 @@ def tokenize_pairs(rows: list[dict], tokenizer, max_length: int) -> list[Tokeniz
     chosen_ids = tokenizer([row["chosen"] for row in rows], add_special_tokens=False)["input_ids"]
     rejected_ids = tokenizer([row["rejected"] for row in rows], add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id]
-    return [
-        TokenizedPair(truncate_keep_response_end(prompt, chosen + eos, max_length),
-                      truncate_keep_response_end(prompt, rejected + eos, max_length),
-                      float(row.get("margin") or 0.0))
-        for row, prompt, chosen, rejected in zip(rows, prompt_ids, chosen_ids, rejected_ids)
-    ]
+    pairs = []
+    for row, prompt, chosen, rejected in zip(rows, prompt_ids, chosen_ids, rejected_ids):
+        chosen_full = truncate_keep_response_end(prompt, chosen + eos, max_length)
+        rejected_full = truncate_keep_response_end(prompt, rejected + eos, max_length)
+        pairs.append(TokenizedPair(chosen_full, rejected_full, float(row.get("margin") or 0.0),
+                                   max(0, len(chosen_full) - len(chosen) - 1),
+                                   max(0, len(rejected_full) - len(rejected) - 1)))
+    return pairs
 
 
 def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int, device) -> dict[str, Any]:

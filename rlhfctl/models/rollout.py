@@ -5,8 +5,9 @@ A rollout batch is built in three phases, each timed separately by the caller:
 1. **generate** — :func:`rlhfctl.models.generation.generate_responses`;
 2. **score** — the reward model's score at the last real token, then missing-EOS penalty / clipping /
    normalisation (:func:`score_sequences`);
-3. **forwards** — one no-grad forward each of policy, reference and value model over prompt + response, keeping
-   only the chosen tokens' log-probs and the per-token values (:func:`collect_rollout`).
+3. **forwards** — one no-grad forward each of reference and value model over prompt + response, keeping only the
+   chosen tokens' log-probs and the per-token values (:func:`collect_rollout`); the policy's log-probs come from
+   the decoder, which computed them from the logits it sampled from (a policy forward only without them).
 
 Only imported by code that already runs torch (the PPO worker loop and ``ppo sample``), so torch is imported at the
 top here.
@@ -14,6 +15,7 @@ top here.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,21 +38,47 @@ def policy_logprobs(
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``(batch, response_len)`` of the response tokens (and optionally the per-token entropy, with
-    gradients only when ``entropy_grad``). The full-vocabulary logits live only inside this call.
+    gradients only when ``entropy_grad``). The full-vocabulary logits live only inside this call, and only for the
+    positions that score a response token when the model takes ``logits_to_keep`` (the LM head skips the prompt).
     """
+    keep = {}
+    if accepts_logits_to_keep(policy):
+        keep = {"logits_to_keep": query_responses.shape[1] - prompt_len + 1}  # positions prompt_len - 1 .. end
     logits = policy(
         input_ids=query_responses,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
-    ).logits  # (batch, seq, vocab)
-    logprobs = ppo_objective.logprobs_from_logits(logits, query_responses, prompt_len, temperature)
+        **keep,
+    ).logits  # (batch, seq, vocab), or (batch, response_len + 1, vocab) from position prompt_len - 1
+    first = prompt_len - 1 if not keep else 0  # the position whose logits score the first response token
+    logprobs = ppo_objective.logprobs_from_logits(logits, query_responses[:, prompt_len - 1 - first:], first + 1,
+                                                  temperature)
     entropy = None
     if return_entropy:
-        response_logits = logits[:, prompt_len - 1 : -1]
+        response_logits = logits[:, first:-1]
         response_logits = response_logits if entropy_grad else response_logits.detach()
         entropy = ppo_objective.entropy_from_logits(response_logits.float() / temperature)
     return logprobs, entropy
+
+
+_KEEPS_LOGITS: dict[type, bool] = {}
+
+
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the causal LM inside ``model`` (through DDP's ``.module`` and PEFT's ``get_base_model()``) takes
+    transformers' ``logits_to_keep`` argument."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    kind = type(inner)
+    if kind not in _KEEPS_LOGITS:
+        try:  # a plain callable wrapper (no forward, e.g. GRPO's adapter-free reference) is called as it is
+            parameters = inspect.signature(getattr(inner, "forward", inner)).parameters
+        except (TypeError, ValueError):
+            parameters = {}
+        _KEEPS_LOGITS[kind] = "logits_to_keep" in parameters
+    return _KEEPS_LOGITS[kind]
 
 
 def response_values(
@@ -128,9 +156,13 @@ def collect_rollout(
 ) -> Rollout:
     """Old/ref log-probs and values for a generated batch, in chunks of ``chunk_size`` sequences.
 
-    ``policy`` and ``value_model`` should be the bare (non-DDP) modules: these forwards need no gradients.
+    ``policy`` and ``value_model`` should be the bare (non-DDP) modules: these forwards need no gradients. The
+    policy's log-probs are the ones the tokens were sampled with when the generation carries them at this
+    ``temperature`` (rlhfctl's decoder computes them from the logits it sampled from; TRL does the same), so the
+    policy needs no forward pass here; otherwise they are computed like the reference's.
     """
     mask = generation.truncated.response_mask
+    sampled = generation.response_logprobs is not None and generation.logprobs_temperature == temperature
     old_logprobs, ref_logprobs, old_values = [], [], []
     was_training = policy.training, value_model.training
     policy.eval()
@@ -139,12 +171,15 @@ def collect_rollout(
         for start in range(0, generation.query_responses.shape[0], chunk_size):
             ids = generation.query_responses[start : start + chunk_size]
             attention = generation.attention_mask[start : start + chunk_size]
-            old_logprobs.append(policy_logprobs(policy, ids, attention, generation.prompt_len, temperature)[0])
+            if not sampled:
+                old_logprobs.append(policy_logprobs(policy, ids, attention, generation.prompt_len, temperature)[0])
             ref_logprobs.append(policy_logprobs(reference, ids, attention, generation.prompt_len, temperature)[0])
             old_values.append(response_values(value_model, ids, attention, generation.prompt_len))
     finally:
         policy.train(was_training[0])
         value_model.train(was_training[1])
+    if sampled:
+        old_logprobs = [generation.response_logprobs]
     return Rollout(
         query_responses=generation.query_responses,
         attention_mask=generation.attention_mask,

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from rlhfctl.models.generation import SamplingSettings, generate_responses, tokenize_prompts
+from rlhfctl.models.generation import SamplingSettings, generate_for_prompts
 from rlhfctl.models.rollout import reward_scores
 from rlhfctl.models.scoring import TokenScoreModel
 
@@ -36,7 +36,7 @@ def sample_responses(
 
     ``prompts`` are prompt values as in PPO data (text or message lists), rendered like training does.
     """
-    from rlhfctl.data.prompting import format_prompt, has_chat_template
+    from rlhfctl.data.prompting import format_prompt
     from rlhfctl.models.loading import check_same_vocabulary, load_model, load_tokenizer
 
     torch.manual_seed(seed)
@@ -56,9 +56,7 @@ def sample_responses(
     results: list[SampledResponse] = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        ids, mask = tokenize_prompts(chunk, tokenizer, max_prompt_tokens,
-                                     add_special_tokens=not has_chat_template(tokenizer))
-        generation = generate_responses(policy, ids, mask, sampling)
+        generation = generate_for_prompts(policy, chunk, tokenizer, max_prompt_tokens, sampling)
         scores = reward_scores(reward_model, generation).tolist() if reward_model is not None else None
         truncated = generation.truncated
         for row, text in enumerate(chunk):

@@ -17,6 +17,25 @@ Split = Literal["train", "validation"]
 
 
 @dataclass(frozen=True)
+class RunLayout:
+    """Where the run's workers go (the driver sends it first): the run's header line."""
+
+    stage: str
+    description: str  # "1 worker x {2 CPU} in this process (no Ray start-up) (auto: one machine, 2 CPUs, no GPU)"
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class PhaseStarted:
+    """A start-up phase began (and the one before it ended): the driver's "reading data", "starting Ray",
+    "starting 2 workers", a worker's "loading model", "tokenising 1,900 pairs"; :class:`RunStarted` begins the
+    last one, the first step."""
+
+    name: str
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
 class RunStarted:
     """The worker group is up (sent again after a restart from a checkpoint)."""
 
@@ -89,7 +108,8 @@ class HealthAlarm:
     time: float = field(default_factory=time.time)
 
 
-ProgressEvent = RunStarted | StepEvent | SampleEvent | CheckpointSaved | RunFinished | Notice | HealthAlarm
+ProgressEvent = (RunLayout | PhaseStarted | RunStarted | StepEvent | SampleEvent | CheckpointSaved | RunFinished
+                 | Notice | HealthAlarm)
 
 
 class ProgressSink(Protocol):

@@ -6,6 +6,7 @@ clock are injectable so tests render to a ``Console(file=StringIO())`` determini
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from rlhfctl.progress.events import (
     HealthAlarm,
     Notice,
     NullSink,
+    PhaseStarted,
     ProgressEvent,
     ProgressSink,
     RunFinished,
+    RunLayout,
     RunStarted,
     SampleEvent,
     StepEvent,
@@ -46,6 +49,62 @@ def format_value(value: float) -> str:
     if value == 0 or 1e-3 <= abs(value) < 1e4:
         return f"{value:.4g}"
     return f"{value:.3e}"
+
+
+def format_seconds(seconds: float) -> str:
+    """``2.7 s`` below a minute, ``1:05`` above."""
+    return f"{seconds:.1f} s" if seconds < 60 else format_duration(seconds)
+
+
+FIRST_STEP = "first step"
+
+
+@dataclass
+class StartupPhases:
+    """The start-up phases until the first optimizer step: each lasts until the next one starts.
+
+    Finished phases are timed with the events' own clocks (``event.time``: the driver's or a worker's wall clock,
+    so the poll interval does not blur them); the running one with the display's clock since it arrived.
+    """
+
+    names: list[str] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)  # event.time of each phase's start
+    arrived_at: float | None = None  # display clock when the running phase's event arrived
+    done_at: float | None = None  # event time of the first step (None while starting)
+
+    def begin(self, name: str, at: float, now: float) -> None:
+        if self.done_at is not None:  # a restart after steps had begun: a new start-up
+            self.names, self.started, self.done_at = [], [], None
+        self.names.append(name)
+        self.started.append(at)
+        self.arrived_at = now
+
+    def finish(self, at: float) -> None:
+        if self.done_at is None and self.names:
+            self.done_at = at
+
+    @property
+    def running(self) -> bool:
+        return bool(self.names) and self.done_at is None
+
+    def durations(self) -> list[tuple[str, float]]:
+        """(name, seconds) of every finished phase."""
+        ends = self.started[1:] + ([self.done_at] if self.done_at is not None else [])
+        return [(name, max(0.0, end - start)) for name, start, end in zip(self.names, self.started, ends)]
+
+    def total(self) -> float | None:
+        """Seconds from the first phase to the first step (None while starting)."""
+        return None if self.done_at is None else max(0.0, self.done_at - self.started[0])
+
+    def current(self, now: float) -> tuple[str, float] | None:
+        """The running phase and its elapsed seconds."""
+        if not self.running or self.arrived_at is None:
+            return None
+        return self.names[-1], max(0.0, now - self.arrived_at)
+
+    def summary(self) -> str:
+        """``reading data 0.0 s, starting Ray 2.7 s, ...`` (finished phases)."""
+        return ", ".join(f"{name} {format_seconds(seconds)}" for name, seconds in self.durations())
 
 
 def format_parameters(trainable: int | None, total: int | None) -> str:
@@ -73,6 +132,8 @@ class ProgressState:
     """What the display knows about the run, updated from events."""
 
     stage: str = ""
+    layout: str = ""  # the run's header: where its workers go
+    phases: StartupPhases = field(default_factory=StartupPhases)
     total_steps: int = 0
     start_step: int = 0
     step: int = 0
@@ -91,7 +152,12 @@ class ProgressState:
     alarms: int = 0  # health alarms so far
 
     def update(self, event: ProgressEvent, now: float) -> None:
-        if isinstance(event, RunStarted):
+        if isinstance(event, RunLayout):
+            self.stage, self.layout = event.stage, event.description
+        elif isinstance(event, PhaseStarted):
+            self.phases.begin(event.name, event.time, now)
+        elif isinstance(event, RunStarted):
+            self.phases.begin(FIRST_STEP, event.time, now)
             self.stage, self.total_steps, self.start_step = event.stage, event.total_steps, event.start_step
             self.step, self.samples_per_step, self.world_size = event.start_step, event.samples_per_step, event.world_size
             self.parameters = format_parameters(event.trainable_parameters, event.total_parameters)
@@ -100,6 +166,7 @@ class ProgressState:
         elif isinstance(event, StepEvent):
             self.epoch = event.epoch
             if event.split == "train":
+                self.phases.finish(event.time)
                 self.step = event.step
                 self.train_metrics = dict(event.metrics)
                 if self.first_step_at is None:
@@ -163,9 +230,14 @@ class PlainSink(_BaseSink):
 
     def handle(self, event: ProgressEvent) -> None:
         now = self.clock()
+        phases_were_running = self.state.phases.running
         self.state.update(event, now)
         if isinstance(event, Notice):
             self.console.print(f"note: {event.message}", highlight=False, markup=False)
+        elif isinstance(event, RunLayout):
+            self.console.print(f"{event.stage}: {event.description}", highlight=False, markup=False)
+        elif isinstance(event, PhaseStarted):
+            self.console.print(f"{self.state.stage or 'run'}: {event.name} ...", highlight=False, markup=False)
         elif isinstance(event, HealthAlarm):
             self.console.print(alarm_text(event), highlight=False)
         elif isinstance(event, RunStarted):
@@ -179,6 +251,10 @@ class PlainSink(_BaseSink):
                                highlight=False, markup=False)
         elif isinstance(event, StepEvent) and (self._last_print is None or now - self._last_print >= self.interval_s
                                                or event.step == self.state.total_steps):
+            if phases_were_running and not self.state.phases.running:
+                self.console.print(f"{self.state.stage}: first step {format_seconds(self.state.phases.total() or 0)} "
+                                   f"after start-up began ({self.state.phases.summary()})", highlight=False,
+                                   markup=False)
             self._last_print = now
             self.console.print(self.status_line(), highlight=False, markup=False)
 
@@ -192,11 +268,20 @@ class LiveSink(_BaseSink):
 
     def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(console, clock)
-        self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self._lock = threading.Lock()  # events arrive on the driver's polling thread; Live redraws on its own
+        # get_renderable: every refresh redraws, so the running start-up phase's elapsed time ticks between events
+        self._live = Live(console=self.console, refresh_per_second=4, transient=False, get_renderable=self._render)
         self._live.start()
 
     def _render(self) -> Group:
+        with self._lock:
+            return self._render_state()
+
+    def _render_state(self) -> Group:
         state = self.state
+        current = state.phases.current(self.clock())
+        if current is not None or not state.total_steps:
+            return self._render_startup(current)
         done = state.step / state.total_steps if state.total_steps else 0.0
         width = 30
         bar = "#" * int(done * width) + "-" * (width - int(done * width))
@@ -222,8 +307,22 @@ class LiveSink(_BaseSink):
         if state.alarms:
             footer.append(f"   {state.alarms} health alarm(s)", style="yellow")
         parts = [header, table, footer]
+        if state.phases.total() is not None:
+            parts.append(Text(f"start-up {format_seconds(state.phases.total() or 0)}: {state.phases.summary()}",
+                              style="dim"))
         for row in state.samples:
             parts.append(Text(" | ".join(f"{key}: {str(value)[:60]!r}" for key, value in row.items()), style="dim"))
+        return Group(*parts)
+
+    def _render_startup(self, current: tuple[str, float] | None) -> Group:
+        """Before the first step: the phase under way with its elapsed time, the finished ones with theirs."""
+        state = self.state
+        name, elapsed = current or ("starting", self.elapsed())
+        parts = [Text(f"{state.stage or 'training'}  {name} ... {format_seconds(elapsed)}", style="bold")]
+        if state.layout:
+            parts.append(Text(state.layout))
+        if state.phases.durations():
+            parts.append(Text(state.phases.summary(), style="dim"))
         return Group(*parts)
 
     def handle(self, event: ProgressEvent) -> None:
@@ -231,8 +330,9 @@ class LiveSink(_BaseSink):
             self._live.console.print(f"note: {event.message}", highlight=False, markup=False)
         elif isinstance(event, HealthAlarm):
             self._live.console.print(alarm_text(event), highlight=False)
-        self.state.update(event, self.clock())
-        self._live.update(self._render())
+        with self._lock:
+            self.state.update(event, self.clock())
+        self._live.refresh()
 
     def close(self) -> None:
         self._live.stop()

@@ -67,15 +67,11 @@ class PPOTrainer:
         return [format_prompt(row["prompt"], self.models.tokenizer) for row in rows]
 
     def _generate(self, prompts: list[str]):
-        from rlhfctl.data.prompting import has_chat_template
-        from rlhfctl.models.generation import generate_responses, tokenize_prompts
+        from rlhfctl.models.generation import generate_for_prompts
 
-        tokenizer = self.models.tokenizer
-        ids, mask = tokenize_prompts(prompts, tokenizer, self.max_prompt_tokens,
-                                     add_special_tokens=not has_chat_template(tokenizer))
         with self.ctx.gathered(self.policy):  # FSDP: each worker samples on its own, as long as it needs
-            return generate_responses(unwrap_model(self.policy), ids.to(self.ctx.device),
-                                      mask.to(self.ctx.device), self.sampling)
+            return generate_for_prompts(unwrap_model(self.policy), prompts, self.models.tokenizer,
+                                        self.max_prompt_tokens, self.sampling)
 
     def iteration(self, prompts: list[str], *, step: int, with_samples: bool) -> tuple[dict[str, float], list[dict]]:
         """One PPO iteration on ``prompts``: returns the metrics (averaged over workers) and sample rows."""

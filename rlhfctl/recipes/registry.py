@@ -4,7 +4,7 @@ Everything that dispatches on a stage reads it from here: the CLI (one ``rlhfctl
 command per entry, ``--dry-run`` included), the example pipeline, and the stages' own tools (``rm eval``,
 ``rm score``, ``ppo sample`` hang on the groups made from these entries). Adding a stage = a recipe module
 ``rlhfctl/recipes/<stage>.py`` ending in ``RECIPE = Recipe(...)`` + one :class:`StageEntry` in :data:`STAGES` + its
-config schema (``rlhfctl/config/schema.py``); nothing else needs editing.
+config schema (``rlhfctl/config/schema/<stage>.py``); nothing else needs editing.
 
 Cheap to import (the CLI imports it at start-up): no torch, ray, transformers or pydantic here; a recipe module is
 imported only when :func:`load_recipe` is called, and the training core only when a recipe runs.
@@ -13,7 +13,6 @@ imported only when :func:`load_recipe` is called, and the training core only whe
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
@@ -63,23 +62,40 @@ class Recipe(Generic[ConfigT]):
     build_job: Callable[[ConfigT], TrainingJob[ConfigT, Any]]
     headline_template: str  # e.g. "held-out accuracy {validation_accuracy}": final metrics by name, 3 decimals
 
+    def __post_init__(self) -> None:
+        # Every caller of build_job (plan, run, tests, tools) gets a job sized for the workers the run will use:
+        # training.num_training_workers = "auto" is resolved first (rlhfctl.config.layout; a number passes as is).
+        object.__setattr__(self, "build_job", _resolving_layout(self.build_job))
+
     def plan(self, config: ConfigT, **options: Unpack[PlanOptions]) -> TrainingPlan:
-        """What a run would do (``--dry-run``): rows, steps, workers, where outputs go, the memory plan. Starts
-        nothing."""
-        return self.build_job(config).plan(**options)
+        """What a run would do (``--dry-run``): rows, steps, workers (``"auto"`` resolved), where outputs go, the
+        memory plan. Starts nothing."""
+        from rlhfctl.training.launch import prepare_job
+
+        return prepare_job(self.build_job, config).plan(**options)
 
     def run(self, config: ConfigT, **options: Unpack[RunOptions]) -> RunSummary:
-        """Log the job's warnings, then train, validate and export; returns the core's run summary."""
-        from rlhfctl.training.launch import run_training
+        """Train, validate and export (the job's warnings logged first); returns the core's run summary."""
+        from rlhfctl.training.launch import run_stage
 
-        job = self.build_job(config)
-        for message in job.warnings:
-            logging.getLogger(f"rlhfctl.{self.stage}").warning("WARNING: %s", message)
-        return run_training(job, **options)
+        return run_stage(self.build_job, config, **options)
 
     def headline(self, final_metrics: Mapping[str, float]) -> str:
         """The one line that shows the stage learned (``?`` for a figure the run did not report)."""
         return self.headline_template.format_map(_Figures(final_metrics))
+
+
+def _resolving_layout(build_job: Callable[[Any], TrainingJob]) -> Callable[[Any], TrainingJob]:
+    if getattr(build_job, "resolves_layout", False):
+        return build_job
+
+    def build_resolved(config: Any) -> TrainingJob:
+        from rlhfctl.training.launch import prepare_job
+
+        return prepare_job(build_job, config)
+
+    build_resolved.resolves_layout = True  # type: ignore[attr-defined]
+    return build_resolved
 
 
 class _Figures(dict):
@@ -141,6 +157,29 @@ STAGES: dict[str, StageEntry] = {entry.name: entry for entry in (
             "rlhfctl ppo train examples/configs/ppo.toml",
             "rlhfctl ppo train ppo.toml training.kl_coeff=0.1 generation.max_new_tokens=48 --dry-run",
             "rlhfctl ppo train ppo.toml --resume",
+        ),
+    ),
+    StageEntry(
+        "dpo",
+        help="DPO: train the policy directly on preference pairs, no reward model.",
+        train_help="Train the policy with DPO (or IPO, hinge) on preference pairs against a frozen reference, on Ray "
+                   "Train workers.",
+        train_examples=(
+            "rlhfctl dpo train examples/configs/dpo.toml",
+            "rlhfctl dpo train dpo.toml training.beta=0.2 training.loss_type=ipo --dry-run",
+            "rlhfctl dpo train dpo.toml --resume auto",
+        ),
+    ),
+    StageEntry(
+        "grpo",
+        help="GRPO: train the policy on group-relative rewards (reward model and/or verifiable rewards), no value "
+             "model.",
+        train_help="Train the policy with GRPO (or RLOO) against a reward model and/or reward functions, on Ray "
+                   "Train workers.",
+        train_examples=(
+            "rlhfctl grpo train examples/configs/grpo.toml",
+            "rlhfctl grpo train grpo.toml training.num_generations=8 training.rloo=true --dry-run",
+            "rlhfctl grpo train grpo.toml --resume",
         ),
     ),
 )}

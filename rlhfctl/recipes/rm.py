@@ -122,6 +122,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     model = load_reward_model(config.general.base_model, tokenizer, trust_remote_code=trust)
     disable_dropout(model)  # before LoRA: lora.dropout stays as configured
     model = adapt_for_training(model, config, source=config.general.base_model, score_head=True)
+    ctx.phase(f"tokenising {len(payload.train_rows) + len(payload.validation_rows):,} pairs")
     train_pairs = tokenize_pairs(payload.train_rows, tokenizer, config.dataset.max_length)
     validation_pairs = tokenize_pairs(payload.validation_rows, tokenizer, config.dataset.max_length)
     evaluated_pairs = validation_pairs or train_pairs  # without held-out pairs, validation scores the training pairs

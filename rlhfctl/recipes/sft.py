@@ -119,6 +119,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     # -- setup: model, tokenizer, data, optimizer; then the latest checkpoint if there is one
     model, tokenizer = _build_model_and_tokenizer(config, ctx.device)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ctx.phase(f"tokenising {len(payload.train_rows) + len(payload.validation_rows):,} conversations")
     train_examples = _tokenize(payload.train_rows, tokenizer, config)
     validation_examples = _tokenize(payload.validation_rows, tokenizer, config)
     train_lengths = [len(example.input_ids) for example in train_examples]

@@ -24,19 +24,23 @@ latest complete checkpoint; ``"auto"`` = only if one exists) or ``force`` (wipe 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal
 
+from rlhfctl.config.layout import MachineResources, WorkerLayout, resolve_config
 from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
 from rlhfctl.monitor import Alarm
-from rlhfctl.progress.events import Notice, NullSink, ProgressSink, RunFinished
+from rlhfctl.progress.events import Notice, NullSink, PhaseStarted, ProgressSink, RunFinished, RunLayout
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.runfiles import (
     EVENTS_FILE,
@@ -73,6 +77,7 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
     steps_per_epoch: int | None = None
     plan_notes: dict[str, str] = field(default_factory=dict)  # stage-specific lines for the plan ("max length": ..)
     warnings: tuple[str, ...] = ()  # shown as the plan's last lines and logged when the run starts
+    layout: WorkerLayout | None = None  # set by prepare_job: how "auto" was resolved (None: config taken as is)
     # The recipe's memory hook: the stage's workload (models, phases) for a config like this one, with this job's
     # data; the memory plan (--dry-run) and the pre-flight check estimate from it (training/memory_plan.py).
     memory: Callable[[ConfigT], StageWorkload] | None = None
@@ -83,6 +88,56 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
     def loop_config(self, core: CoreSettings) -> LoopConfig:
         """What ``train_loop`` receives on every worker (unpacked there by ``setup_worker``)."""
         return LoopConfig(config=self.config, payload=self.payload, core=core)
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.stage, self.config)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.paths.output_dir
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.paths.checkpoint_dir
+
+    @property
+    def run_name(self) -> str:
+        return self.paths.run_name
+
+    @property
+    def run_dir(self) -> Path:
+        """Ray Train's experiment folder (``storage_path/name``): the checkpoints live here."""
+        return self.paths.run_dir
+
+    @property
+    def mode(self) -> Literal["ray", "local"]:
+        if self.layout is not None:
+            return self.layout.mode
+        single = self.config.training.num_training_workers == 1 and self.config.general.ray_address is None
+        return "local" if single else "ray"
+
+    def plan(self, memory_probe: Probe | None = probe_for_job) -> "TrainingPlan":
+        training = self.config.training
+        ray_address = self.config.general.ray_address
+        return TrainingPlan(
+            stage=self.stage, mode=self.mode, workers=training.num_training_workers,
+            resources_per_worker=dict(training.resources_per_worker), ray_address=ray_address,
+            train_rows=self.train_rows, validation_rows=self.validation_rows, epochs=training.epochs,
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+            samples_per_step=self.samples_per_step, output_dir=self.output_dir, run_dir=self.run_dir,
+            checkpoint_dir=self.checkpoint_dir,
+            notes={**self.plan_notes, **{f"warning {number}": text for number, text in enumerate(self.warnings, 1)}},
+            memory=plan_memory(self, memory_probe), layout=self.layout.describe(ray_address) if self.layout else "",
+        )
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a stage's run writes, from its config alone (known before the job is built)."""
+
+    stage: str
+    config: Any
 
     @property
     def output_dir(self) -> Path:
@@ -98,26 +153,7 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
 
     @property
     def run_dir(self) -> Path:
-        """Ray Train's experiment folder (``storage_path/name``): the checkpoints live here."""
         return self.output_dir / self.run_name
-
-    @property
-    def mode(self) -> Literal["ray", "local"]:
-        single = self.config.training.num_training_workers == 1 and self.config.general.ray_address is None
-        return "local" if single else "ray"
-
-    def plan(self, memory_probe: Probe | None = probe_for_job) -> "TrainingPlan":
-        training = self.config.training
-        return TrainingPlan(
-            stage=self.stage, mode=self.mode, workers=training.num_training_workers,
-            resources_per_worker=dict(training.resources_per_worker), ray_address=self.config.general.ray_address,
-            train_rows=self.train_rows, validation_rows=self.validation_rows, epochs=training.epochs,
-            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-            samples_per_step=self.samples_per_step, output_dir=self.output_dir, run_dir=self.run_dir,
-            checkpoint_dir=self.checkpoint_dir,
-            notes={**self.plan_notes, **{f"warning {number}": text for number, text in enumerate(self.warnings, 1)}},
-            memory=plan_memory(self, memory_probe),
-        )
 
 
 def strategy_warnings(training: Any) -> tuple[str, ...]:
@@ -148,6 +184,7 @@ class TrainingPlan:
     checkpoint_dir: Path
     notes: dict[str, str]
     memory: MemoryPlan | None = None
+    layout: str = ""  # WorkerLayout.describe(): the workers, where they run, and why when "auto" chose them
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as one JSON-ready object (``--dry-run --json``)."""
@@ -158,6 +195,7 @@ class TrainingPlan:
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "samples_per_step": self.samples_per_step, "output_dir": str(self.output_dir),
             "run_dir": str(self.run_dir), "checkpoint_dir": str(self.checkpoint_dir),
+            "layout": self.layout,
             "notes": {name: text for name, text in self.notes.items() if not name.startswith("warning ")},
             "warnings": [text for name, text in self.notes.items() if name.startswith("warning ")],
         }
@@ -184,7 +222,7 @@ class RunSummary:
 # ----------------------------------------------------------------------------------------------- run directory
 
 
-def has_previous_run(job: TrainingJob) -> bool:
+def has_previous_run(job: TrainingJob | RunPaths) -> bool:
     run_dir = job.run_dir
     return run_dir.is_dir() and (ckpt.latest_checkpoint(run_dir) is not None or any(run_dir.glob(RAY_SNAPSHOT_GLOB)))
 
@@ -224,26 +262,33 @@ def prepare_run_directory(job: TrainingJob, *, resume: bool | str, force: bool) 
             shutil.rmtree(output_dir, ignore_errors=True)
         raise UserError(f"cannot write to general.output_dir {output_dir}: {exc}") from None
 
-    previous = has_previous_run(job)
-    if resume:
-        if previous:
-            return ckpt.latest_checkpoint(job.run_dir)  # None with only a Ray snapshot: Ray restores it
-        if resume == "auto":
-            resume = False
-        else:
-            raise UserError(f"--resume: nothing to resume in {job.run_dir} (no complete checkpoint found)",
-                            hint="Run without --resume to start a new run, or use --resume auto.")
-    if previous or (job.run_dir.exists() and any(job.run_dir.iterdir())):
-        if not force:
-            raise UserError(f"{output_dir} already holds a {job.stage} run ({job.run_dir})",
-                            hint="Pass --resume to continue it, or --force to delete it and start over.")
+    refuse_existing_run(job.paths, resume=resume, force=force)
+    if resume and has_previous_run(job):
+        return ckpt.latest_checkpoint(job.run_dir)  # None with only a Ray snapshot: Ray restores it
     if force:
         shutil.rmtree(job.run_dir, ignore_errors=True)
         _remove_run_logs(output_dir)
-    elif job.checkpoint_dir.exists() and any(job.checkpoint_dir.iterdir()):
-        raise UserError(f"general.checkpoint_dir already exists and is not empty: {job.checkpoint_dir}",
-                        hint="Choose another checkpoint_dir, or pass --force to replace it at the end of the run.")
     return None
+
+
+def refuse_existing_run(paths: RunPaths, *, resume: bool | str, force: bool) -> None:
+    """The resume/force rules' refusals (UserError), reading the folders only: ``--resume`` with nothing to resume,
+    an earlier run without ``--resume``/``--force``, a non-empty ``checkpoint_dir`` without ``--force``."""
+    previous = has_previous_run(paths)
+    if resume:
+        if previous:
+            return
+        if resume != "auto":
+            raise UserError(f"--resume: nothing to resume in {paths.run_dir} (no complete checkpoint found)",
+                            hint="Run without --resume to start a new run, or use --resume auto.")
+    if force:
+        return
+    if previous or (paths.run_dir.exists() and any(paths.run_dir.iterdir())):
+        raise UserError(f"{paths.output_dir} already holds a {paths.stage} run ({paths.run_dir})",
+                        hint="Pass --resume to continue it, or --force to delete it and start over.")
+    if paths.checkpoint_dir.exists() and any(paths.checkpoint_dir.iterdir()):
+        raise UserError(f"general.checkpoint_dir already exists and is not empty: {paths.checkpoint_dir}",
+                        hint="Choose another checkpoint_dir, or pass --force to replace it at the end of the run.")
 
 
 # ----------------------------------------------------------------------------------------------- event polling
@@ -279,6 +324,45 @@ class _Poller(threading.Thread):
 # ----------------------------------------------------------------------------------------------- run
 
 
+def prepare_job(build_job: Callable[[Any], TrainingJob], config: Any, machine: MachineResources | None = None
+                ) -> TrainingJob:
+    """The one place the driver resolves ``training.num_training_workers`` (``"auto"``) for a run or a plan: the
+    recipe's ``build_job`` gets the config with the worker count and resources the run will use, so its steps
+    per epoch, data shards and batch totals (and anything else sized from the workers) agree with the launch."""
+    resolved, layout = resolve_config(config, machine)
+    job = build_job(resolved)
+    job.layout = layout
+    return job
+
+
+def run_stage(build_job: Callable[[Any], TrainingJob], config: Any, *, machine: MachineResources | None = None,
+              **options: Any) -> RunSummary:
+    """What ``Recipe.run`` does: resolve the layout (:func:`prepare_job`), refuse a clobbering run before anything
+    starts, build the job — on the Ray path while Ray starts (the data is read on a second thread) — log its
+    warnings and :func:`run_training` it. ``options`` are run_training's."""
+    resolved, layout = resolve_config(config, machine)
+    sink = options.get("progress") or NullSink()
+    sink.handle(RunLayout(resolved.stage, layout.describe(resolved.general.ray_address)))
+    refuse_existing_run(RunPaths(resolved.stage, resolved), resume=options.get("resume", False),
+                        force=options.get("force", False))
+    with contextlib.ExitStack() as running:
+        if layout.mode == "ray":
+            from rlhfctl.training.ray_cluster import ray_session
+
+            sink.handle(PhaseStarted("starting Ray, reading data"))
+            reader = running.enter_context(ThreadPoolExecutor(1, thread_name_prefix="rlhfctl-data"))
+            building = reader.submit(build_job, resolved)
+            running.enter_context(ray_session(resolved.general.ray_address))  # run_training's session reuses it
+            job = building.result()
+        else:
+            sink.handle(PhaseStarted("reading data"))
+            job = build_job(resolved)
+        job.layout = layout
+        for message in job.warnings:
+            logging.getLogger(f"rlhfctl.{job.stage}").warning("WARNING: %s", message)
+        return run_training(job, **options)
+
+
 def run_training(
     job: TrainingJob,
     *,
@@ -307,6 +391,7 @@ def run_training(
     general = job.config.general
     tracker_names = trackers_to_open(general.report_to, explicit="report_to" in general.model_fields_set)
     if job.mode == "local":
+        sink.handle(PhaseStarted("starting the worker"))  # torch is imported here and by the loop
         check_fits_this_machine(ResourceRequest(job.config.training.num_training_workers,
                                                 dict(job.config.training.resources_per_worker)))
     memory_plan = check_memory(job, memory_probe) if memory_check else None
@@ -469,6 +554,7 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
             ),
         )
         previous_sigint = signal.getsignal(signal.SIGINT)
+        recorder.handle(PhaseStarted(f"starting {request.workers} worker{'s' if request.workers != 1 else ''}"))
         try:
             result = trainer.fit()
         except (KeyboardInterrupt, SystemExit):  # Ray Train's own Ctrl-C handler aborts the run with sys.exit

@@ -28,6 +28,8 @@ Where the numbers come from (``benchmarks/README.md`` has the measured peaks the
   gradient checkpointing, LoRA, autocast, and what the CPU allocator keeps);
 - LoRA freezes the base: gradients and optimizer state for the adapters (``r * (in + out)`` per wrapped linear)
   and a score head only; with it PPO's reference runs on the policy's base;
+- a model loaded only for some phases (``ModelUse(resident=False)``: DPO's separate reference model, scored once
+  before training and freed) weighs in those phases only;
 - FSDP shards weights, gradients and optimizer state over the workers;
 - framework overhead: a worker process with torch and transformers imported (CPU), the CUDA context (GPU).
 """
@@ -77,6 +79,8 @@ class ModelUse:
     trained: bool  # trained (gradients, optimizer state) or frozen
     lora_shares_base_with: str | None = None  # with LoRA on, runs on that role's frozen base (the reference is the
     #                                           policy with its adapter disabled): no base weights of its own
+    resident: bool = True  # False: loaded for the phases that use it, then freed (DPO's separate reference model,
+    #                        scored once before training): its weights count in those phases only
 
 
 @dataclass(frozen=True)
@@ -245,14 +249,16 @@ def estimate_memory(inputs: MemoryInputs) -> MemoryEstimate:
     data = workload.data_bytes if inputs.device == "cpu" else 0
     base = Breakdown(framework_overhead=overhead, data=data)
     for role, parts in static.items():
-        base = base + Breakdown(weights=parts.weights, optimizer_state=parts.optimizer_state,
-                                gradients=parts.gradients if persistent_grads else 0)
+        if models[role].resident:
+            base = base + Breakdown(weights=parts.weights, optimizer_state=parts.optimizer_state,
+                                    gradients=parts.gradients if persistent_grads else 0)
     base = base + Breakdown(gradients=_communication_buffers(inputs, static)) + _fsdp_gathered(workload, inputs)
 
     best: tuple[int, str, Breakdown, dict[str, Breakdown]] | None = None
     phase_peaks: dict[str, int] = {}
     for phase in workload.phases:
         transient, by_role = _phase_transient(phase, models, inputs, persistent_grads)
+        transient = transient + _loaded_for(phase, models, static)
         total = base.total + transient.total
         phase_peaks[phase.name] = total
         if best is None or total > best[0]:
@@ -312,6 +318,12 @@ def _static_breakdown(use: ModelUse, inputs: MemoryInputs) -> Breakdown:
     if inputs.strategy == "fsdp" and inputs.world_size > 1:
         parts = Breakdown(**{name: math.ceil(value / inputs.world_size) for name, value in parts.to_dict().items()})
     return parts
+
+
+def _loaded_for(phase: Phase, models: Mapping[str, ModelUse], static: Mapping[str, Breakdown]) -> Breakdown:
+    """The weights of the non-resident models a phase uses (loaded for it, freed after it)."""
+    roles = {step.role for step in phase.steps if not models[step.role].resident}
+    return Breakdown(weights=sum(static[role].weights for role in roles))
 
 
 def _gradients_persist(inputs: MemoryInputs) -> bool:

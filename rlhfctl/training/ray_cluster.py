@@ -26,6 +26,9 @@ EMBEDDED_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEM
                             "RAY_TRAIN_METRICS_ENABLED": "0"}
 # Process state, not configuration: True while an embedded Ray started by ray_session(None) is running.
 _embedded_running = False
+# Inside shared_ray_sessions(): the Ray a ray_session started stays up for the next one; these undo it at the end.
+_shared_depth = 0
+_shared_cleanups: list[list[str]] = []
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,36 @@ def ray_session(address: str | None) -> Iterator[bool]:
     try:
         yield _embedded_running
     finally:
-        _embedded_running = False
-        ray.shutdown()
-        for name in embedded_only:  # a later session in this process may join a cluster: Ray Train propagates these
-            os.environ.pop(name, None)
+        if _shared_depth:  # kept for the next session of the enclosing shared_ray_sessions()
+            _shared_cleanups.append(embedded_only)
+        else:
+            _stop(embedded_only)
+
+
+def _stop(embedded_only: list[str]) -> None:
+    global _embedded_running
+    import ray
+
+    _embedded_running = False
+    ray.shutdown()
+    for name in embedded_only:  # a later session in this process may join a cluster: Ray Train propagates these
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def shared_ray_sessions() -> Iterator[None]:
+    """Within the block, a Ray that a :func:`ray_session` starts stays up for the sessions after it, and stops when
+    the block ends (the example pipeline's stages share one Ray; none is started when every stage runs in
+    process)."""
+    global _shared_depth
+    _shared_depth += 1
+    try:
+        yield
+    finally:
+        _shared_depth -= 1
+        if not _shared_depth:
+            while _shared_cleanups:
+                _stop(_shared_cleanups.pop())
 
 
 def check_fits(request: ResourceRequest) -> None:

@@ -11,20 +11,41 @@ imports). Two of them do nothing for rlhfctl:
 
 Callbacks are Ray Train's own extension point; ``_create_default_callbacks`` is where it builds the list. If a
 future Ray renames either, nothing breaks: the helpers simply start again.
+
+A third helper, the ``AutoscalingCoordinator`` actor (another ~1.6 CPU-seconds of start-up and a process), exists
+so that a fixed-size worker group can ask a cluster autoscaler for its nodes. The embedded local Ray has no
+autoscaler, so there the fixed scaling policy runs without it (:class:`FixedSizeWithoutAutoscaler`); a joined
+cluster keeps Ray's policy. ``_initialize_and_run_controller`` is where ``fit()`` hands the policy over.
 """
 
 from __future__ import annotations
 
+from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 NEVER_NEEDED = frozenset({"DatasetsCallback"})
 NOT_NEEDED_ON_OWN_CLUSTER = frozenset({"PlacementGroupCleanerCallback"})
 
 
+class FixedSizeWithoutAutoscaler(FixedScalingPolicy):
+    """Ray Train's fixed-size scaling policy minus its resource requests to a cluster autoscaler (none exists on
+    an embedded Ray): the same decisions, no ``AutoscalingCoordinator`` actor."""
+
+    def after_controller_start(self, train_run_context) -> None:
+        return None
+
+    def _maybe_send_resource_request(self) -> None:
+        return None
+
+    def _send_resource_request(self) -> None:
+        return None
+
+
 class LeanTrainer(DataParallelTrainer):
     """``DataParallelTrainer(..., owns_cluster=...)``: ``True`` when this process started the Ray instance."""
 
     def __init__(self, *args, owns_cluster: bool, **kwargs) -> None:
+        self._owns_cluster = owns_cluster
         self._skipped_callbacks = NEVER_NEEDED | (NOT_NEEDED_ON_OWN_CLUSTER if owns_cluster else frozenset())
         super().__init__(*args, **kwargs)
 
@@ -33,3 +54,9 @@ class LeanTrainer(DataParallelTrainer):
         if self.datasets:  # never from rlhfctl; keep Ray's behaviour if it ever happens
             return callbacks
         return [callback for callback in callbacks if type(callback).__name__ not in self._skipped_callbacks]
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        policy = controller_init_kwargs.get("scaling_policy")
+        if self._owns_cluster and type(policy) is FixedScalingPolicy:
+            controller_init_kwargs["scaling_policy"] = FixedSizeWithoutAutoscaler(policy.scaling_config)
+        return super()._initialize_and_run_controller(**controller_init_kwargs)

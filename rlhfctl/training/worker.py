@@ -38,7 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar
 
-from rlhfctl.progress.events import CheckpointSaved, HealthAlarm, RunStarted, SampleEvent, StepEvent
+from rlhfctl.progress.events import (
+    CheckpointSaved,
+    HealthAlarm,
+    PhaseStarted,
+    RunStarted,
+    SampleEvent,
+    StepEvent,
+)
 from rlhfctl.runfiles import CHECKPOINT_PREFIX
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training.batching import shard_indices
@@ -279,6 +286,12 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             if self._health is not None:
                 self._health.observe_samples(step, rows)
 
+    def phase(self, name: str) -> None:
+        """Tell the driver a start-up phase began (``"tokenising 1,900 pairs"``); the live display shows it with
+        its elapsed time until the next phase, and :meth:`restore` begins the last one (the first step)."""
+        if self.is_main:
+            self._sender.send(PhaseStarted(name))
+
     def announce_start(self, start_step: int, parameters: tuple[int, int] | None = None) -> None:
         """Tell the driver the loop is running from ``start_step`` (called by :meth:`restore`), with the trained
         models' ``(trainable, total)`` parameter counts."""
@@ -472,6 +485,7 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
                         core=core, _sender=sender, _grad_scaler=grad_scaler)
     ctx._health = WorkerHealth(settings_for(config), rank=rank, send=lambda alarm: sender.send(HealthAlarm(alarm)),
                                agree=ctx.all_reduce_sum)
+    ctx.phase("loading model")  # what every stage's loop does next
     return ctx
 
 

@@ -36,7 +36,7 @@ def rm_config(tmp_path: Path) -> Path:
 
 
 def test_validate_config_prints_a_summary(rm_config: Path, monkeypatch) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("rlhfctl.config.layout.usable_cpus", lambda: 8)
     result = runner.invoke(app, ["validate-config", str(rm_config), "training.learning_rate=3e-5"])
     assert result.exit_code == 0, result.output
     assert "configures the rm stage" in result.stdout
@@ -45,7 +45,7 @@ def test_validate_config_prints_a_summary(rm_config: Path, monkeypatch) -> None:
 
 
 def test_validate_config_json(rm_config: Path, monkeypatch) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    monkeypatch.setattr("rlhfctl.config.layout.usable_cpus", lambda: 1)
     result = runner.invoke(app, ["validate-config", str(rm_config), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -56,14 +56,14 @@ def test_validate_config_json(rm_config: Path, monkeypatch) -> None:
 
 
 def test_validate_config_warns_but_succeeds_when_cpus_are_short(rm_config: Path, monkeypatch) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("rlhfctl.config.layout.usable_cpus", lambda: 2)
     result = runner.invoke(app, ["validate-config", str(rm_config), "training.resources_per_worker={CPU=8}"])
     assert result.exit_code == 0
     assert "warning: 2 workers x { CPU = 8 } needs 16 CPUs but this machine has 2" in result.stdout
 
 
 def test_validate_config_with_a_cluster_address_defers_the_check(rm_config: Path, monkeypatch) -> None:
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("rlhfctl.config.layout.usable_cpus", lambda: 2)
     result = runner.invoke(app, ["validate-config", str(rm_config), "general.ray_address=auto",
                                  "training.num_training_workers=16"])
     assert result.exit_code == 0
@@ -78,7 +78,8 @@ def test_validate_config_reports_every_problem_and_exits_2(rm_config: Path) -> N
     assert result.exit_code == 2
     assert "4 problems in the config" in result.stderr
     assert f"{rm_config}:7: dataset.train_file: file not found" in result.stderr
-    assert f"{rm_config}:9: training.num_training_workers: must be greater than 0, found 0" in result.stderr
+    assert (f'{rm_config}:9: training.num_training_workers: expected "auto" or a whole number of workers (1 or '
+            "more), found 0") in result.stderr
     assert "did you mean 'training.learning_rate'?" in result.stderr
     assert "training.epochs: must be greater than 0, found -1 (set on the command line)" in result.stderr
     assert "Traceback" not in result.output

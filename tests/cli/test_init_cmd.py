@@ -135,7 +135,7 @@ def test_wizard_rejects_a_bad_typed_answer(tmp_path: Path) -> None:
 
     answers = InitAnswers("sft", model="m", train_file="t", validation_file="", output_dir="o",
                           checkpoint_dir="c")
-    with pytest.raises(UserError, match="Number of Ray Train workers: enter a whole number"):
+    with pytest.raises(UserError, match="Number of training workers .*: enter a whole number"):
         init_cmd.run_wizard(Sloppy(["zero"]), answers)
 
 
@@ -211,7 +211,7 @@ def test_flags_for_another_stage_are_named_together(tmp_path: Path) -> None:
     result = runner.invoke(app, ["init", "--stage", "rm", "--defaults", "--rm-model", "r", "--max-new-tokens", "8",
                                  "-o", str(tmp_path / "rm.toml")])
     assert result.exit_code == 2
-    assert "--rm-model, --max-new-tokens only apply to --stage ppo, not rm" in result.stderr
+    assert "--rm-model, --max-new-tokens only apply to --stage ppo or grpo, not rm" in result.stderr
     assert not (tmp_path / "rm.toml").exists()
 
 

@@ -20,7 +20,8 @@ runner = CliRunner()
 
 def overrides(tmp_path: Path, model_dir: Path, workers: int = 1) -> list[str]:
     return [f"general.base_model={model_dir}", f"general.output_dir={tmp_path / 'run'}",
-            f"general.checkpoint_dir={tmp_path / 'model'}", f"training.num_training_workers={workers}"]
+            f"general.checkpoint_dir={tmp_path / 'model'}", f"training.num_training_workers={workers}",
+            "training.batch_size=16"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_dry_run_prints_the_plan_and_starts_no_ray(tmp_path, tiny_model_dir):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 x {1 CPU} on embedded local Ray" in done.stdout
+    assert "2 workers x {1 CPU} on an embedded local Ray" in done.stdout
     assert "total steps       30" in done.stdout and "training rows     450" in done.stdout
     assert "IMPORTED []" in done.stdout
     assert not (tmp_path / "run").exists()

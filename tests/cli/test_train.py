@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +41,12 @@ def test_dry_run_prints_the_plan_and_imports_neither_ray_nor_torch(tmp_path, tin
         "print('IMPORTED', sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules))\n"
         "sys.exit(result.exit_code)\n"
     )
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    no_gpus = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # "auto" gives the same plan on any machine
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=no_gpus)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "IMPORTED []" in completed.stdout
-    assert "total steps       24" in completed.stdout  # 360 rows / 2 workers / 16 per batch = 12 steps x 2 epochs
+    assert "no Ray start-up (auto: one machine" in " ".join(completed.stdout.split())  # num_training_workers = "auto"
+    assert "total steps       24" in completed.stdout  # 360 rows / 1 worker / 32 per batch = 12 steps x 2 epochs
     assert "response tokens only" in completed.stdout
     assert not (tmp_path / "run").exists()
 
@@ -75,11 +78,11 @@ def test_one_worker_run_writes_summary_metrics_and_export_then_refuses_to_clobbe
             "training.num_training_workers=1", "training.epochs=1", "--quiet"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "sft training finished: 23 steps" in result.output  # 360 rows in batches of 16 on one worker
+    assert "sft training finished: 12 steps" in result.output  # 360 rows in batches of 32 on one worker
     assert "validation_loss" in result.output and "validation_initial_loss" in result.output
     assert (tmp_path / "export" / "model.safetensors").is_file()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["split"] == "validation"] == [0, 23]
+    assert [r["step"] for r in records if r["split"] == "validation"] == [0, 12]
 
     again = runner.invoke(app, args)
     assert again.exit_code == 2
@@ -98,12 +101,16 @@ def shape_only_model(folder: Path, **shape) -> Path:
     return folder
 
 
-def test_dry_run_json_is_one_object_with_the_memory_plan(tmp_path, tiny_model_dir):
+def test_dry_run_json_is_one_object_with_the_memory_plan(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("rlhfctl.config.layout.usable_cpus", lambda: 2)  # "auto" on a 2-core machine without GPUs
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     result = runner.invoke(app, ["sft", "train", str(SFT_CONFIG), *paths_into(tmp_path, tiny_model_dir),
                                  "training.epochs=2", "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
-    assert (plan["stage"], plan["total_steps"], plan["workers"]) == ("sft", 24, 2)
+    assert (plan["stage"], plan["total_steps"], plan["workers"], plan["mode"]) == ("sft", 24, 1, "local")
+    assert plan["resources_per_worker"] == {"CPU": 2.0}
+    assert plan["layout"] == "1 worker x {2 CPU} in this process, no Ray start-up (auto: one machine, 2 CPUs, no GPU)"
     assert plan["notes"]["loss on"] == "response tokens only" and plan["warnings"] == []
     memory = plan["memory"]
     breakdown = memory["breakdown"]

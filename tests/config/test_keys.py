@@ -49,7 +49,7 @@ def test_path_keys_are_the_path_typed_fields_and_validate_strings_into_paths() -
 
 
 def test_model_sources_and_files_that_must_exist() -> None:
-    assert model_source_keys() == {"general.base_model", "general.model_name", "general.rm_name"}
+    assert model_source_keys() == {"general.base_model", "general.model_name", "general.rm_name", "general.ref_model"}
     needed = must_exist_keys()
     assert set(needed) == model_source_keys() | {"dataset.train_file", "dataset.validation_file",
                                                   "general.model_pretrain", "general.rm_pretrain"}
@@ -74,7 +74,10 @@ def test_each_stage_has_keys_no_other_stage_has() -> None:
     unique = stage_unique_keys()
     assert "training.completion_only_loss" in unique["sft"]
     assert unique["rm"] == {"training.center_rewards_coefficient"}
-    assert {"generation", "general.model_name", "training.kl_coeff"} <= unique["ppo"]
+    assert {"training.kl_coeff", "training.value_model_init"} <= unique["ppo"]
+    assert {"general.model_name", "generation"}.isdisjoint(unique["ppo"])  # GRPO has them too
+    assert {"general.ref_model", "training.loss_type", "training.label_smoothing"} <= unique["dpo"]
+    assert {"training.num_generations", "training.rloo", "reward", "reward.functions"} <= unique["grpo"]
     for stage in STAGES:
         others = {key for other in STAGES if other != stage for key in known_keys(other)}
         assert not unique[stage] & others

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def test_wrong_types_are_reported_with_line_and_value(rm_dir: Path) -> None:
     ("line", "key", "message"),
     [
         ("learning_rate = -1e-5", "training.learning_rate", "must be greater than 0"),
-        ("num_training_workers = 0", "training.num_training_workers", "must be greater than 0"),
+        ("num_training_workers = 0", "training.num_training_workers", 'expected "auto" or a whole number'),
         ("warmup_ratio = 1.5", "training.warmup_ratio", "must be at most 1"),
         ("max_grad_norm = -1.0", "training.max_grad_norm", "must be at least 0"),
         ("learning_rate = inf", "training.learning_rate", "expected a finite number"),
@@ -161,8 +162,8 @@ def test_missing_config_file_and_stage_problems(tmp_path: Path) -> None:
     path = tmp_path / "x.toml"
     path.write_text('[general]\nbase_model = "m"\n')
     assert "cannot tell which stage" in _problems(path)["stage"][0]
-    path.write_text('stage = "dpo"\n')
-    assert "expected one of sft, rm, ppo" in _problems(path)["stage"][0]
+    path.write_text('stage = "kto"\n')
+    assert "expected one of sft, rm, ppo, dpo, grpo" in _problems(path)["stage"][0]
     path.write_text(VALID_RM)
     assert "configures the 'rm' stage, not 'ppo'" in _problems(path, stage="ppo")["stage"][0]
 
@@ -214,7 +215,7 @@ def test_bad_overrides_are_rejected_with_suggestions_alongside_file_problems(rm_
     ])
     assert problems["training.learnin_rate"] == (
         "unknown key (set on the command line); did you mean 'training.learning_rate'?", None)
-    assert "setting of the ppo stage" in problems["generation.top_k"][0]
+    assert "setting of the ppo and grpo stage" in problems["generation.top_k"][0]
     assert "must name a section and a key" in problems["seed"][0]
     assert "must look like section.key=value" in problems["justtext"][0]
     assert problems["training.epochs"] == ("expected an integer, found 'two' (set on the command line)", None)
@@ -255,7 +256,8 @@ def test_apply_overrides_does_not_mutate_its_input() -> None:
 
 def test_validate_config_dict_and_known_keys() -> None:
     config = validate_config_dict({"general": {"model_name": "m", "rm_name": "r", "output_dir": "o",
-                                               "checkpoint_dir": "c"}, "dataset": {"train_file": "p.jsonl"}},
+                                               "checkpoint_dir": "c"}, "dataset": {"train_file": "p.jsonl"},
+                                   "training": {"kl_coeff": 0.05}},
                                   check_files=False)
     assert isinstance(config, PPOConfig)  # inferred from the PPO-only keys
     assert config.policy_source == "m"
@@ -266,8 +268,10 @@ def test_validate_config_dict_and_known_keys() -> None:
 @pytest.mark.parametrize(("data", "stage"), [
     ({"training": {"completion_only_loss": False}}, "sft"),
     ({"training": {"center_rewards_coefficient": 0.1}}, "rm"),
-    ({"generation": {}}, "ppo"),
-    ({"general": {"rm_name": "r"}}, "ppo"),
+    ({"generation": {}, "training": {"kl_coeff": 0.1}}, "ppo"),
+    ({"general": {"rm_name": "r"}}, None),  # PPO and GRPO both have it: a tie names no stage
+    ({"general": {"model_name": "m"}, "training": {"num_generations": 4}}, "grpo"),
+    ({"general": {"base_model": "m"}, "training": {"beta": 0.1}}, "dpo"),
     ({"general": {"model_name": "m"}, "training": {"completion_only_loss": True, "kl_coeff": 0.1}}, "ppo"),
     ({"general": {"base_model": "m"}, "training": {"epochs": 1}}, None),
 ])
@@ -275,6 +279,42 @@ def test_detect_stage_from_the_keys_only_one_stage_has(data: dict, stage: str | 
     assert detect_stage(data, None) == stage
     assert detect_stage({**data, "stage": "rm"}, None) == "rm"
     assert detect_stage(data, "sft") == "sft"
+
+
+def test_list_items_are_named_by_index_and_found_in_their_table(tmp_path: Path) -> None:
+    """Errors inside a list of tables (GRPO's [[reward.functions]]) name the item by index, without the tag pydantic
+    adds for a list told apart by ``name``, and point at the item's own line."""
+    path = tmp_path / "grpo.toml"
+    path.write_text(textwrap.dedent("""\
+        stage = "grpo"
+        [general]
+        model_name = "m"
+        output_dir = "runs"
+        checkpoint_dir = "ckpt"
+        [dataset]
+        train_file = "p.jsonl"
+
+        [[reward.functions]]
+        name = "contains"
+        text = "x"
+
+        [[reward.functions]]
+        name = "regex"
+        pattern = "(unclosed"
+        extra = 1
+
+        [[reward.functions]]
+        name = "contain"
+    """))
+    problems = _problems(path)
+    assert problems["reward.functions[1].pattern"][1] == 15
+    assert problems["reward.functions[1].pattern"][0].startswith("not a valid regular expression")
+    assert problems["reward.functions[1].extra"] == ("unknown key", 16)
+    assert problems["reward.functions[2]"] == ("unknown name 'contain'; expected one of exact_match, contains, "
+                                               "regex, length, python; did you mean 'contains'?", 18)
+    inline = tmp_path / "inline.toml"
+    inline.write_text(path.read_text().split("[[reward.functions]]")[0] + '[reward]\nfunctions = [{ name = "x" }]\n')
+    assert _problems(inline)["reward.functions[0]"][1] == 10  # written inline: the key's own line
 
 
 def test_monitor_problems_name_the_key_and_line_and_overrides_reach_the_section(rm_dir: Path) -> None:

@@ -8,9 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from rlhfctl.config.keys import default_value, field_info, is_required, known_keys, stage_fields
+from rlhfctl.config.keys import (
+    default_value,
+    example_value,
+    field_info,
+    is_required,
+    known_keys,
+    markers,
+    stage_fields,
+)
 from rlhfctl.config.loader import load_config
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
+from rlhfctl.config.schema.markers import LiveExample
 from rlhfctl.config.templates import (
     COMMENT_OUT,
     list_templates,
@@ -41,7 +50,9 @@ def test_template_shows_every_key_once_with_its_default_or_example(stage: str) -
     data = tomllib.loads(text)
     for key, field in stage_fields(stage).items():
         section, name = key.split(".")
-        if name in data.get(section, {}) and not is_required(field):
+        if markers(field, LiveExample):  # a key the stage needs one of (GRPO's reward model): its example, live
+            assert data[section][name] == example_value(field, stage)
+        elif name in data.get(section, {}) and not is_required(field):
             assert data[section][name] == default_value(field), f"{key}: the template changes the default"
         elif not is_required(field):
             assert f"# {name} = " in text  # optional, or an example besides the default: commented out
@@ -141,7 +152,7 @@ def test_list_templates_and_unknown_stage() -> None:
     assert [info.stage for info in infos] == list(STAGES)
     assert all(info.summary.startswith("rlhfctl") for info in infos)
     with pytest.raises(UserError):
-        template_path("dpo")
+        template_path("kto")
 
 
 def test_packaged_templates_take_precedence(tmp_path: Path, monkeypatch) -> None:

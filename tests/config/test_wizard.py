@@ -73,16 +73,20 @@ def test_init_flags_come_from_the_schema_and_each_sets_a_key_of_its_stages() -> 
             assert field is not None, f"{flag.declaration} -> {question.stage} {question.key}"
             if question.ask.entry:
                 assert is_table_field(question.stage, question.key)
+            elif question.words:  # a number or a word ("auto"): typed as text, parsed by the question
+                assert flag.value_type is str and question.parse("3") == 3 and question.parse("auto") == "auto"
             else:
                 kind = value_type(field.annotation)
                 assert flag.value_type is (str if kind is Path else kind)
     ppo_only = {flag.declaration for flag in flags if flag.stages == ("ppo",)}
-    assert ppo_only == {"--model-pretrain", "--rm-model", "--rm-pretrain", "--kl-coeff", "--max-new-tokens"}
+    assert ppo_only == {"--kl-coeff"}
+    on_policy = {flag.declaration for flag in flags if flag.stages == ("ppo", "grpo")}
+    assert on_policy == {"--model-pretrain", "--rm-model", "--rm-pretrain", "--max-new-tokens"}
     by_name = {flag.name: flag for flag in flags}
     assert [question.key for question in by_name["model"].questions] == [
-        "general.base_model", "general.base_model", "general.model_name"]
+        "general.base_model", "general.base_model", "general.model_name", "general.base_model", "general.model_name"]
     assert by_name["kl_coeff"].help.startswith("PPO: ") and "(training.kl_coeff)" in by_name["kl_coeff"].help
-    assert by_name["workers"].smallest == 1 and by_name["learning_rate"].smallest is None
+    assert by_name["epochs"].smallest == 1 and by_name["learning_rate"].smallest is None
 
 
 def test_questions_come_in_wizard_order() -> None:
@@ -101,7 +105,9 @@ def test_question_texts_and_checks_follow_the_field() -> None:
     assert questions["validation_file"].text(template) == (
         "Validation data file (empty: hold out 5% of the training data):")
     assert questions["validation_file"].optional and questions["validation_file"].validator() is None
-    assert questions["workers"].validator()("0") == "enter a whole number greater than 0"
+    assert questions["workers"].validator()("0") == 'enter a whole number greater than 0 or "auto"'
+    assert questions["workers"].validator()("auto") is None and questions["workers"].validator()("2") is None
+    assert questions["workers"].template_value(template) == "auto"
     assert questions["kl_coeff"].validator()("-1") == "enter a number of 0 or more"
     assert questions["kl_coeff"].validator()("x") == "enter a number, e.g. 0.05"
     assert questions["learning_rate"].validator()("0") == "enter a number greater than 0"

@@ -142,3 +142,19 @@ def test_rm_training_data_from_a_csv_written_by_pandas(pandas_rm_csv, pandas_rm_
 def test_seed_samples_load_directly(name, kind):
     rows = load_rows(SEED_DATA / name, kind)
     assert len(rows) == 100
+
+
+def test_extra_keys_are_kept_and_required(tmp_path):
+    """A stage can ask for more keys per row (GRPO's exact_match reads "answer"); a row without one is refused."""
+    path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "2 + 2?", "answer": 4, "other": 1},
+                                                     {"prompt": "Capital of France?", "answer": "Paris"}])
+    rows = load_rows(path, "ppo", {"answer": "the exact_match reward"})
+    assert rows == [{"prompt": "2 + 2?", "answer": 4}, {"prompt": "Capital of France?", "answer": "Paris"}]
+    for bad, fragment in (({"prompt": "x"}, "missing (the exact_match reward reads it)"),
+                          ({"prompt": "x", "answer": [1]}, "expected text or a number, found list"),
+                          ({"prompt": "x", "answer": True}, "expected text or a number, found bool"),
+                          ("a bare prompt", "missing")):
+        write_jsonl(path, [{"prompt": "fine", "answer": "1"}, bad])
+        with pytest.raises(DataError, match=fragment.replace("(", r"\(").replace(")", r"\)")) as caught:
+            load_rows(path, "ppo", {"answer": "the exact_match reward"})
+        assert caught.value.line == 2 and caught.value.key == "answer"

@@ -23,7 +23,7 @@ def test_configs_validate_and_point_into_example_run(stage):
     assert config.general.output_dir == REPO_ROOT / "example-run" / "runs" / stage
     assert config.general.checkpoint_dir == REPO_ROOT / "example-run" / "models" / stage
     assert Path(config.dataset.train_file) == EXAMPLES / "data" / f"{stage}.jsonl"
-    assert config.training.num_training_workers == 2
+    assert config.training.num_training_workers == "auto"
 
 
 def test_ppo_config_chains_the_sft_and_rm_exports():
@@ -33,6 +33,24 @@ def test_ppo_config_chains_the_sft_and_rm_exports():
     assert ppo.general.model_pretrain == sft.general.checkpoint_dir
     assert ppo.general.rm_pretrain == rm.general.checkpoint_dir
     assert Path(ppo.dataset.validation_file) == EXAMPLES / "data" / "heldout_prompts.jsonl"
+
+
+@pytest.mark.parametrize(("stage", "data"), [("dpo", "rm"), ("grpo", "ppo")])
+def test_dpo_and_grpo_configs_start_from_the_sft_export(stage, data):
+    """dpo.toml learns from rm.toml's pairs, grpo.toml from ppo.toml's prompts scored by the RM export."""
+    config = load_config(EXAMPLES / "configs" / f"{stage}.toml", check_files=False)
+    sft = load_config(EXAMPLES / "configs" / "sft.toml", check_files=False)
+    assert config.stage == stage and config.training.num_training_workers == 2
+    assert config.general.output_dir == REPO_ROOT / "example-run" / "runs" / stage
+    assert config.general.checkpoint_dir == REPO_ROOT / "example-run" / "models" / stage
+    assert Path(config.dataset.train_file) == EXAMPLES / "data" / f"{data}.jsonl"
+    if stage == "dpo":
+        assert Path(config.general.base_model) == sft.general.checkpoint_dir and config.reference_is_policy
+    else:
+        rm = load_config(EXAMPLES / "configs" / "rm.toml", check_files=False)
+        assert config.general.model_pretrain == sft.general.checkpoint_dir
+        assert config.general.rm_pretrain == rm.general.checkpoint_dir and config.uses_reward_model
+        assert [function.name for function in config.reward.functions] == ["contains"]
 
 
 def test_readme_names_only_files_that_exist():

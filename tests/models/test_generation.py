@@ -49,3 +49,16 @@ def test_generation_truncates_and_masks_consistently(tiny, sampling):
         else:
             assert not any(token in stop for token in real)
     assert torch.equal(generation.attention_mask[:, generation.prompt_len :], truncated.response_mask.long())
+
+
+def test_generate_for_prompts_tokenizes_and_samples_as_the_two_steps_do(tiny, sampling):
+    tokenizer, policy, _ = tiny
+    texts = ["\n\nHuman: hello\n\nAssistant:", "hi"]
+    settings = sampling(tokenizer, max_new_tokens=8)
+    torch.manual_seed(3)
+    together = pr.generate_for_prompts(policy, texts, tokenizer, 5, settings)
+    ids, mask = pr.tokenize_prompts(texts, tokenizer, 5)  # no chat template: special tokens added
+    torch.manual_seed(3)
+    apart = pr.generate_responses(policy, ids, mask, settings)
+    assert together.prompt_len == 5 and torch.equal(together.query_responses, apart.query_responses)
+    assert torch.equal(together.attention_mask, apart.attention_mask)

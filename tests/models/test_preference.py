@@ -20,6 +20,14 @@ def test_truncation_keeps_the_response_end_and_eos(tiny_model_dir):
     prompt_ids = tokenizer(row["prompt"])["input_ids"]
     assert pair.chosen_ids[:16 - len(chosen_response) - 1] == prompt_ids[-(16 - len(chosen_response) - 1):]
     assert pair.margin == 0.0
+    # what is left of the prompt in each sequence (DPO scores the tokens after it)
+    rejected_response = tokenizer(" No.", add_special_tokens=False)["input_ids"]
+    assert pair.chosen_prompt_length == 16 - len(chosen_response) - 1
+    assert pair.rejected_prompt_length == 16 - len(rejected_response) - 1
+    (whole,) = preference.tokenize_pairs([row], tokenizer, max_length=1024)
+    assert whole.chosen_prompt_length == whole.rejected_prompt_length == len(prompt_ids)
+    (cut,) = preference.tokenize_pairs([row], tokenizer, max_length=3)  # the response alone is too long
+    assert cut.chosen_prompt_length == 0 and len(cut.chosen_ids) == 3
 
 
 def test_chosen_and_rejected_share_one_forward(tiny_model_dir):

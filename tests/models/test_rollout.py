@@ -75,3 +75,46 @@ def test_collect_rollout_shapes_and_zeroed_padding(tiny, sampling):
     assert (rollout.old_logprobs[rollout.response_mask == 1] < 0).all()
 
 
+
+
+def test_old_logprobs_come_from_the_decoder_only_at_its_temperature(tiny, sampling):
+    tokenizer, policy, scorer = tiny
+    value_model = TokenScoreModel(scorer)
+    ids, mask = tokenize_prompts(["\n\nHuman: hello\n\nAssistant:", "hi"], tokenizer, 64)
+    torch.manual_seed(4)
+    generation = generate_responses(policy, ids, mask, sampling(tokenizer))
+    assert generation.response_logprobs is not None and generation.logprobs_temperature == 0.7
+    raw, scores = score_sequences(value_model, generation, ScoreSettings())
+    at_other = collect_rollout(generation, raw, scores, policy=policy, reference=policy, value_model=value_model,
+                               temperature=1.0, chunk_size=2)
+    assert torch.allclose(at_other.old_logprobs, at_other.ref_logprobs)  # computed by a forward at T = 1.0
+    assert not torch.allclose(at_other.old_logprobs, generation.response_logprobs)
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """The same causal LM without transformers' ``logits_to_keep`` argument: full-sequence logits."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache)
+
+
+def test_logprobs_from_the_response_positions_only_equal_the_full_sequences(tiny, sampling):
+    from rlhfctl.models.rollout import accepts_logits_to_keep
+
+    tokenizer, policy, _ = tiny
+    ids, mask = tokenize_prompts(["\n\nHuman: a longer question here\n\nAssistant:", "hi"], tokenizer, 64)
+    torch.manual_seed(5)
+    generation = generate_responses(policy, ids, mask, sampling(tokenizer, max_new_tokens=8))
+    full = _NoLogitsToKeep(policy)
+    assert accepts_logits_to_keep(policy) and not accepts_logits_to_keep(full)
+    with torch.no_grad():
+        kept = policy_logprobs(policy, generation.query_responses, generation.attention_mask, generation.prompt_len,
+                               0.7, return_entropy=True)
+        every = policy_logprobs(full, generation.query_responses, generation.attention_mask, generation.prompt_len,
+                                0.7, return_entropy=True)
+    assert torch.allclose(kept[0], every[0], atol=1e-6) and torch.allclose(kept[1], every[1], atol=1e-6)

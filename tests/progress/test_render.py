@@ -12,12 +12,22 @@ from rlhfctl.progress.events import (
     HealthAlarm,
     Notice,
     NullSink,
+    PhaseStarted,
     RunFinished,
+    RunLayout,
     RunStarted,
     SampleEvent,
     StepEvent,
 )
-from rlhfctl.progress.render import LiveSink, PlainSink, ProgressState, format_duration, make_sink
+from rlhfctl.progress.render import (
+    LiveSink,
+    PlainSink,
+    ProgressState,
+    StartupPhases,
+    format_duration,
+    format_seconds,
+    make_sink,
+)
 
 
 class FakeClock:
@@ -91,6 +101,65 @@ def test_notices_are_printed():
     console, buffer = _console(terminal=False)
     PlainSink(console, clock=FakeClock()).handle(Notice("the config changed"))
     assert buffer.getvalue() == "note: the config changed\n"
+
+
+def _start_up(sink, clock: FakeClock) -> None:
+    """A 2-worker run's start-up: the driver's phases, then the workers' (event times: their own clocks)."""
+    sink.handle(RunLayout("rm", "2 workers x {1 CPU} on an embedded local Ray", time=1000.0))
+    for name, at in (("starting Ray, reading data", 1000.0), ("starting 2 workers", 1002.5),
+                     ("loading model", 1008.0), ("tokenising 1,900 pairs", 1011.25)):
+        clock.now += 1.0
+        sink.handle(PhaseStarted(name, time=at))
+    clock.now += 2.0
+    sink.handle(RunStarted(stage="rm", total_steps=10, start_step=0, world_size=2, samples_per_step=16,
+                           time=1011.75))
+
+
+def test_plain_sink_names_each_start_up_phase_and_times_them_at_the_first_step():
+    console, buffer = _console(terminal=False)
+    clock = FakeClock()
+    sink = PlainSink(console, clock=clock)
+    _start_up(sink, clock)
+    sink.handle(StepEvent(step=1, epoch=0, split="train", metrics={"loss": 0.5}, time=1012.0))
+    lines = buffer.getvalue().splitlines()
+    assert lines[:5] == ["rm: 2 workers x {1 CPU} on an embedded local Ray", "rm: starting Ray, reading data ...",
+                         "rm: starting 2 workers ...", "rm: loading model ...", "rm: tokenising 1,900 pairs ..."]
+    assert lines[6] == ("rm: first step 12.0 s after start-up began (starting Ray, reading data 2.5 s, starting 2 "
+                        "workers 5.5 s, loading model 3.2 s, tokenising 1,900 pairs 0.5 s, first step 0.2 s)")
+    assert lines[7].startswith("rm step 1/10")
+
+
+def test_live_sink_shows_the_running_phase_with_its_elapsed_time_instead_of_step_0():
+    console, buffer = _console(terminal=True)
+    clock = FakeClock()
+    sink = LiveSink(console, clock=clock)
+    _start_up(sink, clock)
+    clock.now += 3.0
+    sink._live.refresh()
+    text = buffer.getvalue()
+    assert "rm  first step ... 3.0 s" in text  # the running phase, timed by the display's clock
+    assert "2 workers x {1 CPU} on an embedded local Ray" in text
+    assert "starting 2 workers 5.5 s, loading model 3.2 s" in text  # the finished ones, by the events' clocks
+    assert "step 0/" not in text
+    sink.handle(StepEvent(step=1, epoch=0, split="train", metrics={"loss": 0.5}, time=1012.0))
+    sink.close()
+    text = buffer.getvalue()
+    assert "rm  epoch 0  step 1/10" in text
+    assert "start-up 12.0 s: starting Ray, reading data 2.5 s" in text
+
+
+def test_start_up_phases_durations_total_and_restart():
+    phases = StartupPhases()
+    assert phases.current(5.0) is None and phases.total() is None
+    phases.begin("reading data", at=10.0, now=0.0)
+    phases.begin("loading model", at=10.5, now=0.5)
+    assert phases.current(2.0) == ("loading model", 1.5)
+    phases.finish(at=13.0)
+    phases.finish(at=99.0)  # later steps change nothing
+    assert phases.durations() == [("reading data", 0.5), ("loading model", 2.5)] and phases.total() == 3.0
+    assert phases.current(5.0) is None and format_seconds(75) == "1:15"
+    phases.begin("starting 2 workers", at=50.0, now=40.0)  # a restart after steps had begun: a new start-up
+    assert phases.durations() == [] and phases.current(41.0) == ("starting 2 workers", 1.0)
 
 
 def test_health_alarms_are_one_line_each_in_both_modes():

@@ -221,30 +221,6 @@ def test_nonfinite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, ti
 # ----------------------------------------------------------------------------------------------- Ray end to end
 
 
-@pytest.fixture(scope="module")
-def trained_models(tmp_path_factory, tiny_model_dir):
-    """A tiny SFT policy and a tiny trained RM (one in-process worker each: no Ray start-up)."""
-    from rlhfctl.recipes import rm, sft
-
-    root = tmp_path_factory.mktemp("ppo-models")
-    common = {"seed": 0, "base_model": str(tiny_model_dir)}
-    sft_config = SFTConfig.model_validate({
-        "general": {**common, "output_dir": str(root / "sft_run"), "checkpoint_dir": str(root / "sft")},
-        "dataset": {"train_file": str(DATA / "sft.jsonl"), "max_length": 96},
-        "training": {"batch_size": 16, "epochs": 4, "learning_rate": 3e-3, "lr_scheduler": "cosine",
-                     "num_training_workers": 1},
-    })
-    rm_config = RMConfig.model_validate({
-        "general": {**common, "output_dir": str(root / "rm_run"), "checkpoint_dir": str(root / "rm")},
-        "dataset": {"train_file": str(DATA / "rm.jsonl"), "max_length": 96},
-        "training": {"batch_size": 16, "epochs": 2, "learning_rate": 1e-3, "lr_scheduler": "cosine",
-                     "num_training_workers": 1},
-    })
-    sft.run(sft_config)
-    rm.run(rm_config)
-    return root / "sft", root / "rm"
-
-
 def ray_config(tmp_path: Path, models) -> PPOConfig:
     sft_export, rm_export = models
     config = make_config(tmp_path, sft_export, rm_export, num_training_workers=2, save_every_steps=4,

@@ -45,7 +45,8 @@ def test_every_registered_stage_describes_its_memory(stage, tiny_model_dir, tmp_
 
     model = str(tiny_model_dir)
     paths = [f"general.output_dir={tmp_path / 'run'}", f"general.checkpoint_dir={tmp_path / 'export'}"]
-    sources = {"ppo": ["general.model_name", "general.rm_name", "general.model_pretrain", "general.rm_pretrain"]}
+    ppo_like = ["general.model_name", "general.rm_name", "general.model_pretrain", "general.rm_pretrain"]
+    sources = {"ppo": ppo_like, "grpo": ppo_like}
     overrides = [f"{key}={model}" for key in sources.get(stage, ["general.base_model"])] + paths
     example = Path(__file__).resolve().parents[2] / "examples" / "configs" / f"{stage}.toml"
     job = load_recipe(stage).build_job(load_config(example, overrides=overrides))
@@ -79,8 +80,8 @@ def test_the_registry_and_the_config_schema_name_the_same_stages():
 
 
 def test_an_unknown_stage_is_a_user_error():
-    with pytest.raises(UserError, match="unknown stage 'dpo'; expected one of sft, rm, ppo"):
-        load_recipe("dpo")
+    with pytest.raises(UserError, match="unknown stage 'kto'; expected one of sft, rm, ppo, dpo, grpo"):
+        load_recipe("kto")
 
 
 # ----------------------------------------------------------------------------------------------- a new stage

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 def _overrides(run_dir: Path, model_dir: Path, max_failures: int = 1) -> list[str]:
     return [f"general.base_model={model_dir}", f"general.output_dir={run_dir / 'run'}",
-            f"general.checkpoint_dir={run_dir / 'model'}", "training.num_training_workers=2",
+            f"general.checkpoint_dir={run_dir / 'model'}", "training.num_training_workers=2", "training.batch_size=16",
             "training.save_every_steps=10", f"training.max_failures={max_failures}"]
 
 

@@ -115,12 +115,20 @@ def test_scanner_allows_safe_calls(snippet):
     assert unsafe_calls(snippet) == [], snippet
 
 
+# The one place a config names code to run, by design (issue 17, documented in the README as running your code):
+# GRPO's `name = "python"` reward function, an explicit "module:function" the user installed; the function must be
+# marked @reward_function (tests/recipes/test_grpo.py::test_user_reward_functions_must_be_installed_and_marked).
+USER_CODE_SITES = {("rlhfctl/recipes/grpo_rewards.py", "import_module of a name that is not a fixed rlhfctl module")}
+
+
 def test_package_never_evaluates_unpickles_or_shells_out():
     files = sorted(PACKAGE.rglob("*.py"))
     assert len(files) > 30
     problems = [problem for path in files
                 for problem in unsafe_calls(path.read_text(encoding="utf-8"), str(path.relative_to(REPO_ROOT)))]
-    assert problems == []
+    sites = [(problem.split(":")[0], problem.split(": ", 1)[1]) for problem in problems]
+    assert sorted(site for site in sites if site in USER_CODE_SITES) == sorted(USER_CODE_SITES)  # once each
+    assert [problem for problem, site in zip(problems, sites) if site not in USER_CODE_SITES] == []
 
 
 # ----------------------------------------------------------------------------------------------- remote code

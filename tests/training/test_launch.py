@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -9,8 +10,17 @@ import pytest
 
 from rlhfctl.config.schema import RMConfig
 from rlhfctl.errors import RuntimeFailure, UserError
-from rlhfctl.progress.events import Notice, RecordingSink, RunFinished, RunStarted, StepEvent
-from rlhfctl.training.launch import TrainingJob, run_training
+from rlhfctl.config.layout import MachineResources
+from rlhfctl.progress.events import (
+    Notice,
+    PhaseStarted,
+    RecordingSink,
+    RunFinished,
+    RunLayout,
+    RunStarted,
+    StepEvent,
+)
+from rlhfctl.training.launch import TrainingJob, prepare_job, run_stage, run_training
 from rlhfctl.training.worker import LoopConfig
 
 
@@ -80,9 +90,35 @@ def test_local_run_writes_metrics_resolved_config_and_sends_events(tmp_path):
     times = [row["time"] for row in lines]
     assert times == sorted(times) and times[-1] - times[0] < 60  # when each step was logged, in order
     assert (tmp_path / "run" / "resolved_config.toml").read_text().startswith('stage = "rm"')
-    assert isinstance(sink.events[0], RunStarted) and isinstance(sink.events[-1], RunFinished)
+    assert [event.name for event in sink.events if isinstance(event, PhaseStarted)] == [
+        "starting the worker", "loading model"]  # before the first step: the display names what it waits for
+    assert isinstance(sink.events[2], RunStarted) and isinstance(sink.events[-1], RunFinished)
     assert sum(isinstance(event, StepEvent) for event in sink.events) == 10
     assert summary.history == lines
+
+
+def test_run_stage_resolves_auto_before_building_the_job_and_says_so(tmp_path):
+    template = _job(tmp_path, num_training_workers="auto")
+    built = []
+
+    def build_job(config):
+        built.append(config.training)
+        return dataclasses.replace(template, config=config)
+
+    machine = MachineResources(cpus=1, gpus=0)  # fits any machine the test runs on
+    plan = prepare_job(build_job, template.config, machine).plan()
+    assert (plan.mode, plan.workers, plan.layout) == (
+        "local", 1, "1 worker x {1 CPU} in this process, no Ray start-up (auto: one machine, 1 CPU, no GPU)")
+    sink = RecordingSink()
+    assert run_stage(build_job, template.config, machine=machine, progress=sink).steps == 8
+    assert [(training.num_training_workers, training.resources_per_worker) for training in built] == [
+        (1, {"CPU": 1.0})] * 2
+    assert isinstance(sink.events[0], RunLayout) and sink.events[0].description == plan.layout
+    assert [event.name for event in sink.events if isinstance(event, PhaseStarted)] == [
+        "reading data", "starting the worker", "loading model"]
+    with pytest.raises(UserError, match="already holds a rm run"):  # refused before the data is read again
+        run_stage(build_job, template.config, machine=machine)
+    assert len(built) == 2
 
 
 def test_fresh_run_refuses_an_earlier_run_unless_resume_or_force(tmp_path):

@@ -172,3 +172,23 @@ def test_rows_bytes_counts_text_and_token_lists():
     # 70 + 8 characters ("user", "assistant" count too: 4 + 9 = 13) -> 83 chars, 83 / 3.5 + 1 = 24 tokens
     assert rows_bytes(rows, token_lists_per_row=2, max_length=512) == 600 + 83 + 2 * 24 * 36
     assert rows_bytes(rows, token_lists_per_row=2, max_length=10) == 600 + 83 + 2 * 10 * 36
+
+
+def test_a_model_that_is_not_resident_weighs_only_in_the_phases_that_use_it():
+    """DPO with a separate reference: loaded to score the pairs before training, freed before the first update."""
+    def workload(resident: bool) -> StageWorkload:
+        return StageWorkload(
+            models=(ModelUse("policy", "m", head="lm", trained=True),
+                    ModelUse("reference", "m", head="lm", trained=False, resident=resident)),
+            phases=(Phase("reference log-probs", (ForwardPass("reference", 4, 32, grad=False, loss="logprobs",
+                                                              response_length=16),)),
+                    Phase("train step", (ForwardPass("policy", 4, 32, grad=True, loss="logprobs",
+                                                     response_length=16),))))
+
+    resident = estimate_memory(MemoryInputs(workload(True), SHAPES, in_driver=True))
+    loaded_once = estimate_memory(MemoryInputs(workload(False), SHAPES, in_driver=True))
+    assert resident.phase_peaks["train step"] - loaded_once.phase_peaks["train step"] == 4 * LM
+    assert resident.phase_peaks["reference log-probs"] == loaded_once.phase_peaks["reference log-probs"]
+    assert loaded_once.peak_phase == "train step"
+    assert loaded_once.breakdown.total == loaded_once.per_worker_peak_bytes
+    assert loaded_once.breakdown.weights == 4 * LM  # the policy's alone at the peak

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 from rlhfctl.training.ray_cluster import WORKER_START_TIMEOUT_ENV, worker_start_retries
@@ -23,3 +26,38 @@ def test_retries_fit_the_wait_in_start_attempts(monkeypatch, wait_minutes, timeo
     else:
         monkeypatch.setenv(WORKER_START_TIMEOUT_ENV, timeout)
     assert worker_start_retries(wait_minutes) == retries
+
+
+class FakeRay:
+    """The three calls ray_session makes, counted."""
+
+    def __init__(self) -> None:
+        self.running, self.inits, self.shutdowns = False, 0, 0
+
+    def is_initialized(self) -> bool:
+        return self.running
+
+    def init(self, **_settings) -> None:
+        self.running, self.inits = True, self.inits + 1
+
+    def shutdown(self) -> None:
+        self.running, self.shutdowns = False, self.shutdowns + 1
+
+
+def test_shared_sessions_start_ray_once_and_only_when_a_session_needs_it(monkeypatch):
+    from rlhfctl.training import ray_cluster
+
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with ray_cluster.shared_ray_sessions():
+        assert fake.inits == 0  # nothing started until a stage runs on Ray
+        for _ in range(3):
+            with ray_cluster.ray_session(None) as owns:
+                assert owns and fake.running
+        assert (fake.inits, fake.shutdowns) == (1, 0)  # kept up for the stages after the first
+    assert (fake.inits, fake.shutdowns, fake.running) == (1, 1, False)
+    assert "RAY_AUTH_MODE" not in os.environ  # the embedded Ray's settings are undone with it
+    with ray_cluster.ray_session(None):  # outside the block: a session stops what it started
+        pass
+    assert (fake.inits, fake.shutdowns) == (2, 2)

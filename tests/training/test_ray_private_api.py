@@ -32,6 +32,7 @@ PRIVATE_IMPORTS = {
     ("ray.train.torch.config", "_setup_torch_process_group"),  # torch_backend: init_process_group on a worker
     ("ray.train.torch.config", "_shutdown_torch"),  # torch_backend: destroy_process_group at the end
     ("ray.train.v2.api.data_parallel_trainer", "DataParallelTrainer"),  # ray_trainer: LeanTrainer's base
+    ("ray.train.v2._internal.execution.scaling_policy", "FixedScalingPolicy"),  # ray_trainer: no autoscaler requests
 }
 
 # Ray's own environment variables rlhfctl sets, and where Ray defines each name.
@@ -87,6 +88,14 @@ def test_the_trainer_hook_and_failure_attributes_rlhfctl_reads():
     from rlhfctl.training import launch, ray_trainer
 
     assert callable(getattr(DataParallelTrainer, "_create_default_callbacks", None))  # LeanTrainer overrides it
+    # LeanTrainer swaps the scaling policy fit() passes here; FixedSizeWithoutAutoscaler overrides these
+    assert "scaling_policy=create_scaling_policy" in inspect.getsource(DataParallelTrainer.fit)
+    assert callable(getattr(DataParallelTrainer, "_initialize_and_run_controller", None))
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+    for name in ("after_controller_start", "_maybe_send_resource_request", "_send_resource_request"):
+        assert callable(getattr(FixedScalingPolicy, name, None)), f"FixedScalingPolicy.{name}"
+    assert "TrainAutoscalingCoordinatorClient(" in inspect.getsource(FixedScalingPolicy.after_controller_start)
     assert "datasets" in inspect.signature(DataParallelTrainer.__init__).parameters  # LeanTrainer reads .datasets
     # launch._describe_ray_failure and _user_error_inside read these
     assert issubclass(WorkerGroupError, TrainingFailedError) and issubclass(ControllerError, TrainingFailedError)

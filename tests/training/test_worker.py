@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhfctl.config.schema import RMConfig
-from rlhfctl.progress.events import CheckpointSaved, RunStarted, StepEvent
+from rlhfctl.progress.events import CheckpointSaved, PhaseStarted, RunStarted, StepEvent
 from rlhfctl.training.checkpoint import TrainState, checkpoint_name, latest_checkpoint
 from rlhfctl.training.progress_actor import LocalChannel
 from rlhfctl.training.worker import CoreSettings, LoopConfig, build_optimizer, build_scheduler, setup_worker
@@ -90,7 +90,8 @@ def test_local_context_logs_saves_and_restores(tmp_path):
     ctx.log(1, {"loss": 0.5}, epoch=0)
     state.step, state.batch_in_epoch = 2, 4
     ctx.save(state, {"loss": 0.5})
-    events = channel.drain()
+    phase, *events = channel.drain()
+    assert phase == PhaseStarted("loading model", time=phase.time)  # set up: the display names what comes next
     assert isinstance(events[0], RunStarted) and events[0].start_step == 0
     assert events[1] == StepEvent(step=1, epoch=0, split="train", metrics={"loss": 0.5}, time=events[1].time)
     assert isinstance(events[2], CheckpointSaved) and events[2].step == 2
@@ -103,7 +104,7 @@ def test_local_context_logs_saves_and_restores(tmp_path):
     restored = resumed.restore(TrainState(models={"m": fresh}, optimizers={"m": build_optimizer(fresh, ctx.training)}))
     assert (restored.step, restored.batch_in_epoch) == (2, 4)
     assert torch.equal(fresh.weight, weights)
-    assert channel.drain()[0].start_step == 2
+    assert [event.start_step for event in channel.drain() if isinstance(event, RunStarted)] == [2]
     channel.close()
 
 

@@ -30,7 +30,7 @@ def samples_of(runs: list[ToolRun], attribute: str) -> list[float]:
 
 def compare_rows(section: str, rlhfctl_label: str, mine: list[ToolRun], theirs: list[ToolRun], *, unit: str,
                  rate_figure: str, flops_per_item: float | None = None, peak_flops: float | None = None,
-                 note: str = "") -> list[Row]:
+                 note: str = "", mfu_note: str = "vs fp32 matmul peak at 2 threads") -> list[Row]:
     """Rows for steady-state rate, end-to-end wall time, peak PSS and MFU of rlhfctl runs vs TRL runs."""
     problems = "; ".join(filter(None, [
         f"rlhfctl: {first_error(mine)}" if first_error(mine) else "",
@@ -53,5 +53,34 @@ def compare_rows(section: str, rlhfctl_label: str, mine: list[ToolRun], theirs: 
         rows.append(Row(section, f"MFU ({rlhfctl_label})", "%",
                         stats.mfu(mine_rate * flops_per_item, peak_flops) if mine_rate else None,
                         stats.mfu(their_rate * flops_per_item, peak_flops) if their_rate else None,
-                        "vs fp32 matmul peak at 2 threads"))
+                        mfu_note))
     return rows
+
+
+def first_step_row(section: str, rlhfctl_label: str, mine: list[ToolRun]) -> Row:
+    """rlhfctl's command start to its first optimizer step (start-up: imports, Ray, workers, model, data)."""
+    return Row(section, f"command start to first optimizer step ({rlhfctl_label})", "s",
+               median_of(mine, "first_step_s"), None,
+               "process launch to the first train record's time in metrics.jsonl; min "
+               + (f"{min(samples_of(mine, 'first_step_s')):.2f}" if samples_of(mine, "first_step_s") else "n/a"),
+               higher_is_better=False, samples={"rlhfctl": samples_of(mine, "first_step_s")})
+
+
+@dataclass(frozen=True)
+class DefaultLayout:
+    """What ``num_training_workers = "auto"`` (the templates' default) resolves to on this machine."""
+
+    workers: int
+    cpus_per_worker: float
+
+    @property
+    def label(self) -> str:
+        return f"auto = {self.workers} worker{'s' if self.workers != 1 else ''} x {self.cpus_per_worker:g} CPU"
+
+
+def default_layout() -> DefaultLayout:
+    from rlhfctl.config.layout import MachineResources, resolve_layout
+    from rlhfctl.config.schema.common import TrainingCommon
+
+    layout = resolve_layout(TrainingCommon(), None, MachineResources.detect())  # [training] at its defaults
+    return DefaultLayout(layout.workers, layout.resources_per_worker.get("CPU", 0.0))

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from benchlib import stats, workspace
-from benchlib.sections import SectionResult, compare_rows, first_error, median_of, samples_of
+from benchlib.sections import (SectionResult, compare_rows, default_layout, first_error, first_step_row, median_of,
+                               samples_of)
 from benchlib.stats import Row
 from benchlib.tools import (TRL_CURRENT_DIR, BenchContext, ToolRun, rlhfctl_available, run_rlhfctl_train,
                             run_trl_script)
@@ -25,17 +26,20 @@ KL_COEF = 0.05
 LEARNING_RATE = 1e-6
 
 
-def ppo_config(model_dir: Path, prompts: Path, *, workers: int = 1, cpus_per_worker: float = 2.0) -> dict:
+def ppo_config(model_dir: Path, prompts: Path, *, workers: int | str = "auto", cpus_per_worker: float | None = None
+               ) -> dict:
+    """``workers="auto"`` (the templates' default layout) with ``resources_per_worker`` at its default."""
+    resources = {} if cpus_per_worker is None else {"resources_per_worker": {"CPU": cpus_per_worker}}
+    per_worker = ROLLOUTS_PER_UPDATE // (default_layout().workers if workers == "auto" else workers)
     return {
         "stage": "ppo",
         "general": {"model_name": str(model_dir), "rm_name": str(model_dir), "seed": 0},
         "dataset": {"train_file": str(prompts), "validation_split_percentage": 0.0, "max_length": 128},
         "training": {
-            "optimizer": "AdamW", "batch_size": ROLLOUTS_PER_UPDATE // workers,
-            "experience_batch_size": ROLLOUTS_PER_UPDATE // workers, "num_mini_batches": 1,
+            "optimizer": "AdamW", "batch_size": per_worker, "experience_batch_size": per_worker, "num_mini_batches": 1,
             "ppo_epochs": PPO_EPOCHS, "epochs": 1, "learning_rate": LEARNING_RATE, "kl_coeff": KL_COEF,
-            "lr_scheduler": "linear", "max_grad_norm": 1.0, "num_training_workers": workers,
-            "resources_per_worker": {"CPU": cpus_per_worker}, "mixed_precision": "no", "save_every_steps": 0,
+            "lr_scheduler": "linear", "max_grad_norm": 1.0, "num_training_workers": workers, **resources,
+            "mixed_precision": "no", "save_every_steps": 0,
             "sample_every_steps": 0,
         },
         "generation": {"max_new_tokens": RESPONSE_LENGTH, "temperature": TEMPERATURE, "top_k": 0, "top_p": 1.0,
@@ -69,6 +73,7 @@ def run(ctx: BenchContext) -> SectionResult:
     if not ctx.quick:
         sizes.append(("small", 64, ctx.repeats))
     available, reason = rlhfctl_available("ppo", "train")
+    label = default_layout().label
     for preset, episodes, repeats in sizes:
         model_dir = ctx.models[preset]
         prompts = _prompt_subset(ctx, episodes)
@@ -83,7 +88,7 @@ def run(ctx: BenchContext) -> SectionResult:
                 mine.append(run_rlhfctl_train(ctx, "ppo", f"ppo-{preset}-rlhfctl-1w", ppo_config(model_dir, prompts),
                                               items_per_step=ROLLOUTS_PER_UPDATE))
             else:
-                mine.append(ToolRun("rlhfctl", "1 worker x 2 CPU", None, error=reason))
+                mine.append(ToolRun("rlhfctl", label, None, error=reason))
             theirs.append(run_trl_script(ctx, "trl_ppo.py", f"ppo-{preset}-trl", common + [
                 "--rollouts-per-update", str(ROLLOUTS_PER_UPDATE), "--ppo-epochs", str(PPO_EPOCHS),
                 "--kl-coef", str(KL_COEF)]))
@@ -92,11 +97,12 @@ def run(ctx: BenchContext) -> SectionResult:
                 trl_dir=TRL_CURRENT_DIR))
         section = f"PPO {preset}"
         flops = flops_per_episode(model_dir, prompts)
-        result.rows.extend(compare_rows(section, "1 worker x 2 CPU", mine, theirs, unit="episodes/s",
+        result.rows.extend(compare_rows(section, label, mine, theirs, unit="episodes/s",
                                         rate_figure="steady-state episodes/s", flops_per_item=flops,
                                         peak_flops=ctx.peak_flops(2),
                                         note=f"{preset}, {episodes} episodes, {ROLLOUTS_PER_UPDATE} rollouts/update, "
                                              f"{RESPONSE_LENGTH}-token responses, TRL 1.12.0 PPOTrainer"))
+        result.rows.append(first_step_row(section, label, mine))
         for phase in ("generate", "score", "train"):
             result.rows.append(Row(section, f"{phase} time per update", "s",
                                    stats.median(r.phase_seconds.get(phase) for r in mine if r.ok),

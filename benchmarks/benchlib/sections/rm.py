@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchlib import stats, workspace
-from benchlib.sections import SectionResult, compare_rows
+from benchlib.sections import SectionResult, compare_rows, default_layout, first_step_row
 from benchlib.tools import BenchContext, ToolRun, rlhfctl_available, run_rlhfctl_train, run_trl_script
 
 GLOBAL_BATCH = 8
@@ -18,9 +18,11 @@ MAX_LENGTH = 128
 LEARNING_RATE = 1e-4
 
 
-def rm_config(model_dir: Path, train_file: Path, validation_file: Path, *, workers: int, cpus_per_worker: float,
-              batch_per_worker: int) -> dict:
-    """An rlhfctl RM config (output folders are filled in per run)."""
+def rm_config(model_dir: Path, train_file: Path, validation_file: Path, *, workers: int | str,
+              cpus_per_worker: float | None, batch_per_worker: int) -> dict:
+    """An rlhfctl RM config (output folders are filled in per run); ``workers="auto"``: the templates' default
+    layout, ``resources_per_worker`` left at its default."""
+    resources = {} if cpus_per_worker is None else {"resources_per_worker": {"CPU": cpus_per_worker}}
     return {
         "stage": "rm",
         "general": {"base_model": str(model_dir), "seed": 0},
@@ -29,8 +31,7 @@ def rm_config(model_dir: Path, train_file: Path, validation_file: Path, *, worke
         "training": {
             "optimizer": "AdamW", "batch_size": batch_per_worker, "epochs": 1, "learning_rate": LEARNING_RATE,
             "lr_scheduler": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-            "num_training_workers": workers, "resources_per_worker": {"CPU": cpus_per_worker},
-            "mixed_precision": "no", "save_every_steps": 0,
+            "num_training_workers": workers, **resources, "mixed_precision": "no", "save_every_steps": 0,
         },
     }
 
@@ -54,7 +55,8 @@ def run(ctx: BenchContext) -> SectionResult:
         tokens_per_pair, too_long = workspace.rm_tokens_per_pair(model_dir, train_file, MAX_LENGTH)
         params = workspace.count_parameters(model_dir)
         flops_per_pair = stats.training_flops(params.scalar_head_flop_params, tokens_per_pair)
-        variants = [("1 worker x 2 CPU", 1, 2.0)]
+        auto = default_layout()
+        variants = [(auto.label, "auto", None)]  # the templates' default
         if preset == "tiny":
             variants.append(("2 workers x 1 CPU", 2, 1.0))
         mine: dict[str, list[ToolRun]] = {label: [] for label, _, _ in variants}
@@ -65,8 +67,9 @@ def run(ctx: BenchContext) -> SectionResult:
         for _ in range(repeats):
             for label, workers, cpus in variants:  # A B A B: each rlhfctl variant followed by a TRL run
                 if available:
+                    per_worker = GLOBAL_BATCH // (auto.workers if workers == "auto" else workers)
                     config = rm_config(model_dir, train_file, ctx.data.rm_validation, workers=workers,
-                                       cpus_per_worker=cpus, batch_per_worker=GLOBAL_BATCH // workers)
+                                       cpus_per_worker=cpus, batch_per_worker=per_worker)
                     mine[label].append(run_rlhfctl_train(ctx, "rm", f"rm-{preset}-rlhfctl-{workers}w", config,
                                                          items_per_step=GLOBAL_BATCH))
                 else:
@@ -79,6 +82,7 @@ def run(ctx: BenchContext) -> SectionResult:
             result.rows.extend(compare_rows(f"RM {preset}", label, mine[label], theirs, unit="pairs/s",
                                             rate_figure="steady-state pairs/s", flops_per_item=flops_per_pair,
                                             peak_flops=ctx.peak_flops(2), note=note))
+            result.rows.append(first_step_row(f"RM {preset}", label, mine[label]))
         result.details[preset] = {
             "pairs": pairs, "tokens_per_pair": tokens_per_pair, "parameters": params.total,
             "flop_parameters": params.scalar_head_flop_params, "flops_per_pair": flops_per_pair,

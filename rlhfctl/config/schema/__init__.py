@@ -41,13 +41,15 @@ from rlhfctl.config.schema.common import (
     TrainingCommon,
     seed_spellings,
 )
+from rlhfctl.config.schema.dpo import DPOConfig, DPODataset, DPOGeneral, DPOTraining
+from rlhfctl.config.schema.grpo import GRPOConfig, GRPOGeneral, GRPOTraining, RewardConfig
 from rlhfctl.config.schema.lora import ALL_LINEAR, LoraConfig
 from rlhfctl.config.schema.ppo import GenerationConfig, PPOConfig, PPODataset, PPOGeneral, PPOTraining
 from rlhfctl.config.schema.rm import RMConfig, RMDataset, RMTraining
 from rlhfctl.config.schema.sft import SFTConfig, SFTDataset, SFTTraining
 
-StageConfig = Union[SFTConfig, RMConfig, PPOConfig]
-Stage = Literal["sft", "rm", "ppo"]
+StageConfig = Union[SFTConfig, RMConfig, PPOConfig, DPOConfig, GRPOConfig]
+Stage = Literal["sft", "rm", "ppo", "dpo", "grpo"]
 
 CONFIG_CLASSES: dict[str, type[StageConfigBase]] = {cls.stage_name(): cls for cls in get_args(StageConfig)}
 STAGES: tuple[str, ...] = tuple(CONFIG_CLASSES)
@@ -64,9 +66,16 @@ __all__ = [
     "OPTIMIZERS",
     "SECTION_ALIASES",
     "STAGES",
+    "DPOConfig",
+    "DPODataset",
+    "DPOGeneral",
+    "DPOTraining",
     "TRACKERS",
     "DatasetConfig",
     "GeneralCommon",
+    "GRPOConfig",
+    "GRPOGeneral",
+    "GRPOTraining",
     "GenerationConfig",
     "LoraConfig",
     "MixedPrecision",
@@ -83,6 +92,7 @@ __all__ = [
     "RMConfig",
     "RMDataset",
     "RMTraining",
+    "RewardConfig",
     "SFTConfig",
     "SFTDataset",
     "SFTTraining",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Optional, get_args
+from typing import Annotated, ClassVar, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
@@ -41,6 +41,7 @@ TRACKERS: tuple[str, ...] = get_args(Tracker)
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+WorkerCount = Union[PositiveInt, Literal["auto"]]  # resolved by rlhfctl.config.layout
 
 # Paths accept the strings TOML has (``Strict(False)``; everything else is strict, see _MODEL_CONFIG).
 OutputFolder = Annotated[Path, Strict(False)]
@@ -216,15 +217,25 @@ class TrainingCommon(Section):
         "over; a warning says so). Checkpoints of fsdp runs are sharded (torch.distributed.checkpoint)."
     )
     num_training_workers: Annotated[
-        PositiveInt, Ask("Number of Ray Train workers:", WizardStep.WORKERS, name="workers")
-    ] = Field(2, description="Ray Train workers (data-parallel processes).")
+        WorkerCount, Ask('Number of training workers ("auto": the fastest layout for this machine):',
+                         WizardStep.WORKERS, name="workers")
+    ] = Field(
+        "auto",
+        description='Training workers: "auto" (the fastest layout for this machine) or a number; 2 or more run on '
+                    "Ray Train. With auto, one machine with CPUs only runs one worker in this process on all its "
+                    "cores (no Ray start-up), GPUs get one Ray Train worker each, and a Ray cluster "
+                    "(general.ray_address) needs a number. The dry run and the run's first line say what was chosen.",
+    )
     resources_per_worker: Annotated[
         dict[str, float],
         Ask("CPUs per worker:", WizardStep.WORKERS, name="cpus_per_worker", entry="CPU", entry_type=PositiveFloat),
         Ask("Give each worker a GPU?", WizardStep.WORKERS, name="use_gpu", flag="--gpu/--no-gpu", entry="GPU",
             entry_type=bool),
     ] = Field(default_factory=lambda: {"CPU": 1.0}, description="Resources each worker reserves, e.g. { CPU = 8, "
-                                                                "GPU = 1 }.")
+                                                                "GPU = 1 }; its whole CPUs are its torch threads. "
+                                                                'With num_training_workers = "auto" on a machine '
+                                                                "without GPUs, the one worker uses every core "
+                                                                "instead.")
     save_every_steps: NonNegativeInt = Field(
         0, description="Checkpoint every N optimizer steps (0: only at the end of each epoch)."
     )
@@ -246,6 +257,13 @@ class TrainingCommon(Section):
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"expected one of {', '.join(LR_SCHEDULERS)}, found {value!r}{hint}")
         return value
+
+    @field_validator("num_training_workers", mode="before")
+    @classmethod
+    def _check_workers(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and value > 0):
+            return value
+        raise ValueError(f'expected "auto" or a whole number of workers (1 or more), found {value!r}')
 
     @field_validator("resources_per_worker")
     @classmethod

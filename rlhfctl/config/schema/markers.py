@@ -6,6 +6,8 @@ them to derive, from the schema alone, what would otherwise be lists kept by han
 - :class:`MustExist`: a path the run reads; the loader reports it when missing (``file not found: ...``).
 - :data:`MODEL_SOURCE`: a hub id or a local model folder; relative only when spelt ``./``, ``../`` or ``~``.
 - :class:`Ask`: ``rlhfctl init`` asks for this key (wizard question, ``--flag``), at a :class:`WizardStep`.
+- :data:`LIVE_EXAMPLE`: the template shows this optional key's example as a live value (for a stage that needs
+  one of several optional keys set, such as GRPO's reward model or reward functions).
 
 Path keys need no marker: every field typed ``Path`` is one.
 """
@@ -31,6 +33,14 @@ class ModelSource(MustExist):
 
 
 MODEL_SOURCE = ModelSource("local model folder")
+
+
+@dataclass(frozen=True)
+class LiveExample:
+    """The template writes this optional key with its example as a live line, not commented out."""
+
+
+LIVE_EXAMPLE = LiveExample()
 
 
 class WizardStep(IntEnum):
