@@ -124,12 +124,16 @@ def fsdp_units(*models) -> list[FSDPModule]:
     return list(units.values())
 
 
+_GATHERED: set[int] = set()  # the units a gathered() block of this process holds now
+
+
 @contextlib.contextmanager
 def gathered(*models) -> Iterator[None]:
     """Within the block, every unit of ``models`` holds its full parameters and keeps them across forwards, so a
     worker can run any number of forward passes (``generate``) without the others. Every worker must enter it
     (the gathering is collective); no gradients flow inside."""
-    units = fsdp_units(*models)
+    units = [unit for unit in fsdp_units(*models) if id(unit) not in _GATHERED]  # nested: the outer block holds
+    _GATHERED.update(id(unit) for unit in units)
     for unit in units:
         unit.set_reshard_after_forward(False)
         unit.unshard()
@@ -139,6 +143,7 @@ def gathered(*models) -> Iterator[None]:
         for unit in units:
             unit.reshard()
             unit.set_reshard_after_forward(True)
+            _GATHERED.discard(id(unit))
 
 
 # ----------------------------------------------------------------------------------------------- export

@@ -151,3 +151,33 @@ def test_ppo_under_fsdp_resumes_exactly_and_exports_policy_and_value_model(tmp_p
     with torch.no_grad():
         assert policy.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, do_sample=False).shape[1] == 6
     assert AutoModelForSequenceClassification.from_pretrained(export / "value_model").config.num_labels == 1
+
+
+# ----------------------------------------------------------------------------------------------- DPO, GRPO
+
+
+@pytest.mark.parametrize("stage", ["dpo", "grpo"])
+def test_dpo_and_grpo_train_under_fsdp_and_export_a_plain_policy(tmp_path, tiny_model_dir, ray_cluster, stage):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlhfctl.recipes import dpo, grpo
+
+    if stage == "dpo":
+        from tests.recipes.test_dpo import few_pairs, make_config
+
+        config = make_config(tmp_path, tiny_model_dir, train_file=few_pairs(tmp_path, 40), num_training_workers=2,
+                             batch_size=4, strategy="fsdp")
+        summary = dpo.run(config)
+    else:
+        from tests.recipes.test_grpo import few_prompts, make_config
+
+        config = make_config(tmp_path, tiny_model_dir, train_file=few_prompts(tmp_path, 16), num_training_workers=2,
+                             strategy="fsdp", experience_batch_size=4, batch_size=8)
+        summary = grpo.run(config)
+    assert summary.steps > 0
+    checkpoint = sorted((tmp_path / "run" / f"{stage}_run").glob("checkpoint_0*"))[-1]
+    assert json.loads((checkpoint / "state.json").read_text())["strategy"] == "fsdp"
+    policy = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    with torch.no_grad():
+        assert policy.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=2, do_sample=False).shape[1] == 5

@@ -121,6 +121,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
         # generation of different lengths per worker under gathered(): no collective inside
         with gathered(model):
+            with gathered(model):  # nested (generation inside validation): leaving it keeps the outer block's hold
+                pass
             generated = model.generate(ids[:, :4], max_new_tokens=3 + 4 * rank, do_sample=False, pad_token_id=0)
         results["generated"] = list(generated.shape)
         results["after_generation_matches"] = bool(torch.isfinite(model(input_ids=ids).logits).all())
