@@ -57,7 +57,7 @@ def test_rm_under_fsdp_learns_writes_sharded_checkpoints_and_exports_a_plain_hf_
     from transformers import AutoModelForSequenceClassification
 
     final = _final_validation(rm_reference)
-    assert final["step"] == 30 and final["accuracy"] >= 0.9
+    assert final["step"] > 10 and final["accuracy"] >= 0.9
     checkpoint = sorted((rm_reference / "run" / "rm_run").glob("checkpoint_0*"))[-1]
     state = json.loads((checkpoint / "state.json").read_text())
     assert (state["strategy"], state["world_size"]) == ("fsdp", 2)
@@ -73,7 +73,7 @@ def test_rm_under_fsdp_resumes_exactly_after_a_failure(rm_reference, tmp_path, t
     _kill_after_step_10(tmp_path, tiny_model_dir, "fsdp")
     config = load_config(RM_CONFIG, overrides=_rm_overrides(tmp_path, tiny_model_dir))
     summary = rm.run(config, resume=True)
-    assert summary.resumed_from_step == 10 and summary.steps == 30
+    assert summary.resumed_from_step == 10 and summary.steps == _final_validation(rm_reference)["step"]
     assert _final_validation(tmp_path) == _final_validation(rm_reference)
 
 
@@ -82,17 +82,19 @@ def test_a_killed_worker_recovers_from_the_sharded_checkpoint_to_the_uninterrupt
     config = load_config(RM_CONFIG, overrides=_rm_overrides(tmp_path, tiny_model_dir, max_failures=1))
     marker = tmp_path / "killed"
     summary = rm.run(config, fault_injection={"after_step": 10, "marker": str(marker), "action": "kill"})
-    assert marker.exists() and summary.steps == 30  # the worker really died once; Ray Train restarted the group
+    assert marker.exists() and summary.steps == _final_validation(rm_reference)["step"]  # the worker really died once; Ray Train restarted the group
     assert _final_validation(tmp_path) == _final_validation(rm_reference)
 
 
 def test_a_sharded_checkpoint_resumes_on_one_worker(rm_reference, tmp_path, tiny_model_dir):
-    # the reference's step-20 checkpoint, continued by one worker (in-process, unsharded): DCP reshards on load
+    # the reference's next-to-last checkpoint, continued by one worker (in-process, unsharded): DCP reshards on load
     shutil.copytree(rm_reference / "run", tmp_path / "run")
-    shutil.rmtree(sorted((tmp_path / "run" / "rm_run").glob("checkpoint_0*"))[-1])  # keep step 20
+    *_, middle, last = sorted((tmp_path / "run" / "rm_run").glob("checkpoint_0*"))
+    shutil.rmtree(last)
+    middle_step = json.loads((middle / "state.json").read_text())["step"]
     config = load_config(RM_CONFIG, overrides=_rm_overrides(tmp_path, tiny_model_dir, workers=1))
     summary = rm.run(config, resume=True)
-    assert summary.resumed_from_step == 20 and summary.steps > 20
+    assert summary.resumed_from_step == middle_step and summary.steps > middle_step
     assert _final_validation(tmp_path)["accuracy"] >= 0.9
 
 
@@ -105,7 +107,7 @@ def test_a_ddp_checkpoint_resumes_under_fsdp_converted(rm_reference, tmp_path, t
     assert result.exit_code == 0, result.output
     assert "training.strategy" in result.output  # the changed key is named when resuming
     final, reference = _final_validation(tmp_path), _final_validation(rm_reference)
-    assert final["step"] == 30 and final["accuracy"] >= 0.9
+    assert final["step"] == reference["step"] and final["accuracy"] >= 0.9
     assert final["loss"] == pytest.approx(reference["loss"], rel=0.05)  # the same run, up to reduction order
 
 
