@@ -132,6 +132,7 @@ class Case:
 
 GC = {"gradient_checkpointing": True}
 LORA = {"lora": {"r": 8}}
+FSDP = {"strategy": "fsdp"}
 CASES = [
     Case("tiny-sft-1w", "sft", "tiny", 1), Case("tiny-rm-1w", "rm", "tiny", 1), Case("tiny-ppo-1w", "ppo", "tiny", 1),
     Case("tiny-sft-2w", "sft", "tiny", 2), Case("tiny-rm-2w", "rm", "tiny", 2), Case("tiny-ppo-2w", "ppo", "tiny", 2),
@@ -146,6 +147,8 @@ CASES = [
     Case("llama-sft-lora-gc-1w", "sft", "llama60m", 1, GC, LORA, needs=("lora", "training.gradient_checkpointing")),
     Case("llama-ppo-lora-1w", "ppo", "llama60m", 1, extra=LORA, needs=("lora",)),
     Case("llama-ppo-lora-gc-1w", "ppo", "llama60m", 1, GC, LORA, needs=("lora", "training.gradient_checkpointing")),
+    Case("llama-rm-fsdp-2w", "rm", "llama60m", 2, FSDP, needs=("training.strategy",)),
+    Case("llama-ppo-fsdp-2w", "ppo", "llama60m", 2, FSDP, needs=("training.strategy",)),
 ]
 
 
@@ -200,6 +203,7 @@ def run_case(case: Case, models: dict[str, Path], data: dict[str, Path], runs: P
     if not measured.ok:
         result["error"] = f"run failed (exit {measured.returncode}): {measured.output_tail[-600:]}"
         return result
+    result["steady_samples_per_s"] = steady_rate(run_dir / "output")
     workers = peaks.worker_peaks_bytes if case.workers > 1 else [peaks.root_peak_bytes]
     result["worker_peaks_bytes"] = workers
     result["measured_bytes"] = max(workers) if workers else None
@@ -208,18 +212,36 @@ def run_case(case: Case, models: dict[str, Path], data: dict[str, Path], runs: P
     return result
 
 
+def steady_rate(output_dir: Path) -> float | None:
+    """Examples (pairs, sequences, episodes) per second between the first and the last logged train step (the
+    first step, with its start-up, left out): from ``metrics.jsonl`` times and ``events.jsonl``'s step size."""
+    try:
+        rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+        start = [json.loads(line) for line in (output_dir / "events.jsonl").read_text().splitlines()
+                 if '"start"' in line][0]
+    except (OSError, ValueError, IndexError):
+        return None
+    train = [row for row in rows if row.get("split") == "train"]
+    if len(train) < 2 or train[-1]["time"] <= train[0]["time"]:
+        return None
+    steps = train[-1]["step"] - train[0]["step"]
+    return round(steps * start["samples_per_step"] / (train[-1]["time"] - train[0]["time"]), 3)
+
+
 def table(results: list[dict]) -> str:
     lines = ["| case | stage | model | workers | estimate (GiB) | measured peak per worker (GiB) | estimate / measured "
-             "| peak phase | wall (s) |", "|---|---|---|---:|---:|---:|---:|---|---:|"]
+             "| peak phase | wall (s) | whole tree peak (GiB) | steady examples/s |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for item in results:
         if "error" in item or not item.get("measured_bytes"):
             item.setdefault("error", "no worker process found")
             lines.append(f"| {item['case']} | {item.get('stage', '')} | {item.get('model', '')} | "
-                         f"{item.get('workers', '')} | | | | {item['error'][:80]} | |")
+                         f"{item.get('workers', '')} | | | | {item['error'][:80]} | | | |")
             continue
         lines.append(f"| {item['case']} | {item['stage']} | {item['model']} | {item['workers']} | "
                      f"{item['estimate_bytes'] / GiB:.3f} | {item['measured_bytes'] / GiB:.3f} | {item['ratio']:.2f} | "
-                     f"{item['peak_phase']} | {item['wall_time_s']:.0f} |")
+                     f"{item['peak_phase']} | {item['wall_time_s']:.0f} | {item.get('tree_peak_bytes', 0) / GiB:.2f} | "
+                     f"{item.get('steady_samples_per_s') or ''} |")
     return "\n".join(lines)
 
 

@@ -107,6 +107,24 @@ def add_lora(model, lora, *, source: str, score_head: bool = False):
     return model
 
 
+def attach_peft_config(model, peft_config) -> None:
+    """Inject the adapters ``peft_config`` (an adapted model's own ``peft.LoraConfig``) describes into ``model``, in
+    place: the unsharded copy of an FSDP-sharded adapted model made for its export
+    (:func:`rlhfctl.training.fsdp.plain_copy`), which then exports as the model would have."""
+    import copy
+
+    from peft import get_peft_model
+
+    with _peft_quietly():
+        model.__dict__[_PEFT_WRAPPER] = get_peft_model(model, copy.deepcopy(peft_config))
+
+
+def peft_config_of(model):
+    """The ``peft.LoraConfig`` of an adapted model (None when :func:`add_lora` did not adapt it)."""
+    wrapper = vars(model).get(_PEFT_WRAPPER)
+    return None if wrapper is None else wrapper.peft_config["default"]
+
+
 @contextlib.contextmanager
 def _peft_quietly() -> Iterator[None]:
     """peft 0.21 asks transformers 5 a deprecated question (``is_gradient_checkpointing``): not the user's concern."""

@@ -1,13 +1,13 @@
-"""The driver's check of ``[lora]`` and ``training.gradient_checkpointing`` against the models, before any worker
-starts: a ``lora.target_modules`` name that matches no module, a model peft cannot adapt, checkpointing a model
-that does not support it, an adapter export (``merge_on_export = false``) of a model that was itself loaded from
-an adapter folder. Each becomes a :class:`~rlhfctl.errors.ConfigError` naming the key and the model (exit 2).
+"""The driver's check of ``[lora]``, ``training.gradient_checkpointing`` and ``training.strategy = "fsdp"`` against
+the models, before any worker starts: a ``lora.target_modules`` name that matches no module, a model peft cannot
+adapt, checkpointing a model that does not support it, an adapter export (``merge_on_export = false``) of a model
+that was itself loaded from an adapter folder, a model whose transformer blocks FSDP cannot find. Each becomes a :class:`~rlhfctl.errors.ConfigError` naming the key and the model (exit 2).
 
 The module tree comes from ``config.json`` alone: the model is built on PyTorch's ``meta`` device (no weights
 read, no memory), which takes milliseconds once torch and transformers are imported; peft is not imported (it
 would add 2.5 s): the layer names and types peft accepts are checked directly, and the worker's
 :func:`~rlhfctl.models.adapters.add_lora` still turns any refusal of peft's into a UserError. The imports are what
-costs (about 3 s on a 2-core machine), so nothing runs without a ``[lora]`` section or checkpointing, and a driver
+costs (about 3 s on a 2-core machine), so nothing runs without a ``[lora]`` section, checkpointing or FSDP, and a driver
 that has not imported torch (the Ray path keeps it out of the long-lived driver) runs the check in a short child
 process (``python -m rlhfctl.models.preflight``, JSON in and out) instead of importing it. A one-worker run trains
 in the driver's own process, which imports torch anyway, so it checks in-process.
@@ -43,11 +43,13 @@ def check_model_settings(config, uses: Sequence[AdaptedModel]) -> None:
     """Raise a ConfigError listing every problem of ``config.lora`` / ``training.gradient_checkpointing`` with
     ``uses`` (nothing to do, and nothing imported, when neither is set)."""
     lora, checkpointing = getattr(config, "lora", None), config.training.gradient_checkpointing
-    if lora is None and not checkpointing:
+    sharded = config.training.strategy == "fsdp" and config.training.num_training_workers > 1
+    if lora is None and not checkpointing and not sharded:
         return
     issues = _adapter_source_issues(lora, uses)
     request = {"uses": [asdict(use) for use in uses], "lora": lora.model_dump() if lora else None,
-               "gradient_checkpointing": checkpointing, "trust_remote_code": config.general.trust_remote_code}
+               "gradient_checkpointing": checkpointing, "trust_remote_code": config.general.trust_remote_code,
+               "fsdp": sharded}
     local = config.training.num_training_workers == 1 and config.general.ray_address is None
     found = inspect_models(request) if local or "torch" in sys.modules else _inspect_in_child(request)
     issues += [ConfigIssue(key, message) for key, message in found]
@@ -101,7 +103,20 @@ def inspect_models(request: dict[str, Any]) -> list[tuple[str, str]]:
                            f"{name} does not support gradient checkpointing; set it to false"))
         if lora is not None:
             issues += _lora_issues(model, lora, use, name)
+        if request.get("fsdp"):
+            issues += _sharding_issues(model)
     return list(dict.fromkeys(issues))
+
+
+def _sharding_issues(model) -> list[tuple[str, str]]:
+    """``training.strategy = "fsdp"`` needs the model's transformer blocks (the units it shards)."""
+    from rlhfctl.training.fsdp import BlocksNotFound, transformer_blocks
+
+    try:
+        transformer_blocks(model)
+    except BlocksNotFound as exc:
+        return [("training.strategy", exc.message.split(": ", 1)[1] + "; use \"ddp\" for this model")]
+    return []
 
 
 def _lora_issues(model, lora, use: AdaptedModel, name: str) -> list[tuple[str, str]]:

@@ -212,7 +212,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     if validation_metrics is None:  # resumed a finished run: nothing left to train, still report and export
         validation_metrics = evaluate(ctx, model, *_validation_set(train_pairs, train_reference, validation_pairs,
                                                                    validation_reference), tokenizer.pad_token_id)
-    ctx.export(unwrap_model(model).model, tokenizer)
+    ctx.export(ctx.export_model(model), tokenizer)
     final = {f"validation_{key}": value for key, value in validation_metrics.items()}
     final.update({f"train_{key}": value for key, value in train_metrics.items()})
     final["steps"] = float(state.step)
@@ -284,8 +284,9 @@ def evaluate(ctx, model, pairs: list, reference, pad_token_id: int) -> dict[str,
 
     training = ctx.config.training
     own = list(range(ctx.rank, len(pairs), ctx.world_size))
-    logps = all_pair_logprobs(unwrap_model(model), [pairs[i] for i in own], pad_token_id, training.batch_size,
-                              ctx.device)
+    with ctx.gathered(model):  # FSDP: the workers' shares may differ in batches
+        logps = all_pair_logprobs(unwrap_model(model), [pairs[i] for i in own], pad_token_id, training.batch_size,
+                                  ctx.device)
     result = dpo_objective.dpo_losses(logps, _select(reference, own), beta=training.beta,
                                       loss_type=training.loss_type, label_smoothing=training.label_smoothing)
     return dpo_objective.metrics_from_sums(ctx.all_reduce_sum(dpo_objective.metric_sums(result, logps)))

@@ -210,6 +210,8 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     # -- setup: policy (+ reference, reward model), optimizer, scheduler, reward functions; then the checkpoint
     models = _build_models(config, ctx.device)
     policy = ctx.prepare_model(models.policy)
+    for frozen in (models.reference, models.reward_model):  # FSDP: sharded too (DDP: as loaded)
+        ctx.prepare_frozen(frozen)
     optimizer = build_optimizer(policy, training)
     scheduler = build_scheduler(optimizer, training, ctx.total_steps * training.ppo_epochs * training.num_mini_batches)
     state = TrainState(models={"policy": unwrap_model(policy)}, optimizers={"policy": optimizer},

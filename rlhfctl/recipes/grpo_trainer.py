@@ -73,8 +73,9 @@ class GRPOTrainer:
     def _generate(self, prompts: list[str], repeats: int):
         from rlhfctl.models.generation import generate_for_prompts
 
-        return generate_for_prompts(unwrap_model(self.policy), prompts[::repeats], self.models.tokenizer,
-                                    self.max_prompt_tokens, self.sampling, repeats=repeats)
+        with self.ctx.gathered(self.policy):  # FSDP: each worker samples on its own, as long as it needs
+            return generate_for_prompts(unwrap_model(self.policy), prompts[::repeats], self.models.tokenizer,
+                                        self.max_prompt_tokens, self.sampling, repeats=repeats)
 
     def _score(self, rows: list[dict], prompts: list[str], *, repeats: int = 1, with_text: bool = False) -> Scored:
         """Generate one completion per prompt and reward it: every component, then the weighted sum. ``prompts``
@@ -280,24 +281,26 @@ class GRPOTrainer:
 
         sums: dict[str, float] = {"reward_mean": 0.0, "response_length_mean": 0.0, "eos_rate": 0.0, "count": 0.0}
         step = self.training.experience_batch_size * self.training.num_generations
-        for start in range(0, len(prompts), step):
-            scored = self._score(rows[start : start + step], prompts[start : start + step])
-            generation = scored.generation
-            mask = generation.truncated.response_mask
-            sums["reward_mean"] += scored.rewards.sum().item()
-            for name, values in scored.components.items():
-                sums[f"rewards/{name}"] = sums.get(f"rewards/{name}", 0.0) + values.sum().item()
-            if self.models.reference is not None:
-                with torch.no_grad():
-                    args = (generation.query_responses, generation.attention_mask, generation.prompt_len,
-                            self.temperature)
-                    logprobs, _ = policy_logprobs(unwrap_model(self.policy), *args)
-                    ref_logprobs, _ = policy_logprobs(self.models.reference, *args)
-                kl = (ppo_objective.kl_per_token(logprobs, ref_logprobs, "k1") * mask).sum().item()
-                sums["kl_k1"] = sums.get("kl_k1", 0.0) + kl
-            sums["response_length_mean"] += mask.sum().item()
-            sums["eos_rate"] += generation.truncated.has_stop.float().sum().item()
-            sums["count"] += mask.shape[0]
+        # FSDP: the workers' validation shares may differ in batches: full weights, no collective per forward
+        with self.ctx.gathered(self.policy, self.models.reference, self.models.reward_model):
+            for start in range(0, len(prompts), step):
+                scored = self._score(rows[start : start + step], prompts[start : start + step])
+                generation = scored.generation
+                mask = generation.truncated.response_mask
+                sums["reward_mean"] += scored.rewards.sum().item()
+                for name, values in scored.components.items():
+                    sums[f"rewards/{name}"] = sums.get(f"rewards/{name}", 0.0) + values.sum().item()
+                if self.models.reference is not None:
+                    with torch.no_grad():
+                        args = (generation.query_responses, generation.attention_mask, generation.prompt_len,
+                                self.temperature)
+                        logprobs, _ = policy_logprobs(unwrap_model(self.policy), *args)
+                        ref_logprobs, _ = policy_logprobs(self.models.reference, *args)
+                    kl = (ppo_objective.kl_per_token(logprobs, ref_logprobs, "k1") * mask).sum().item()
+                    sums["kl_k1"] = sums.get("kl_k1", 0.0) + kl
+                sums["response_length_mean"] += mask.sum().item()
+                sums["eos_rate"] += generation.truncated.has_stop.float().sum().item()
+                sums["count"] += mask.shape[0]
         keys = ["reward_mean", "response_length_mean", "eos_rate", "count",
                 *(f"rewards/{name}" for name in self._component_names()),
                 *(["kl_k1"] if self.models.reference is not None else [])]
@@ -313,7 +316,7 @@ class GRPOTrainer:
 
     def export(self) -> None:
         """The policy and tokenizer to ``checkpoint_dir`` (rank 0)."""
-        self.ctx.export(unwrap_model(self.policy), self.models.tokenizer)
+        self.ctx.export(self.ctx.export_model(self.policy), self.models.tokenizer)
 
 
 def _nonfinite_loss_error(step: int) -> RuntimeFailure:

@@ -315,6 +315,8 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     models = _build_models(config, ctx.device)
     policy = ctx.prepare_model(models.policy)
     value_model = ctx.prepare_model(models.value_model)
+    for frozen in (models.reference, models.reward_model):  # FSDP: sharded too (DDP: as loaded)
+        ctx.prepare_frozen(frozen)
     steps_per_iteration = training.ppo_epochs * training.num_mini_batches
     optimizer_steps = {"policy": max(ctx.total_steps - training.value_warmup_steps, 1) * steps_per_iteration,
                        "value_model": ctx.total_steps * steps_per_iteration}  # the policy waits out the warm-up

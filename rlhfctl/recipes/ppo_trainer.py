@@ -69,8 +69,9 @@ class PPOTrainer:
     def _generate(self, prompts: list[str]):
         from rlhfctl.models.generation import generate_for_prompts
 
-        return generate_for_prompts(unwrap_model(self.policy), prompts, self.models.tokenizer, self.max_prompt_tokens,
-                                    self.sampling)
+        with self.ctx.gathered(self.policy):  # FSDP: each worker samples on its own, as long as it needs
+            return generate_for_prompts(unwrap_model(self.policy), prompts, self.models.tokenizer,
+                                        self.max_prompt_tokens, self.sampling)
 
     def iteration(self, prompts: list[str], *, step: int, with_samples: bool) -> tuple[dict[str, float], list[dict]]:
         """One PPO iteration on ``prompts``: returns the metrics (averaged over workers) and sample rows."""
@@ -229,7 +230,8 @@ class PPOTrainer:
         for start in range(0, len(prompts), self.training.experience_batch_size):
             generation = self._generate(prompts[start : start + self.training.experience_batch_size])
             mask = generation.truncated.response_mask
-            with torch.no_grad():
+            # FSDP: the workers' validation shares may differ in batches
+            with torch.no_grad(), self.ctx.gathered(self.models.reward_model, policy, self.models.reference):
                 scores = reward_scores(self.models.reward_model, generation)
                 args = (generation.query_responses, generation.attention_mask, generation.prompt_len, self.temperature)
                 logprobs, _ = policy_logprobs(policy, *args)  # dropout is off: train/eval modes agree
@@ -248,11 +250,12 @@ class PPOTrainer:
 
     def export(self) -> None:
         """Policy + tokenizer to ``checkpoint_dir``; the value model to ``checkpoint_dir/value_model`` (rank 0)."""
-        exported = self.ctx.export(unwrap_model(self.policy), self.models.tokenizer)
+        value_model = self.ctx.export_model(self.value_model)  # every rank: FSDP gathers the weights on rank 0
+        exported = self.ctx.export(self.ctx.export_model(self.policy), self.models.tokenizer)
         if exported is not None:
             from rlhfctl.training.export import export_hf
 
-            export_hf(unwrap_model(self.value_model).model, self.models.tokenizer, Path(exported) / VALUE_MODEL_DIR,
+            export_hf(value_model, self.models.tokenizer, Path(exported) / VALUE_MODEL_DIR,
                       merge_adapters=self.ctx.merge_adapters_on_export)
 
 

@@ -191,7 +191,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
                     "count": int(validation_metrics["pairs"] * 2),
                     "source": "validation" if validation_pairs else "train",
                     "max_length": config.dataset.max_length}
-    ctx.export(unwrap_model(scorer).model, tokenizer, extra_files={REWARD_STATS_FILE: reward_stats})
+    ctx.export(ctx.export_model(scorer), tokenizer, extra_files={REWARD_STATS_FILE: reward_stats})
     final = {f"validation_{key}": value for key, value in validation_metrics.items()}
     final.update({f"train_{key}": value for key, value in train_metrics.items()})
     final["steps"] = float(state.step)
@@ -215,7 +215,8 @@ def evaluate(ctx, scorer, pairs: list, lengths: list[tuple[int, int]], pad_token
     from rlhfctl.objectives.rm import metrics_from_sums, pair_sums
 
     mine = slice(ctx.rank, None, ctx.world_size)
-    rewards = score_all(unwrap_model(scorer), pairs[mine], pad_token_id, batch_size, ctx.device)
+    with ctx.gathered(scorer):  # FSDP: the workers' shares may differ in batches
+        rewards = score_all(unwrap_model(scorer), pairs[mine], pad_token_id, batch_size, ctx.device)
     metrics = metrics_from_sums(ctx.all_reduce_sum(pair_sums(rewards)))
     scored = [item for share in ctx.all_gather(list(zip(rewards, lengths[mine]))) for item in share]
     metrics.update(length_bias_metrics([reward for reward, _ in scored], [length for _, length in scored]))

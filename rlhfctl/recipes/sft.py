@@ -171,7 +171,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
         validation = validate()
 
     # -- export: the Hugging Face folder PPO's general.model_pretrain points at
-    ctx.export(unwrap_model(model), tokenizer)
+    ctx.export(ctx.export_model(model), tokenizer)
     final = {f"train_{key}": value for key, value in train_metrics.items() if key != "grad_norm"}
     final.update({f"validation_{key}": value for key, value in validation.items()})
     if "initial_validation_loss" in state.extra:
@@ -242,7 +242,7 @@ def _validation_metrics(ctx, model, examples, pad_token_id, batch_size) -> dict[
     model.eval()
     loss_sum, token_count = 0.0, 0
     my_rows = list(range(ctx.rank, len(examples), ctx.world_size))
-    with torch.no_grad():
+    with torch.no_grad(), ctx.gathered(model):  # FSDP: the workers' shares may differ in batches
         for start in range(0, len(my_rows), batch_size):
             batch = collate([examples[i] for i in my_rows[start:start + batch_size]], pad_token_id)
             batch = {key: value.to(ctx.device) for key, value in batch.items()}

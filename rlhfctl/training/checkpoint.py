@@ -10,6 +10,10 @@ Layout of one checkpoint folder (``checkpoint_<step>``)::
 
 ``state.json`` is written last and lists the size of every other file, so a folder that was interrupted while
 being written is recognised as incomplete (:func:`is_complete`) and never picked for resuming.
+
+A ``training.strategy = "fsdp"`` run keeps its models and optimizer states as sharded ``shards/`` files instead of
+the two safetensors kinds (:mod:`rlhfctl.training.sharded_checkpoint`); ``state.json`` then says
+``"strategy": "fsdp"`` and how many workers wrote it.
 """
 
 from __future__ import annotations
@@ -144,15 +148,22 @@ def write_checkpoint(
     *,
     rng_states: list[dict[str, Any]] | None = None,
     metrics: dict[str, float] | None = None,
+    shard_files: dict[str, int] | None = None,
+    world_size: int = 1,
 ) -> Path:
-    """Write ``state`` into ``folder`` (created; ``state.json`` last). ``rng_states`` holds one entry per rank."""
+    """Write ``state`` into ``folder`` (created; ``state.json`` last). ``rng_states`` holds one entry per rank.
+
+    ``shard_files``: the models and optimizers were written as shards by every rank
+    (:func:`rlhfctl.training.sharded_checkpoint.write_shards`); they are listed (name -> size), not written again.
+    """
     from safetensors.torch import save_file, save_model
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, int] = {}
+    manifest: dict[str, int] = dict(shard_files or {})
+    sharded = shard_files is not None
     model_contents: dict[str, str] = {}
-    for name, model in state.models.items():
+    for name, model in state.models.items() if not sharded else ():
         file_name = f"model.{name}.safetensors"
         trainable = trainable_tensors(unwrap_model(model))
         if trainable is None:
@@ -163,7 +174,7 @@ def write_checkpoint(
             model_contents[name] = "trainable"
         manifest[file_name] = (folder / file_name).stat().st_size
     optimizer_rest: dict[str, Any] = {}
-    for name, optimizer in state.optimizers.items():
+    for name, optimizer in state.optimizers.items() if not sharded else ():
         tensors, rest = _split_optimizer_state(optimizer.state_dict())
         file_name = f"optim.{name}.safetensors"
         save_file(tensors, str(folder / file_name))
@@ -171,6 +182,8 @@ def write_checkpoint(
         optimizer_rest[name] = rest
     document = {
         "format_version": FORMAT_VERSION,
+        "strategy": "fsdp" if sharded else "ddp",
+        "world_size": world_size,
         "step": state.step,
         "epoch": state.epoch,
         "batch_in_epoch": state.batch_in_epoch,
@@ -203,6 +216,12 @@ def read_step(folder: Path) -> int:
     return int(json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))["step"])
 
 
+def read_layout(folder: Path) -> tuple[str, int | None]:
+    """(``"ddp"`` or ``"fsdp"``, the number of workers that wrote it: None when not recorded) of a checkpoint."""
+    document = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
+    return str(document.get("strategy", "ddp")), document.get("world_size")
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The complete ``checkpoint_*`` folder with the highest step under ``run_dir`` (incomplete ones skipped)."""
     run_dir = Path(run_dir)
@@ -232,31 +251,61 @@ def read_checkpoint(folder: Path, into: TrainState | None = None, *, rank: int =
     state.step, state.epoch = int(document["step"]), int(document["epoch"])
     state.batch_in_epoch = int(document["batch_in_epoch"])
     state.extra = dict(document.get("extra", {}))
+    if document.get("strategy") == "fsdp":
+        if into is None:
+            raise ValueError(f"{folder} is a sharded (fsdp) checkpoint: read it into live models")
+        from rlhfctl.training.sharded_checkpoint import read_shards
+
+        read_shards(folder, into)
+        _read_schedulers_and_rng(document, into, rank)
+        return into
     model_names = {name[len("model."):-len(".safetensors")] for name in document["files"] if name.startswith("model.")}
     contents = document.get("model_contents", {})
     for name in sorted(model_names):
         path = str(folder / f"model.{name}.safetensors")
         if into is None:
             state.models[name] = load_file(path)
+        elif name in into.models and _is_sharded(into.models[name]):  # a DDP checkpoint resumed under FSDP
+            from rlhfctl.training.sharded_checkpoint import load_full_into_sharded
+
+            optimizer_rest = document.get("optimizers", {}).get(name)
+            load_full_into_sharded(
+                into.models[name], into.optimizers.get(name), load_file(path),
+                None if optimizer_rest is None else _join_optimizer_state(
+                    load_file(str(folder / f"optim.{name}.safetensors")), optimizer_rest))
         elif name in into.models and contents.get(name, "full") == "trainable":
             load_trainable(unwrap_model(into.models[name]), load_file(path), name)
         elif name in into.models:
             load_model(unwrap_model(into.models[name]), path, strict=True)
     for name, rest in document.get("optimizers", {}).items():
+        if into is not None and name in into.models and _is_sharded(into.models[name]):
+            continue  # converted with its model above
         full = _join_optimizer_state(load_file(str(folder / f"optim.{name}.safetensors")), rest)
         if into is None:
             state.optimizers[name] = full
         elif name in into.optimizers:
             into.optimizers[name].load_state_dict(full)
+    if into is None:
+        state.schedulers.update(document.get("schedulers", {}))
+        return state
+    _read_schedulers_and_rng(document, into, rank)
+    return into
+
+
+def _read_schedulers_and_rng(document: dict[str, Any], into: TrainState, rank: int) -> None:
     for name, scheduler_state in document.get("schedulers", {}).items():
-        if into is None:
-            state.schedulers[name] = scheduler_state
-        elif name in into.schedulers:
+        if name in into.schedulers:
             into.schedulers[name].load_state_dict(scheduler_state)
     rng_states = document.get("rng") or []
-    if into is not None and rank < len(rng_states):
+    if rank < len(rng_states):
         restore_rng_state(rng_states[rank])
-    return state
+
+
+def _is_sharded(model) -> bool:
+    """True for a model whose parameters are FSDP shards."""
+    from rlhfctl.training.fsdp import is_sharded
+
+    return is_sharded(model)
 
 
 def trainable_tensors(model) -> dict[str, Any] | None:

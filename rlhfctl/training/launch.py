@@ -82,6 +82,9 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
     # data; the memory plan (--dry-run) and the pre-flight check estimate from it (training/memory_plan.py).
     memory: Callable[[ConfigT], StageWorkload] | None = None
 
+    def __post_init__(self) -> None:
+        self.warnings = (*self.warnings, *strategy_warnings(self.config.training))
+
     def loop_config(self, core: CoreSettings) -> LoopConfig:
         """What ``train_loop`` receives on every worker (unpacked there by ``setup_worker``)."""
         return LoopConfig(config=self.config, payload=self.payload, core=core)
@@ -151,6 +154,14 @@ class RunPaths:
     @property
     def run_dir(self) -> Path:
         return self.output_dir / self.run_name
+
+
+def strategy_warnings(training: Any) -> tuple[str, ...]:
+    """``training.strategy = "fsdp"`` with one worker runs as DDP: nothing to shard over (every stage's job)."""
+    if training.strategy == "fsdp" and training.num_training_workers == 1:
+        return ('training.strategy = "fsdp" with one worker runs as "ddp": sharding needs at least two workers '
+                "(set training.num_training_workers, or leave the strategy at ddp)",)
+    return ()
 
 
 @dataclass(frozen=True)

@@ -351,6 +351,16 @@ def _fsdp_gathered(workload: StageWorkload, inputs: MemoryInputs) -> Breakdown:
                      gradients=max(trained, default=0) * FP32 if inputs.lora is None else 0)
 
 
+def _gathered_to_generate(use: ModelUse, inputs: MemoryInputs) -> int:
+    """FSDP samples with the generating model's full parameters gathered once (no collective per token,
+    ``training/fsdp.py``): the part of its weights this worker does not hold already."""
+    if inputs.strategy != "fsdp" or inputs.world_size < 2:
+        return 0
+    frozen, trainable = _parameter_split(use, inputs)
+    full = frozen * inputs.base_weight_bytes + trainable * FP32
+    return full - math.ceil(full / inputs.world_size)
+
+
 def _framework_overhead(inputs: MemoryInputs) -> int:
     if inputs.device == "cuda":
         return CUDA_CONTEXT_BYTES
@@ -415,7 +425,7 @@ def _step_transient(step: Step, models: Mapping[str, ModelUse], inputs: MemoryIn
     settings = _pass_settings(use, shape, inputs)
     if isinstance(step, Generation):
         cache, other = generation(shape, step.rows, step.prompt_length, step.new_tokens, settings)
-        return Breakdown(generation_cache=cache, activations=other), 0
+        return Breakdown(generation_cache=cache, activations=other, weights=_gathered_to_generate(use, inputs)), 0
     if step.grad:
         kept = kept_activations(shape, step.rows, step.length, settings, reads_per_row=step.reads_per_row,
                                 weight_parameters=_parameters(use, shape))

@@ -133,7 +133,7 @@ def memory_inputs(config: Any, workload: StageWorkload, shapes: dict[str, ModelS
     return MemoryInputs(
         workload=workload, shapes=shapes, precision=training.mixed_precision, optimizer=training.optimizer,
         lora=lora_spec(lora), gradient_checkpointing=getattr(training, "gradient_checkpointing", False),
-        world_size=training.num_training_workers, strategy="ddp",
+        world_size=training.num_training_workers, strategy=training.strategy,
         device="cuda" if training.use_gpu else "cpu", in_driver=in_driver,
     )
 

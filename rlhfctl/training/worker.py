@@ -131,12 +131,23 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         rank = self.rank if rank is None else rank
         return shard_indices(num_rows, rank=rank, world_size=self.world_size, seed=self.seed, epoch=epoch)
 
-    def prepare_model(self, model, *, ddp: bool = True):
-        """Move to this worker's device; wrap in DistributedDataParallel when training on several workers.
+    @property
+    def sharded(self) -> bool:
+        """True when the models are FSDP-sharded over the workers (``training.strategy = "fsdp"``, 2+ workers)."""
+        return self.core.mode == "ray" and self.world_size > 1 and self.training.strategy == "fsdp"
 
-        Workers on one machine's CPU average their gradients through shared memory (:mod:`shm_allreduce`);
+    def prepare_model(self, model, *, ddp: bool = True):
+        """Move to this worker's device; wrap in DistributedDataParallel when training on several workers, or shard
+        it with FSDP2 under ``training.strategy = "fsdp"`` (:mod:`rlhfctl.training.fsdp`; the model is changed in
+        place and returned).
+
+        DDP workers on one machine's CPU average their gradients through shared memory (:mod:`shm_allreduce`);
         otherwise DDP's own all-reduce (gloo, or nccl on GPUs) does it.
         """
+        if self.sharded:
+            from rlhfctl.training.fsdp import shard_model
+
+            return shard_model(model.to(self.device))
         if self.core.mode == "ray" and self.world_size > 1 and ddp:
             from ray.train.torch import prepare_model
 
@@ -147,6 +158,29 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             shm_allreduce.attach(wrapped)
             return wrapped
         return model.to(self.device)
+
+    def prepare_frozen(self, model):
+        """A model that is not trained (PPO's reference and reward models): sharded like the trained ones under
+        FSDP (a base already sharded with another model is left as it is), else moved to the device. A view that
+        is not a module (LoRA's reference: the policy with its adapters off) is returned as it is."""
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            return model
+        if self.sharded:
+            from rlhfctl.training.fsdp import shard_model
+
+            return shard_model(model.to(self.device))
+        return model.to(self.device)
+
+    def gathered(self, *models):
+        """Context: full parameters of ``models`` held for a stretch of forwards whose count differs between workers
+        (generation, unequal validation shards); every rank enters it. A no-op unless sharded."""
+        if not self.sharded:
+            return contextlib.nullcontext()
+        from rlhfctl.training.fsdp import gathered
+
+        return gathered(*models)
 
     def autocast(self):
         """Context manager for ``training.mixed_precision`` (a no-op for ``"no"``)."""
@@ -188,7 +222,10 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             self._grad_scaler.unscale_(optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         max_norm = self.training.max_grad_norm or math.inf  # clip_grad_norm_ with inf only measures
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        grad_norm = 0.0
+        if params:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
         if self._grad_scaler is not None:
             self._grad_scaler.step(optimizer)
             self._grad_scaler.update()
@@ -324,8 +361,16 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
 
             with tempfile.TemporaryDirectory(prefix="rlhfctl-ckpt-") as tmp:
                 checkpoint = None
+                shard_files = None
+                if self.sharded:  # every rank writes its shards; Ray Train merges the ranks' folders
+                    from rlhfctl.training.sharded_checkpoint import write_shards
+
+                    shard_files = {name: size for files in self.all_gather(write_shards(state, Path(tmp)))
+                                   for name, size in files.items()}
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 if self.is_main:
-                    ckpt.write_checkpoint(state, Path(tmp), rng_states=rng_states, metrics=metrics)
+                    ckpt.write_checkpoint(state, Path(tmp), rng_states=rng_states, metrics=metrics,
+                                          shard_files=shard_files, world_size=self.world_size)
                     checkpoint = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report({"step": state.step, **metrics}, checkpoint=checkpoint, checkpoint_dir_name=name)
         elif self.is_main:
@@ -371,9 +416,18 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
 
     # ------------------------------------------------------------------------------------------- export
 
+    def export_model(self, model):
+        """The transformers model inside ``model`` (a DDP wrapper, a scorer, the model itself) as the export writes
+        it. Every rank must call it: under FSDP the full weights are gathered into an unsharded copy on rank 0
+        (None on the other ranks); otherwise the model itself."""
+        from rlhfctl.training.fsdp import model_for_export
+
+        return model_for_export(ckpt.unwrap_model(model), is_main=self.is_main)
+
     def export(self, model, tokenizer, extra_files: dict[str, Any] | None = None) -> Path | None:
-        """Rank 0 writes the final model to ``checkpoint_dir`` in Hugging Face format (atomically); a LoRA-adapted
-        model merged into its base, or as its adapter folder with ``lora.merge_on_export = false``."""
+        """Rank 0 writes the final model (from :meth:`export_model`) to ``checkpoint_dir`` in Hugging Face format
+        (atomically); a LoRA-adapted model merged into its base, or as its adapter folder with
+        ``lora.merge_on_export = false``."""
         if not self.is_main:
             return None
         from rlhfctl.training.export import export_hf

@@ -32,10 +32,11 @@ def test_every_runnable_case_writes_a_valid_config(case, tmp_path):
 
 def test_the_results_table_reports_ratios_and_errors():
     rows = [{"case": "a", "stage": "sft", "model": "tiny", "workers": 1, "estimate_bytes": 2 * 1024**3,
-             "measured_bytes": 1024**3, "ratio": 2.0, "peak_phase": "train step", "wall_time_s": 3.0},
+             "measured_bytes": 1024**3, "ratio": 2.0, "peak_phase": "train step", "wall_time_s": 3.0,
+             "tree_peak_bytes": 3 * 1024**3, "steady_samples_per_s": 1.5},
             {"case": "b", "error": "skipped: this checkout has no lora"}]
     table = bench_memory.table(rows)
-    assert "| a | sft | tiny | 1 | 2.000 | 1.000 | 2.00 | train step | 3 |" in table
+    assert "| a | sft | tiny | 1 | 2.000 | 1.000 | 2.00 | train step | 3 | 3.00 | 1.5 |" in table
     assert "| b |" in table and "skipped" in table
 
 

@@ -272,6 +272,22 @@ def test_two_nodes_one_lost_mid_run_recovers_to_the_same_result(reference, tiny_
     assert train_steps(run.output_dir) == list(range(1, 17))
 
 
+def test_two_nodes_one_lost_mid_run_under_fsdp_resumes_from_the_sharded_checkpoint(tiny_model_dir, tmp_path,
+                                                                                    ray_cluster):
+    """The same lost node with training.strategy = "fsdp": each node's worker wrote its shard of the checkpoint;
+    the restarted group (on nodes a and c) reads them back and ends exactly like an uninterrupted FSDP run."""
+    fsdp_reference = run_in_process(make_run(tmp_path / "reference", tiny_model_dir, strategy="fsdp"))
+    run = make_run(tmp_path / "nodes", tiny_model_dir, max_failures=2, strategy="fsdp")
+    report = _run_on_two_nodes(run, tmp_path, "replace")
+    assert "error" not in report, report
+    assert report["workers_per_node_before"] == {"a": 1, "b": 1}
+    assert report["workers_per_node_after"] == {"a": 1, "c": 1}
+    assert report["final_metrics"] == fsdp_reference.final_metrics
+    assert train_steps(run.output_dir) == list(range(1, 17))
+    checkpoint = sorted((run.output_dir / "rm_run").glob("checkpoint_0*"))[-1]
+    assert json.loads((checkpoint / "state.json").read_text())["strategy"] == "fsdp"
+
+
 def test_a_lost_node_that_nothing_replaces_stops_the_run_after_the_wait(tiny_model_dir, tmp_path):
     """As above, but no node joins: instead of waiting forever (Ray Train's default), the run stops once
     training.resource_wait_minutes is spent (here 6 s in 2-s start attempts) and names what it could not get."""

@@ -92,6 +92,14 @@ def test_sgd_keeps_no_optimizer_state_and_fsdp_shards_the_static_memory():
     assert sharded.per_worker_peak_bytes < replicated.per_worker_peak_bytes
 
 
+def test_fsdp_generation_holds_the_policys_full_weights_gathered_once():
+    estimate = estimate_memory(MemoryInputs(ppo(experiences=64, micro=1), SHAPES, world_size=2, strategy="fsdp"))
+    assert estimate.peak_phase == "generation"
+    shards = (4 * LM + 4 * LM + 4 * SCORE + 4 * SCORE) // 2  # policy, reference, reward and value model
+    two_units = 2 * 4 * 1000 * 64  # the two largest units FSDP may hold gathered (embedding, LM head)
+    assert estimate.breakdown.weights == shards + two_units + 4 * LM // 2  # + the policy's other half, gathered
+
+
 def test_the_breakdown_is_the_peak_phase_and_every_phase_is_reported():
     estimate = estimate_memory(MemoryInputs(ppo(experiences=64, micro=1), SHAPES, in_driver=True))
     assert estimate.peak_phase == "generation"

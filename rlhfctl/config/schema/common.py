@@ -34,6 +34,7 @@ LR_SCHEDULERS: tuple[str, ...] = (
 Optimizer = Literal["AdamW", "Adam", "SGD"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 MixedPrecision = Literal["no", "bf16", "fp16"]
+Strategy = Literal["ddp", "fsdp"]
 Tracker = Literal["tensorboard", "wandb", "mlflow"]
 TRACKERS: tuple[str, ...] = get_args(Tracker)
 
@@ -206,6 +207,14 @@ class TrainingCommon(Section):
     )
     mixed_precision: MixedPrecision = Field(
         "no", description='"no" (fp32, the right choice on CPU), "bf16" or "fp16" autocast.'
+    )
+    strategy: Strategy = Field(
+        "ddp", description='How the workers share the training: "ddp" (every worker holds the whole model, '
+        'optimizer state and gradients; on one CPU machine gradients are averaged through shared memory, the '
+        'fastest there) or "fsdp" (PyTorch FSDP2: weights, gradients and optimizer state sharded over the workers, '
+        "about 1/workers of each per worker, full parameters gathered one transformer block at a time; for models "
+        'whose training state does not fit one worker). With one worker "fsdp" runs as "ddp" (nothing to shard '
+        "over; a warning says so). Checkpoints of fsdp runs are sharded (torch.distributed.checkpoint)."
     )
     num_training_workers: Annotated[
         WorkerCount, Ask('Number of training workers ("auto": the fastest layout for this machine):',
