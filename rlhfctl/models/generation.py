@@ -151,13 +151,15 @@ def generate_responses(
 
 
 def generate_for_prompts(policy: nn.Module, prompt_texts: list[str], tokenizer: Any, max_prompt_tokens: int,
-                         sampling: SamplingSettings) -> Generation:
-    """Rendered prompts (``data.prompting.format_prompt``) -> one sampled response each, on the policy's device:
-    :func:`tokenize_prompts` (special tokens only when no chat template rendered them), then
-    :func:`generate_responses`. ``policy`` must be the bare model."""
+                         sampling: SamplingSettings, *, repeats: int = 1) -> Generation:
+    """Rendered prompts (``data.prompting.format_prompt``) -> ``repeats`` sampled responses each (consecutive rows),
+    on the policy's device: :func:`tokenize_prompts` once per prompt (special tokens only when no chat template
+    rendered them), then :func:`generate_responses`. ``policy`` must be the bare model."""
     from rlhfctl.data.prompting import has_chat_template
 
     ids, mask = tokenize_prompts(prompt_texts, tokenizer, max_prompt_tokens,
                                  add_special_tokens=not has_chat_template(tokenizer))
+    if repeats > 1:
+        ids, mask = ids.repeat_interleave(repeats, dim=0), mask.repeat_interleave(repeats, dim=0)
     device = next(policy.parameters()).device
     return generate_responses(policy, ids.to(device), mask.to(device), sampling)

@@ -15,9 +15,9 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
      optimizer and scheduler; the reward functions; then the latest checkpoint if there is one.
    - **loop**, one iteration per step over this worker's shard of the prompts (reshuffled every epoch):
      ``experience_batch_size`` prompts x ``num_generations`` completions -> rewards (reward model and/or
-     functions, weighted) -> group-relative advantages -> reference log-probs (``beta > 0``) and, unless the
-     update is one pass over one mini-batch, the sampling policy's log-probs -> ``ppo_epochs`` passes of
-     ``num_mini_batches`` clipped updates with the k3 KL term -> metrics, samples.
+     functions, weighted) -> group-relative advantages -> reference log-probs (``beta > 0``; the sampling
+     policy's come from the decoder, no forward) -> ``ppo_epochs`` passes of ``num_mini_batches`` clipped updates
+     with the k3 KL term -> metrics, samples.
    - **validation** before training and after every epoch: one completion per held-out prompt, its reward (and
      each component), KL to the reference, length.
    - **checkpoint** at ``save_every_steps`` and epoch ends (policy, optimizer, scheduler, RNG states, the
@@ -157,10 +157,10 @@ def build_job(config: GRPOConfig) -> TrainingJob[GRPOConfig, GRPOPayload]:
 def memory_workload(config: GRPOConfig, data: TrainingData) -> StageWorkload:
     """The memory hook: the policy, its frozen reference unless ``beta = 0`` (on the policy's base with LoRA), the
     reward model when the reward uses one; the phases of an iteration — generation of ``experience_batch_size x
-    num_generations`` completions with the KV cache and their reward scores; the no-grad log-prob forwards (the
-    reference's, and the sampling policy's unless the update is one pass over one mini-batch) in chunks of
-    ``batch_size``; the update micro-step over ``batch_size`` completions; validation (generation, then the policy's
-    and the reference's log-probs of one such batch at once)."""
+    num_generations`` completions with the KV cache and their reward scores; the reference's no-grad log-prob
+    forward in chunks of ``batch_size`` (the sampling policy's log-probs come from the decoder); the update
+    micro-step over ``batch_size`` completions; validation (generation, then the policy's and the reference's
+    log-probs of one such batch at once)."""
     training, generation = config.training, config.generation
     length, new_tokens = config.dataset.max_length, generation.max_new_tokens
     completions = training.experience_batch_size * training.num_generations
@@ -180,8 +180,6 @@ def memory_workload(config: GRPOConfig, data: TrainingData) -> StageWorkload:
     if config.uses_reward_model:
         generate.append(ForwardPass("reward_model", completions, length, grad=False, loss="score", reads_per_row=1))
     forwards = [logprobs("reference", chunk, False)] if training.beta else []
-    if training.ppo_epochs > 1 or training.num_mini_batches > 1:
-        forwards.append(logprobs("policy", chunk, False))
     phases = [Phase("generation", tuple(generate), together=False)]
     if forwards:
         phases.append(Phase("rollout forwards", tuple(forwards), together=False))

@@ -35,7 +35,7 @@ class Scored(NamedTuple):
     generation: Any  # models.generation.Generation
     components: dict[str, Any]  # component name -> (batch,) float tensor of unweighted scores
     rewards: Any  # (batch,) the weighted sum
-    responses: list[str]
+    responses: list[str]  # decoded texts; empty unless reward functions or samples read them
     generate_seconds: float  # of the time taken, generating (the rest: decoding and scoring)
 
 
@@ -70,26 +70,30 @@ class GRPOTrainer:
 
         return [format_prompt(row["prompt"], self.models.tokenizer) for row in rows]
 
-    def _generate(self, prompts: list[str]):
+    def _generate(self, prompts: list[str], repeats: int):
         from rlhfctl.models.generation import generate_for_prompts
 
         with self.ctx.gathered(self.policy):  # FSDP: each worker samples on its own, as long as it needs
-            return generate_for_prompts(unwrap_model(self.policy), prompts, self.models.tokenizer,
-                                        self.max_prompt_tokens, self.sampling)
+            return generate_for_prompts(unwrap_model(self.policy), prompts[::repeats], self.models.tokenizer,
+                                        self.max_prompt_tokens, self.sampling, repeats=repeats)
 
-    def _score(self, rows: list[dict], prompts: list[str]) -> Scored:
-        """Generate one completion per prompt and reward it: every component, then the weighted sum."""
+    def _score(self, rows: list[dict], prompts: list[str], *, repeats: int = 1, with_text: bool = False) -> Scored:
+        """Generate one completion per prompt and reward it: every component, then the weighted sum. ``prompts``
+        holds each prompt ``repeats`` times in a row (a group), tokenised once. The responses are decoded to text
+        only when a reward function reads them or ``with_text`` (samples) asks."""
         import torch
 
         from rlhfctl.models.rollout import reward_scores
 
         started = time.perf_counter()
-        generation = self._generate(prompts)
+        generation = self._generate(prompts, repeats)
         generate_seconds = time.perf_counter() - started
         truncated = generation.truncated
         tokenizer = self.models.tokenizer
-        responses = [tokenizer.decode(truncated.response_ids[row, : int(truncated.lengths[row])],
-                                      skip_special_tokens=True) for row in range(len(prompts))]
+        responses = []
+        if self.reward_functions or with_text:
+            responses = [tokenizer.decode(truncated.response_ids[row, : int(truncated.lengths[row])],
+                                          skip_special_tokens=True) for row in range(len(prompts))]
         components: dict[str, Any] = {}
         total = torch.zeros(len(prompts), device=self.ctx.device)
         if self.models.reward_model is not None:
@@ -125,6 +129,18 @@ class GRPOTrainer:
             module.train(was_training)
         return torch.cat(chunks) * generation.truncated.response_mask
 
+    def _sampling_logprobs(self, generation):
+        """The log-probs ``(batch, response_len)`` of the policy that sampled ``generation``, or None where the
+        update needs none: one pass over one mini-batch (the sampling policy is the one being trained, ratio = 1,
+        the first pass's own log-probs serve). Otherwise the decoder's, taken from the logits each token was drawn
+        from (as PPO's rollout), and a no-grad forward only for a generation without them."""
+        training = self.training
+        if training.ppo_epochs == 1 and training.num_mini_batches == 1:
+            return None
+        if generation.response_logprobs is not None and generation.logprobs_temperature == self.temperature:
+            return generation.response_logprobs
+        return self._no_grad_logprobs(unwrap_model(self.policy), generation)
+
     def iteration(self, rows: list[dict], prompts: list[str], *, step: int,
                   with_samples: bool) -> tuple[dict[str, float], list[dict]]:
         """One GRPO iteration on ``prompts`` (with their ``rows``): ``num_generations`` completions each ->
@@ -137,14 +153,12 @@ class GRPOTrainer:
         group_rows = [row for row in rows for _ in range(group)]  # completions of a prompt are consecutive
         group_prompts = [prompt for prompt in prompts for _ in range(group)]
         started = time.perf_counter()
-        scored = self._score(group_rows, group_prompts)
+        scored = self._score(group_rows, group_prompts, repeats=group, with_text=with_samples)
         generated = time.perf_counter()
         advantages = group_advantages(scored.rewards, group, scale_rewards=training.scale_rewards,
                                       leave_one_out=training.rloo)
         generation = scored.generation
-        on_policy = training.ppo_epochs == 1 and training.num_mini_batches == 1
-        # One pass over one mini-batch: the sampling policy is the one being trained, ratio = 1 (no old forward).
-        old_logprobs = None if on_policy else self._no_grad_logprobs(unwrap_model(self.policy), generation)
+        old_logprobs = self._sampling_logprobs(generation)
         ref_logprobs = (self._no_grad_logprobs(self.models.reference, generation)
                         if self.models.reference is not None else None)
         forwarded = time.perf_counter()
@@ -286,7 +300,7 @@ class GRPOTrainer:
                     sums["kl_k1"] = sums.get("kl_k1", 0.0) + kl
                 sums["response_length_mean"] += mask.sum().item()
                 sums["eos_rate"] += generation.truncated.has_stop.float().sum().item()
-                sums["count"] += len(scored.responses)
+                sums["count"] += mask.shape[0]
         keys = ["reward_mean", "response_length_mean", "eos_rate", "count",
                 *(f"rewards/{name}" for name in self._component_names()),
                 *(["kl_k1"] if self.models.reference is not None else [])]

@@ -62,3 +62,17 @@ def test_generate_for_prompts_tokenizes_and_samples_as_the_two_steps_do(tiny, sa
     apart = pr.generate_responses(policy, ids, mask, settings)
     assert together.prompt_len == 5 and torch.equal(together.query_responses, apart.query_responses)
     assert torch.equal(together.attention_mask, apart.attention_mask)
+
+
+def test_repeats_sample_each_prompt_that_many_times_as_the_repeated_list_does(tiny, sampling):
+    tokenizer, policy, _ = tiny
+    texts = ["\n\nHuman: hello\n\nAssistant:", "hi"]
+    settings = sampling(tokenizer, max_new_tokens=8)
+    torch.manual_seed(5)
+    repeated = pr.generate_for_prompts(policy, texts, tokenizer, 5, settings, repeats=3)
+    torch.manual_seed(5)
+    listed = pr.generate_for_prompts(policy, [text for text in texts for _ in range(3)], tokenizer, 5, settings)
+    assert repeated.query_responses.shape[0] == 6
+    assert torch.equal(repeated.query_responses, listed.query_responses)
+    assert torch.equal(repeated.attention_mask, listed.attention_mask)
+    assert torch.equal(repeated.response_logprobs, listed.response_logprobs)

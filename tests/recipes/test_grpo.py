@@ -79,7 +79,7 @@ def write_toml(path: Path, text: str) -> Path:
 
 def test_plan_counts_iterations_and_episodes(tmp_path, tiny_model_dir):
     config = make_config(tmp_path, tiny_model_dir, reward_model=tiny_model_dir, num_training_workers=2, epochs=2,
-                         rloo=True)
+                         rloo=True, scale_rewards=True)
     plan = grpo.plan(config)
     # 300 prompts / 2 workers = 150 each -> ceil(150 / 8) = 19 iterations per epoch; 8 prompts x 4 x 2 workers
     assert plan.stage == "grpo" and plan.steps_per_epoch == 19 and plan.total_steps == 38
@@ -103,8 +103,11 @@ def test_the_memory_plan_knows_every_model_and_the_generation_cache(tmp_path, ti
     assert estimate.per_model["policy"].optimizer_state > 0
     assert all(estimate.per_model[role].optimizer_state == 0 for role in roles[1:])
     assert {"generation", "update", "validation"} <= set(estimate.phase_peaks)
-    on_policy = "rollout forwards" not in estimate.phase_peaks
-    assert on_policy == (beta == 0)  # one pass over one mini-batch: only the reference needs a no-grad forward
+    # only the reference needs a no-grad forward: the sampling policy's log-probs come from the decoder
+    assert ("rollout forwards" in estimate.phase_peaks) == (beta > 0)
+    several_passes = config.model_copy(update={"training": config.training.model_copy(update={"ppo_epochs": 2})})
+    assert ("rollout forwards" in grpo.build_job(several_passes).plan(memory_probe=None).memory.estimate.phase_peaks
+            ) == (beta > 0)
     config.training.num_generations = 8  # twice the completions: a larger KV cache while generating
     larger = grpo.build_job(config).plan(memory_probe=None).memory.estimate
     assert larger.phase_peaks["generation"] > estimate.phase_peaks["generation"]
@@ -342,6 +345,24 @@ def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tmp_pa
     weights_full = load_file(str(tmp_path / "a" / "export" / "model.safetensors"))
     weights_resumed = load_file(str(tmp_path / "b" / "export" / "model.safetensors"))
     assert all((weights_full[name] == weights_resumed[name]).all() for name in weights_full)
+
+
+def test_several_passes_take_the_old_logprobs_from_the_decoder_not_a_policy_forward(tmp_path, trained_models,
+                                                                                  monkeypatch):
+    from rlhfctl.recipes.grpo_trainer import GRPOTrainer
+
+    sft_export, _ = trained_models
+    forwards: list[str] = []
+    real = GRPOTrainer._no_grad_logprobs
+    monkeypatch.setattr(GRPOTrainer, "_no_grad_logprobs", lambda self, model, generation: forwards.append(
+        "reference" if model is self.models.reference else "policy") or real(self, model, generation))
+    config = make_config(tmp_path, sft_export, train_file=few_prompts(tmp_path, 16), validation_file=None,
+                         ppo_epochs=2, num_mini_batches=2, experience_batch_size=4)
+    metrics = run_inline(config, tmp_path / "ckpt")
+    assert forwards == ["reference"] * 4  # 4 iterations: the reference's forward only, never the policy's
+    # the first pass over the first mini-batch sees ratio 1 (the decoder's log-probs are the policy's), later ones
+    # move away from it only as far as the clip allows
+    assert 0.9 < metrics["train_ratio_mean"] < 1.1 and math.isfinite(metrics["train_loss"])
 
 
 def test_nonfinite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):

@@ -72,7 +72,11 @@ class GRPOTraining(TrainingCommon):
                     "reference model entirely.",
     )
     epsilon: PositiveFloat = Field(0.2, description="Clip range of the per-token probability ratio.")
-    scale_rewards: bool = Field(True, description="Divide each advantage by its group's reward std.")
+    scale_rewards: bool = Field(
+        False, description="Divide each advantage by its group's reward std (the GRPO paper's and TRL's choice). Off "
+                           "by default, as Dr. GRPO recommends: the division blows near-equal rewards up into full-size "
+                           "advantages, so the policy chases noise (benchmarks/README.md: more reward-model gain per "
+                           "episode at a third of the KL).")
     rloo: bool = Field(
         False, description="RLOO: the baseline of a completion is the mean reward of the others in its group "
                            "(leave-one-out) instead of the group mean."
