@@ -310,7 +310,8 @@ def test_dpo_on_two_ray_workers_learns_and_a_killed_worker_recovers_exactly(tmp_
     def overrides(folder: Path) -> list[str]:
         return [f"general.base_model={tiny_model_dir}", f"general.output_dir={folder / 'run'}",
                 f"general.checkpoint_dir={folder / 'export'}", "training.learning_rate=1e-3",
-                "training.save_every_steps=10", "training.max_failures=1"]
+                "training.save_every_steps=10", "training.max_failures=1",
+                "training.num_training_workers=2", "training.batch_size=8"]  # the Ray path, asked for explicitly
 
     example = REPO_ROOT / "examples" / "configs" / "dpo.toml"  # 2 workers x 8 pairs: 29 steps
     result = runner.invoke(app, ["dpo", "train", str(example), *overrides(tmp_path / "full")])
