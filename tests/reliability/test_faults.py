@@ -156,9 +156,15 @@ def _process_tree(pid: int) -> list:
 def _survivors(processes: list, grace_s: float) -> list:
     import psutil
 
+    def still_running(process) -> bool:
+        try:  # a process can exit between any two psutil calls
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     deadline = time.monotonic() + grace_s
     while True:
-        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in processes if still_running(p)]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
