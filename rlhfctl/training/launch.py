@@ -538,9 +538,10 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
         poller.start()
         per_worker = {name: amount for name, amount in request.per_worker.items() if name != "GPU"}
         trainer = LeanTrainer(  # = TorchTrainer without torch in this process or the controller, fewer helper actors
-            functools.partial(run_stoppable, job.train_loop),
+            # the loop config (data rows included) travels inside the function, which only the workers unpickle; as
+            # Ray's train_loop_config it would also be pickled into the controller's run context and unpickled there
+            functools.partial(run_stoppable, job.train_loop, job.loop_config(core)),
             owns_cluster=owns_cluster,
-            train_loop_config=job.loop_config(core),
             backend_config=TorchBackendConfig(backend="nccl" if training.use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=training.num_training_workers, use_gpu=training.use_gpu,
                                          resources_per_worker=per_worker | (

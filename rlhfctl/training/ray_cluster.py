@@ -22,10 +22,20 @@ WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 DEFAULT_WORKER_START_TIMEOUT_S = 60.0  # Ray Train's own default
 
 
+# RAY_WARN_BLOCKING_GET_INSIDE_ASYNC: Ray Train gives its controller "0" (no warning) through a runtime env; set
+# before ray.init, every process of the embedded Ray inherits it instead (see embedded_ray_environment).
 EMBEDDED_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-                            "RAY_TRAIN_METRICS_ENABLED": "0"}
+                            "RAY_TRAIN_METRICS_ENABLED": "0", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}
+# The raylet starts at most this many worker processes at a time (Ray: one per CPU). Ray Train asks for its
+# synchronisation actor and every worker at once, so on a 2-core machine the second worker waited for the first
+# ones to connect; its start is on the way to the first step. Read by the raylet (a RayConfig setting).
+STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
+MIN_STARTUP_CONCURRENCY = 4  # a 2-worker group, its synchronisation actor and the controller
 # Process state, not configuration: True while an embedded Ray started by ray_session(None) is running.
 _embedded_running = False
+# The driver's environment when that embedded Ray started: its raylet, and every worker process the raylet starts,
+# inherited exactly these variables.
+_embedded_environment: dict[str, str] | None = None
 # Inside shared_ray_sessions(): the Ray a ray_session started stays up for the next one; these undo it at the end.
 _shared_depth = 0
 _shared_cleanups: list[list[str]] = []
@@ -75,7 +85,7 @@ def ray_session(address: str | None) -> Iterator[bool]:
     Yields True when the Ray in use is an embedded one that rlhfctl started in this process (this call or an
     enclosing one): it lives and dies with this process, so nothing has to outlive a run on it.
     """
-    global _embedded_running
+    global _embedded_running, _embedded_environment
     _prepare_environment()
     import ray
 
@@ -86,11 +96,13 @@ def ray_session(address: str | None) -> Iterator[bool]:
     if address is None:
         # Our own single-user, local-only cluster: no token to manage (and no warning about it), no preemption to
         # watch (Ray Train's watcher is one more ~120 MB actor process polling node drain state) and no Prometheus
-        # metrics export (there is no dashboard to read them).
-        for name, value in EMBEDDED_RAY_ENVIRONMENT.items():
+        # metrics export (there is no dashboard to read them); no queue for worker processes on small machines.
+        startup = {STARTUP_CONCURRENCY_ENV: str(max(os.cpu_count() or 1, MIN_STARTUP_CONCURRENCY))}
+        for name, value in (EMBEDDED_RAY_ENVIRONMENT | startup).items():
             if name not in os.environ:
                 os.environ[name] = value
                 embedded_only.append(name)
+    environment_at_start = dict(os.environ) if address is None else None  # what the embedded Ray will inherit
     try:
         if address is None:
             # address="local": always a new instance, never a cluster some other process left running
@@ -102,6 +114,7 @@ def ray_session(address: str | None) -> Iterator[bool]:
         raise UserError(f"cannot connect to the Ray cluster at general.ray_address = {address!r}: {exc}",
                         hint="Start one with `ray start --head`, or leave ray_address out for a local Ray.") from None
     _embedded_running = address is None
+    _embedded_environment = environment_at_start
     try:
         yield _embedded_running
     finally:
@@ -111,11 +124,18 @@ def ray_session(address: str | None) -> Iterator[bool]:
             _stop(embedded_only)
 
 
+def embedded_ray_environment() -> dict[str, str] | None:
+    """The environment every process of the running embedded Ray inherited (the driver's when ``ray.init`` started
+    it); None when the Ray in use is not one that rlhfctl started in this process."""
+    return dict(_embedded_environment) if _embedded_running and _embedded_environment is not None else None
+
+
 def _stop(embedded_only: list[str]) -> None:
-    global _embedded_running
+    global _embedded_running, _embedded_environment
     import ray
 
     _embedded_running = False
+    _embedded_environment = None
     ray.shutdown()
     for name in embedded_only:  # a later session in this process may join a cluster: Ray Train propagates these
         os.environ.pop(name, None)

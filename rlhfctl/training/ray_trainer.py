@@ -16,12 +16,31 @@ A third helper, the ``AutoscalingCoordinator`` actor (another ~1.6 CPU-seconds o
 so that a fixed-size worker group can ask a cluster autoscaler for its nodes. The embedded local Ray has no
 autoscaler, so there the fixed scaling policy runs without it (:class:`FixedSizeWithoutAutoscaler`); a joined
 cluster keeps Ray's policy. ``_initialize_and_run_controller`` is where ``fit()`` hands the policy over.
+
+Ray Train also gives its controller, and the controller its workers, a runtime env that carries the driver's
+``RAY_TRAIN_*`` settings (``get_env_vars_to_propagate``). A process with a runtime env cannot be one of the idle
+worker processes Ray keeps ready: each gets a fresh one, started through Ray's runtime-env setup (two interpreter
+starts). On the embedded Ray every process inherits the driver's environment from the raylet anyway, so when
+those settings are the ones the embedded Ray started with (:func:`~rlhfctl.training.ray_cluster.embedded_ray_environment`),
+the controller starts without a runtime env (:class:`InheritedEnvironmentController`) and so do its
+synchronisation actor and workers (:class:`InheritedEnvironmentWorkerGroup`). A setting changed after Ray started,
+or any joined cluster, keeps Ray's way.
 """
 
 from __future__ import annotations
 
+import threading
+
+import ray
+from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
+from ray.train.v2._internal.constants import DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE
+from ray.train.v2._internal.constants import get_env_vars_to_propagate
+from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+from ray.train.v2._internal.execution.worker_group import WorkerGroup
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+from rlhfctl.training.ray_cluster import embedded_ray_environment
 
 NEVER_NEEDED = frozenset({"DatasetsCallback"})
 NOT_NEEDED_ON_OWN_CLUSTER = frozenset({"PlacementGroupCleanerCallback"})
@@ -39,6 +58,32 @@ class FixedSizeWithoutAutoscaler(FixedScalingPolicy):
 
     def _send_resource_request(self) -> None:
         return None
+
+
+class InheritedEnvironmentWorkerGroup(WorkerGroup):
+    """Ray Train's worker group whose workers inherit the controller's environment instead of receiving Ray Train's
+    settings again through a runtime env (only a ``RunConfig.worker_runtime_env`` is passed on)."""
+
+    @staticmethod
+    def _get_worker_runtime_env(custom_runtime_env):
+        return dict(custom_runtime_env)
+
+
+class InheritedEnvironmentController(TrainController):
+    """Ray Train's controller, started without a runtime env, creating :class:`InheritedEnvironmentWorkerGroup`."""
+
+    worker_group_cls = InheritedEnvironmentWorkerGroup
+
+
+def settings_inherited_from_embedded_ray() -> bool:
+    """Whether every setting Ray Train would hand its controller through a runtime env already has that value in
+    the environment the embedded Ray's processes inherited (False when no embedded Ray runs)."""
+    inherited = embedded_ray_environment()
+    if inherited is None:
+        return False
+    settings = get_env_vars_to_propagate()
+    settings.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    return all(inherited.get(name) == value for name, value in settings.items())
 
 
 class LeanTrainer(DataParallelTrainer):
@@ -59,4 +104,11 @@ class LeanTrainer(DataParallelTrainer):
         policy = controller_init_kwargs.get("scaling_policy")
         if self._owns_cluster and type(policy) is FixedScalingPolicy:
             controller_init_kwargs["scaling_policy"] = FixedSizeWithoutAutoscaler(policy.scaling_config)
-        return super()._initialize_and_run_controller(**controller_init_kwargs)
+        if not (self._owns_cluster and settings_inherited_from_embedded_ray()):
+            return super()._initialize_and_run_controller(**controller_init_kwargs)
+        # Ray's own steps minus the runtime env (and minus the node label: the embedded Ray is one node)
+        controller = ray.remote(num_cpus=0)(InheritedEnvironmentController).remote(**controller_init_kwargs)
+        if threading.current_thread() is threading.main_thread():
+            self._register_sigint_handler(controller)
+        ray.get(controller.run.remote())
+        return ray.get(controller.get_result.remote())

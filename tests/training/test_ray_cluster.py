@@ -61,3 +61,21 @@ def test_shared_sessions_start_ray_once_and_only_when_a_session_needs_it(monkeyp
     with ray_cluster.ray_session(None):  # outside the block: a session stops what it started
         pass
     assert (fake.inits, fake.shutdowns) == (2, 2)
+
+
+def test_the_embedded_rays_environment_is_the_drivers_when_it_started(monkeypatch):
+    from rlhfctl.training import ray_cluster
+
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setenv("RLHFCTL_TEST_SETTING", "before")
+    assert ray_cluster.embedded_ray_environment() is None
+    with ray_cluster.ray_session(None):
+        os.environ["RLHFCTL_TEST_SETTING"] = "after"  # Ray's processes still have what they started with
+        inherited = ray_cluster.embedded_ray_environment()
+        assert inherited["RLHFCTL_TEST_SETTING"] == "before"
+        assert inherited["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] == "0"  # Ray Train's controller default, inherited
+        assert int(inherited[ray_cluster.STARTUP_CONCURRENCY_ENV]) >= max(os.cpu_count() or 1, 4)
+    assert ray_cluster.embedded_ray_environment() is None
+    with ray_cluster.ray_session("auto"):  # a joined cluster's processes never had this process's environment
+        assert ray_cluster.embedded_ray_environment() is None

@@ -33,6 +33,12 @@ PRIVATE_IMPORTS = {
     ("ray.train.torch.config", "_shutdown_torch"),  # torch_backend: destroy_process_group at the end
     ("ray.train.v2.api.data_parallel_trainer", "DataParallelTrainer"),  # ray_trainer: LeanTrainer's base
     ("ray.train.v2._internal.execution.scaling_policy", "FixedScalingPolicy"),  # ray_trainer: no autoscaler requests
+    # ray_trainer: on the embedded Ray, the controller and workers inherit Ray Train's settings (no runtime env)
+    ("ray.train.v2._internal.execution.controller", "TrainController"),
+    ("ray.train.v2._internal.execution.worker_group", "WorkerGroup"),
+    ("ray.train.v2._internal.constants", "get_env_vars_to_propagate"),
+    ("ray.train.v2._internal.constants", "DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE"),
+    ("ray._common.constants", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR"),
 }
 
 # Ray's own environment variables rlhfctl sets, and where Ray defines each name.
@@ -45,7 +51,11 @@ RAY_ENVIRONMENT = {
     "RAY_TRAIN_V2_ENABLED": ("ray.train.v2._internal.constants", "V2_ENABLED_ENV_VAR"),
     "RAY_AUTH_MODE": ("ray._private.authentication.authentication_token_setup", "AUTH_MODE_ENV_VAR"),
     "RAY_USAGE_STATS_ENABLED": ("ray._common.usage.usage_constants", "USAGE_STATS_ENABLED_ENV_VAR"),
+    "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": ("ray._common.constants", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR"),
 }
+
+# Ray's C++ settings (RayConfig, read from RAY_<name> by the raylet) rlhfctl sets on the embedded Ray.
+RAYLET_SETTINGS = {"RAY_worker_maximum_startup_concurrency"}
 
 
 @pytest.mark.parametrize(("module", "name"), sorted(PRIVATE_IMPORTS))
@@ -110,6 +120,31 @@ def test_the_trainer_hook_and_failure_attributes_rlhfctl_reads():
     assert hasattr(placement, "PlacementGroupCleanerCallback")
 
 
+def test_the_controller_and_worker_group_steps_lean_trainer_repeats_without_a_runtime_env():
+    """LeanTrainer starts the controller as DataParallelTrainer does, minus the runtime env; the controller builds
+    its worker group from ``worker_group_cls``, which takes its workers' runtime env from
+    ``_get_worker_runtime_env`` and starts the synchronisation actor without one of its own."""
+    from ray.train.v2._internal.execution.controller import TrainController
+    from ray.train.v2._internal.execution.worker_group import WorkerGroup
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    starting = inspect.getsource(DataParallelTrainer._initialize_and_run_controller)
+    for step in ('runtime_env={"env_vars": env_vars}', "get_env_vars_to_propagate()", "num_cpus=0",
+                 "self._register_sigint_handler(controller)", "ray.get(controller.run.remote())",
+                 "return ray.get(controller.get_result.remote())"):
+        assert step in starting, step
+    assert "env_vars.setdefault(" in starting and "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR" in starting
+    assert TrainController.worker_group_cls is WorkerGroup
+    assert "self.worker_group_cls.create(" in inspect.getsource(TrainController)
+    assert "cls(train_run_context, worker_group_context, callbacks)" in inspect.getsource(WorkerGroup.create)
+    assert isinstance(inspect.getattr_static(WorkerGroup, "_get_worker_runtime_env"), staticmethod)
+    assert list(inspect.signature(WorkerGroup._get_worker_runtime_env).parameters) == ["custom_runtime_env"]
+    workers = inspect.getsource(WorkerGroup)
+    assert "self._get_worker_runtime_env(" in workers
+    sync_actor = workers[workers.index("SynchronizationActor.options("):]
+    assert "runtime_env" not in sync_actor[:sync_actor.index(".remote(")]
+
+
 def test_prepare_model_takes_the_ddp_options_rlhfctl_passes():
     from ray.train.torch import prepare_model
 
@@ -120,6 +155,14 @@ def test_prepare_model_takes_the_ddp_options_rlhfctl_passes():
 def test_each_ray_environment_variable_is_still_read_by_ray(variable):
     module, name = RAY_ENVIRONMENT[variable]
     assert getattr(importlib.import_module(module), name) == variable
+
+
+@pytest.mark.parametrize("variable", sorted(RAYLET_SETTINGS))
+def test_each_raylet_setting_is_still_read_by_the_raylet(variable):
+    import ray
+
+    raylet = Path(ray.__file__).parent / "core" / "src" / "ray" / "raylet" / "raylet"
+    assert variable.encode() in raylet.read_bytes(), f"the raylet no longer reads {variable}"
 
 
 def test_the_worker_start_timeout_default_matches_rays():
@@ -148,7 +191,7 @@ def _ray_imports_and_variables() -> tuple[set[tuple[str, str]], set[str]]:
                     if parts[0] == "ray" and any(part.startswith("_") or part == "v2" for part in parts):
                         imports.add((alias.name, ""))
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                    and re.fullmatch(r"RAY_[A-Z0-9_]+", node.value):
+                    and re.fullmatch(r"RAY_[A-Za-z0-9_]+", node.value):
                 variables.add(node.value)
     return imports, variables
 
@@ -158,7 +201,8 @@ def test_this_list_names_every_private_ray_import_and_variable_in_the_package():
     assert imports <= PRIVATE_IMPORTS, f"add {sorted(imports - PRIVATE_IMPORTS)} to PRIVATE_IMPORTS (and check the pin)"
     source = "\n".join(path.read_text(encoding="utf-8") for path in PACKAGE.rglob("*.py"))
     assert all(f"from {module} import {name}" in source for module, name in PRIVATE_IMPORTS)  # none listed unused
-    assert variables <= set(RAY_ENVIRONMENT), f"add {sorted(variables - set(RAY_ENVIRONMENT))} to RAY_ENVIRONMENT"
+    known = set(RAY_ENVIRONMENT) | RAYLET_SETTINGS
+    assert variables <= known, f"add {sorted(variables - known)} to RAY_ENVIRONMENT or RAYLET_SETTINGS"
 
 
 def test_pyproject_pins_ray_to_the_tested_minor_version():
