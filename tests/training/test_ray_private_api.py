@@ -39,6 +39,7 @@ PRIVATE_IMPORTS = {
     ("ray.train.v2._internal.constants", "get_env_vars_to_propagate"),
     ("ray.train.v2._internal.constants", "DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE"),
     ("ray._common.constants", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR"),
+    ("ray._private", "worker"),  # ray_cluster: the embedded Ray's node, to stop the head processes it never uses
 }
 
 # Ray's own environment variables rlhfctl sets, and where Ray defines each name.
@@ -143,6 +144,22 @@ def test_the_controller_and_worker_group_steps_lean_trainer_repeats_without_a_ru
     assert "self._get_worker_runtime_env(" in workers
     sync_actor = workers[workers.index("SynchronizationActor.options("):]
     assert "runtime_env" not in sync_actor[:sync_actor.index(".remote(")]
+
+
+def test_the_head_processes_an_embedded_ray_stops_can_be_stopped_by_type():
+    from ray._private import ray_constants, worker
+    from ray._private.node import Node
+
+    from rlhfctl.training.ray_cluster import IDLE_HEAD_PROCESSES
+
+    assert hasattr(worker, "_global_node")
+    for method in IDLE_HEAD_PROCESSES:
+        assert "check_alive" in inspect.signature(getattr(Node, method)).parameters, f"Node.{method}"
+    # each stops the process type ray.init starts under that name
+    for method, kind in zip(IDLE_HEAD_PROCESSES, ("PROCESS_TYPE_MONITOR", "PROCESS_TYPE_LOG_MONITOR",
+                                                  "PROCESS_TYPE_DASHBOARD")):
+        assert f"ray_constants.{kind}" in inspect.getsource(getattr(Node, method))
+        assert getattr(ray_constants, kind)
 
 
 def test_prepare_model_takes_the_ddp_options_rlhfctl_passes():
