@@ -49,6 +49,7 @@ from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.recipes.ppo_trainer import PPOModels, PPOTrainer
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
+from rlhfctl.training.batching import evaluation_batches
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
 from rlhfctl.training.memory import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
@@ -340,11 +341,12 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     )
     train_prompts = trainer.render_prompts(payload.train_rows)
     validation_prompts = trainer.render_prompts(payload.validation_rows)
-    validation_shard = validation_prompts[ctx.rank :: ctx.world_size]
+    validation_batches = evaluation_batches(validation_prompts, rank=ctx.rank, world_size=ctx.world_size,
+                                          batch_size=training.experience_batch_size)
 
     validation: dict[str, float] = {}
     if state.step == 0 and validation_prompts:
-        validation = trainer.evaluate(validation_shard)
+        validation = trainer.evaluate(validation_batches)
         ctx.log(0, validation, epoch=0, split="validation")
         state.extra["initial_validation_score"] = validation["score_mean"]
 
@@ -374,7 +376,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
             if ctx.checkpoint_due(state.step) and state.batch_in_epoch < iterations_per_epoch:
                 ctx.save(state, metrics)
         if validation_prompts:
-            validation = trainer.evaluate(validation_shard)
+            validation = trainer.evaluate(validation_batches)
             ctx.log(state.step, validation, epoch=epoch, split="validation")
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         ctx.save(state, {**metrics, **{f"validation_{key}": value for key, value in validation.items()}})
