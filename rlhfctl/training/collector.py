@@ -7,9 +7,10 @@ it exits. Three calls avoid that:
 
 - :func:`start_up_without_collection` (the driver, around a single-process run): no cyclic collection while the
   run starts; when the block ends the collector is as it was (on, nothing frozen).
-- :func:`start_the_loop` (every worker, right before its first step): one collection frees start-up garbage, then
-  ``gc.freeze()`` moves what is left (modules, models, tokenizer) out of the collector's sight, and collection is
-  on again for the loop, whose own garbage the collector handles as usual.
+- :func:`start_the_loop` (every worker calls it right before its first step; it acts only where the collector
+  was paused): one collection frees start-up garbage, then ``gc.freeze()`` moves what is left (modules, models,
+  tokenizer) out of the collector's sight, and collection is on again for the loop, whose own garbage the
+  collector handles as usual.
 - :func:`freeze_before_exit` (the CLI, when a command returns): the exit-time pass skips everything that exists.
 """
 
@@ -40,14 +41,16 @@ def start_up_without_collection() -> Iterator[None]:
 
 
 def start_the_loop() -> None:
-    """The models are loaded and the loop begins: free start-up garbage, keep the rest out of later full passes,
-    and collect as usual from here (if :func:`start_up_without_collection` had paused the collector)."""
+    """The models are loaded and the loop begins: if :func:`start_up_without_collection` paused the collector in
+    this process, free start-up garbage, keep the rest out of later full passes and collect as usual from here.
+    Otherwise (a Ray Train worker, whose collector ran all along) nothing changes."""
     global _paused
+    if not _paused:
+        return
+    _paused = False
     gc.collect()
     gc.freeze()
-    if _paused:
-        _paused = False
-        gc.enable()
+    gc.enable()
 
 
 def freeze_before_exit() -> None:

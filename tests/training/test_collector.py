@@ -65,6 +65,13 @@ def test_a_collector_that_was_off_stays_off():
     assert not gc.isenabled()
 
 
+def test_start_the_loop_leaves_a_collector_it_did_not_pause_alone():  # a Ray Train worker
+    gc.enable()
+    collector.start_the_loop()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+
+
 def test_freeze_before_exit_freezes_what_exists():
     collector.freeze_before_exit()
     assert gc.get_freeze_count() > 0
