@@ -14,7 +14,8 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
      policy's backbone with ``value_model_init = "policy"``); dropout off in all four; policy and value model
      DDP-wrapped, each with its own optimizer and scheduler; then the latest checkpoint if there is one. With
      ``[lora]`` the policy and value model train adapters, the reference is the policy with its adapters off and
-     the reward model the value model's base (one copy of each base; see :func:`_build_models`).
+     the reward model the value model's base (one copy of each base; see :func:`_build_models`); the policy samples
+     with its adapters merged into a copy of its base (``PPOTrainer._generate``).
    - **loop**, one PPO iteration per step, over this worker's shard of the prompts (reshuffled every epoch):
      ``experience_batch_size`` prompts -> generate -> score -> old/ref log-probs and values -> per-token rewards
      (KL penalty + score on the last real token) -> GAE -> whitened advantages -> ``ppo_epochs`` passes of
