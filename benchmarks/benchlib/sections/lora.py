@@ -2,7 +2,7 @@
 
 Three sections (each well under 10 minutes on 2 cores, so they can run one at a time):
 
-- ``lora-ppo`` (memory and speed): PPO on a ~60 M-parameter Llama-shaped model (``SHAPES["small"]``: 10 layers,
+- ``lora-ppo`` (memory and speed): PPO on a 46 M-parameter Llama-shaped model (``SHAPES["small"]``: 10 layers,
   hidden 640, grouped-query attention), the PPO section's workload (8 rollouts per update, 4 PPO epochs, 32-token
   responses): rlhfctl full-parameter, rlhfctl LoRA, TRL 1.12.0 PPOTrainer + peft. Peak PSS of the process tree and
   steady-state episodes/s.
@@ -39,7 +39,7 @@ PPO_LEARNING_LR, PPO_LEARNING_EPISODES = 3e-4, 128
 
 
 def llama(ctx: BenchContext, name: str) -> Path:
-    """The Llama-shaped kit model ``name`` ("small": ~60 M, "mini": ~5 M), without a chat template, built once."""
+    """The Llama-shaped kit model ``name`` ("small": 46 M, "mini": ~5 M), without a chat template, built once."""
     from rlhfctl.example.architectures import SHAPES, Shape, build_architecture_kit
 
     out_dir = ctx.work / "models" / f"llama-{name}"
