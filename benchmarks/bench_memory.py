@@ -16,7 +16,8 @@ Data is generated with rows longer than ``max_length`` (prompts and responses of
 as long as the plan assumes: the plan sizes the worst batch, ``max_length`` tokens per row. Models: rlhfctl's tiny
 kit (0.15 M parameters: the framework overhead dominates) and a Llama-shaped random model of ~60 M parameters
 (hidden 512, 8 layers, 8 heads, MLP 1536, a 32,000-token vocabulary of which the kit's BPE tokenizer uses 8,192:
-the weights, optimizer state and full-vocabulary logits dominate).
+the weights, optimizer state and full-vocabulary logits dominate); the ``llama120`` cases use a ~120 M one (hidden
+768, 10 layers, 12 heads, MLP 2048).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ WORK = BENCH_DIR / "results" / "work" / "memory"
 GiB = 1024**3
 LLAMA_SHAPE = {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
                "intermediate_size": 1536, "vocab_size": 32000, "max_position_embeddings": 1024}
+# ~120 M parameters (hidden 768, 10 layers, MLP 2048): where training state outweighs a batch's activations
+LLAMA120_SHAPE = {**LLAMA_SHAPE, "hidden_size": 768, "num_hidden_layers": 10, "num_attention_heads": 12,
+                  "num_key_value_heads": 12, "intermediate_size": 2048}
+LLAMA_MODELS = {"llama60m": LLAMA_SHAPE, "llama120m": LLAMA120_SHAPE}
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -75,24 +80,26 @@ def write_long_data(root: Path, seed: int = 0) -> dict[str, Path]:
     return files
 
 
-def build_models(root: Path, corpus: list[Path]) -> dict[str, Path]:
-    """The tiny kit and the ~60 M-parameter Llama (built once, re-used)."""
+def build_models(root: Path, corpus: list[Path], wanted: set[str]) -> dict[str, Path]:
+    """The tiny kit and the Llama-shaped models of ``wanted`` (built once, re-used)."""
     from rlhfctl.example.kit import build_model_kit, build_tokenizer, iter_corpus_texts
 
-    models = {"tiny": root / "tiny", "llama60m": root / "llama60m"}
+    models = {"tiny": root / "tiny", **{name: root / name for name in LLAMA_MODELS}}
     if not (models["tiny"] / "config.json").exists():
         build_model_kit(models["tiny"], corpus_files=corpus, preset="tiny", seed=0)
-    if not (models["llama60m"] / "config.json").exists():
+    for name, shape in LLAMA_MODELS.items():
+        if name not in wanted or (models[name] / "config.json").exists():
+            continue
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
 
         tokenizer = build_tokenizer(list(iter_corpus_texts(corpus)), 8192)
-        config = LlamaConfig(**LLAMA_SHAPE, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        config = LlamaConfig(**shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-        model.save_pretrained(models["llama60m"], safe_serialization=True)
-        tokenizer.save_pretrained(models["llama60m"])
+        model.save_pretrained(models[name], safe_serialization=True)
+        tokenizer.save_pretrained(models[name])
     return models
 
 
@@ -103,7 +110,7 @@ def build_models(root: Path, corpus: list[Path]) -> dict[str, Path]:
 class Case:
     label: str
     stage: str
-    model: str  # "tiny" or "llama60m"
+    model: str  # "tiny", "llama60m" or "llama120m"
     workers: int
     training: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # other sections, e.g. {"lora": {"r": 8}}
@@ -149,6 +156,14 @@ CASES = [
     Case("llama-ppo-lora-gc-1w", "ppo", "llama60m", 1, GC, LORA, needs=("lora", "training.gradient_checkpointing")),
     Case("llama-rm-fsdp-2w", "rm", "llama60m", 2, FSDP, needs=("training.strategy",)),
     Case("llama-ppo-fsdp-2w", "ppo", "llama60m", 2, FSDP, needs=("training.strategy",)),
+    # DDP against FSDP where training state dominates: gradient checkpointing on (activations of a batch shrink
+    # to one block's), then a ~120 M-parameter model (weights, gradients and Adam grow 2x, activations 1.5x)
+    Case("llama-rm-gc-2w", "rm", "llama60m", 2, GC, needs=("training.gradient_checkpointing",)),
+    Case("llama-rm-fsdp-gc-2w", "rm", "llama60m", 2, {**FSDP, **GC}, needs=("training.strategy",)),
+    Case("llama-ppo-gc-2w", "ppo", "llama60m", 2, GC, needs=("training.gradient_checkpointing",)),
+    Case("llama-ppo-fsdp-gc-2w", "ppo", "llama60m", 2, {**FSDP, **GC}, needs=("training.strategy",)),
+    Case("llama120-rm-gc-2w", "rm", "llama120m", 2, GC, needs=("training.gradient_checkpointing",)),
+    Case("llama120-rm-fsdp-gc-2w", "rm", "llama120m", 2, {**FSDP, **GC}, needs=("training.strategy",)),
 ]
 
 
@@ -199,7 +214,8 @@ def run_case(case: Case, models: dict[str, Path], data: dict[str, Path], runs: P
               "command": " ".join(["rlhfctl", case.stage, "train", f"{case.label}.toml"]),
               "config": case.config(models, data, Path("RUN")), "estimate_bytes": memory["per_worker_peak_bytes"],
               "estimate_breakdown": memory["breakdown"], "peak_phase": memory["peak_phase"],
-              "wall_time_s": round(measured.wall_time_s, 1), "tree_peak_bytes": measured.peak_pss_bytes}
+              "wall_time_s": round(measured.wall_time_s, 1), "tree_peak_bytes": measured.peak_pss_bytes,
+              "tree_peak_breakdown_bytes": peaks.tree_peak_breakdown()}
     if not measured.ok:
         result["error"] = f"run failed (exit {measured.returncode}): {measured.output_tail[-600:]}"
         return result
@@ -259,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [item for item in args.only.split(",") if item]
     cases = [case for case in CASES if not wanted or any(case.label.startswith(item) for item in wanted)]
     data = write_long_data(WORK / "data")
-    models = build_models(WORK / "models", [data["sft"], data["rm"]])
+    models = build_models(WORK / "models", [data["sft"], data["rm"]], {case.model for case in cases})
     runs = WORK / "runs" / time.strftime("%Y%m%d-%H%M%S")
     results = []
     for case in cases:

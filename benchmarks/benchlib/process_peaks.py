@@ -28,6 +28,7 @@ class ProcessPeaks:
     root_pid: int
     peaks: dict[int, int] = field(default_factory=dict)  # pid -> peak PSS bytes
     titles: dict[int, str] = field(default_factory=dict)  # pid -> command line (process title for Ray processes)
+    at_tree_peak: dict[int, int] = field(default_factory=dict)  # pid -> PSS bytes in the sample where the tree peaked
 
     @property
     def root_peak_bytes(self) -> int:
@@ -36,6 +37,33 @@ class ProcessPeaks:
     @property
     def worker_peaks_bytes(self) -> list[int]:
         return [peak for pid, peak in sorted(self.peaks.items()) if RAY_TRAIN_WORKER in self.titles.get(pid, "")]
+
+    def tree_peak_breakdown(self) -> dict[str, int]:
+        """What the whole tree was made of when it peaked: PSS bytes by role (``driver``, ``train workers``, each
+        other process by its short name, e.g. ``raylet``, ``gcs_server``, ``ray::TrainController``)."""
+        roles: dict[str, int] = {}
+        for pid, pss in self.at_tree_peak.items():
+            role = _role(pid, self.root_pid, self.titles.get(pid, ""))
+            roles[role] = roles.get(role, 0) + pss
+        return dict(sorted(roles.items(), key=lambda item: -item[1]))
+
+
+def _role(pid: int, root_pid: int, title: str) -> str:
+    if pid == root_pid:
+        return "driver"
+    if RAY_TRAIN_WORKER in title:
+        return "train workers"
+    words = title.split()
+    if not words:
+        return "other"
+    if words[0].startswith("ray::"):
+        return words[0]
+    for word in words:  # "python -m ray....dashboard.agent", ".../raylet", ".../gcs_server --flags"
+        name = Path(word).name
+        if name in ("raylet", "gcs_server", "log_monitor.py", "agent.py", "dashboard.py", "monitor.py",
+                    "runtime_env_agent", "default_worker.py", "setup_worker.py"):
+            return name
+    return Path(words[0]).name
 
 
 class PerProcessSampler(TreePssSampler):
@@ -48,20 +76,24 @@ class PerProcessSampler(TreePssSampler):
     def sample_once(self) -> int:
         total = 0
         count = 0
+        sample: dict[int, int] = {}
         for pid, process in self._tracked().items():
             pss = _pss_bytes(process)
             if pss is None:
                 continue
             total += pss
             count += 1
+            sample[pid] = pss
             if pss > self.process_peaks.peaks.get(pid, 0):
                 self.process_peaks.peaks[pid] = pss
             if RAY_TRAIN_WORKER not in self.process_peaks.titles.get(pid, ""):  # Ray retitles a worker when an
                 try:                                                                # actor moves in
                     self.process_peaks.titles[pid] = " ".join(process.cmdline()) or process.name()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    self.process_peaks.titles[pid] = ""
+                    self.process_peaks.titles.setdefault(pid, "")  # an exiting process keeps the title it had
         self.samples += 1
+        if total > self.peak_pss_bytes:
+            self.process_peaks.at_tree_peak = sample
         self.peak_pss_bytes = max(self.peak_pss_bytes, total)
         self.peak_processes = max(self.peak_processes, count)
         return total

@@ -238,12 +238,16 @@ class PPOTrainer:
         for start in range(0, len(prompts), self.training.experience_batch_size):
             generation = self._generate(prompts[start : start + self.training.experience_batch_size])
             mask = generation.truncated.response_mask
-            # FSDP: the workers' validation shares may differ in batches
-            with torch.no_grad(), self.ctx.gathered(self.models.reward_model, policy, self.models.reference):
-                scores = reward_scores(self.models.reward_model, generation)
-                args = (generation.query_responses, generation.attention_mask, generation.prompt_len, self.temperature)
-                logprobs, _ = policy_logprobs(policy, *args)  # dropout is off: train/eval modes agree
-                ref_logprobs, _ = policy_logprobs(self.models.reference, *args)
+            # FSDP: the workers' validation shares may differ in batches. One model's full weights at a time: the
+            # three at once held two more full copies than any pass needs (a worker's peak under FSDP).
+            args = (generation.query_responses, generation.attention_mask, generation.prompt_len, self.temperature)
+            with torch.no_grad():
+                with self.ctx.gathered(self.models.reward_model):
+                    scores = reward_scores(self.models.reward_model, generation)
+                with self.ctx.gathered(policy):
+                    logprobs, _ = policy_logprobs(policy, *args)  # dropout is off: train/eval modes agree
+                with self.ctx.gathered(self.models.reference):
+                    ref_logprobs, _ = policy_logprobs(self.models.reference, *args)
             sums["score"] += scores.sum().item()
             sums["kl_k1"] += (pm.kl_per_token(logprobs, ref_logprobs, "k1") * mask).sum().item()
             sums["length"] += mask.sum().item()

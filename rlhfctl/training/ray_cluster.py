@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -101,6 +102,8 @@ def ray_session(address: str | None) -> Iterator[bool]:
     except ConnectionError as exc:
         raise UserError(f"cannot connect to the Ray cluster at general.ray_address = {address!r}: {exc}",
                         hint="Start one with `ray start --head`, or leave ray_address out for a local Ray.") from None
+    if address is None:
+        stop_idle_head_processes()
     _embedded_running = address is None
     try:
         yield _embedded_running
@@ -109,6 +112,31 @@ def ray_session(address: str | None) -> Iterator[bool]:
             _shared_cleanups.append(embedded_only)
         else:
             _stop(embedded_only)
+
+
+# Head processes ``ray.init`` starts that an embedded rlhfctl Ray never uses, each a Python process of 50-90 MB
+# (PSS, measured): the autoscaler monitor (a local Ray has no autoscaler), the log monitor (it streams worker logs to
+# drivers; ours runs with log_to_driver=False) and the API server (without the dashboard it loads only the usage-
+# stats module, and usage stats are off). ray.init has no switch for them, so they are stopped once it returns.
+IDLE_HEAD_PROCESSES = ("kill_monitor", "kill_log_monitor", "kill_dashboard")
+
+
+def stop_idle_head_processes() -> None:
+    """Stop :data:`IDLE_HEAD_PROCESSES` of the embedded Ray this process started (nothing else: the GCS, the
+    raylet and its agents stay). Ray's shutdown no longer counts them; a Ray without one of them is left as is."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    node = getattr(ray_worker, "_global_node", None)
+    for method in IDLE_HEAD_PROCESSES:
+        stop = getattr(node, method, None)
+        if stop is None:  # a future Ray without this process type or method
+            continue
+        try:
+            stop(check_alive=False)
+        except Exception as exc:  # noqa: BLE001 - a process that cannot be stopped costs memory, not correctness
+            logging.getLogger(__name__).debug("could not stop Ray's %s: %s", method, exc)
 
 
 def _stop(embedded_only: list[str]) -> None:

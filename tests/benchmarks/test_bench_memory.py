@@ -20,7 +20,7 @@ def test_every_runnable_case_writes_a_valid_config(case, tmp_path):
     from rlhfctl.config.loader import load_config
     from rlhfctl.config.schema import CONFIG_CLASSES
 
-    models = {"tiny": tmp_path / "tiny", "llama60m": tmp_path / "llama"}
+    models = {"tiny": tmp_path / "tiny", "llama60m": tmp_path / "llama", "llama120m": tmp_path / "llama120"}
     data = {name: tmp_path / f"{name}.jsonl" for name in ("sft", "sft_validation", "rm", "rm_validation", "ppo",
                                                           "ppo_validation")}
     config = case.config(models, data, tmp_path / "run")
@@ -48,3 +48,25 @@ def test_per_process_peaks_find_the_command_and_its_workers():
     assert peaks.worker_peaks_bytes == []
     fake = ProcessPeaks(1, {1: 10, 2: 30, 3: 20}, {1: "python -m rlhfctl", 2: "ray::RayTrainWorker", 3: "ray::IDLE"})
     assert fake.worker_peaks_bytes == [30]
+
+
+def test_the_tree_peak_breakdown_groups_the_processes_by_role():
+    peaks = ProcessPeaks(1, titles={
+        1: "python -m rlhfctl rm train rm.toml", 2: "ray::RayTrainWorker", 3: "ray::RayTrainWorker",
+        4: "/site-packages/ray/core/src/ray/raylet/raylet --head", 5: "ray::TrainController.run",
+        6: "/usr/bin/python -u /site-packages/ray/_private/log_monitor.py --session-dir=x", 7: ""})
+    peaks.at_tree_peak = {1: 100, 2: 1000, 3: 900, 4: 30, 5: 150, 6: 50, 7: 5}
+    assert peaks.tree_peak_breakdown() == {"train workers": 1900, "ray::TrainController.run": 150, "driver": 100,
+                                           "log_monitor.py": 50, "raylet": 30, "other": 5}
+    assert sum(peaks.tree_peak_breakdown().values()) == sum(peaks.at_tree_peak.values())
+
+
+def test_the_llama_cases_compare_like_for_like():
+    """Each FSDP case has a DDP twin with the same model, stage, workers and settings but the strategy."""
+    by_label = {case.label: case for case in bench_memory.CASES}
+    for case in bench_memory.CASES:
+        if case.training.get("strategy") != "fsdp":
+            continue
+        twin = by_label[case.label.replace("-fsdp", "")]
+        assert (twin.stage, twin.model, twin.workers, twin.extra) == (case.stage, case.model, case.workers, case.extra)
+        assert {key: value for key, value in case.training.items() if key != "strategy"} == twin.training

@@ -61,3 +61,33 @@ def test_shared_sessions_start_ray_once_and_only_when_a_session_needs_it(monkeyp
     with ray_cluster.ray_session(None):  # outside the block: a session stops what it started
         pass
     assert (fake.inits, fake.shutdowns) == (2, 2)
+
+
+EMBEDDED_PROCESSES = """
+import json, psutil, ray
+from rlhfctl.training.ray_cluster import ray_session
+
+def commands():
+    return [" ".join(child.cmdline()) for child in psutil.Process().children(recursive=True)]
+
+with ray_session(None):
+    inside = commands()
+    answer = ray.get(ray.remote(num_cpus=0)(lambda: 42).remote())
+print("@@" + json.dumps({"inside": inside, "answer": answer, "after": commands()}))
+"""
+
+
+@pytest.mark.slow
+def test_an_embedded_ray_runs_without_the_head_processes_it_never_uses(tmp_path):
+    import json
+    import subprocess
+
+    completed = subprocess.run([sys.executable, "-c", EMBEDDED_PROCESSES], capture_output=True, text=True,
+                               timeout=180, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout.rsplit("@@", 1)[1])
+    inside = " ".join(report["inside"])
+    assert "gcs_server" in inside and "raylet" in inside  # the cluster itself runs
+    for script in ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py"):
+        assert script not in inside
+    assert report["answer"] == 42 and report["after"] == []  # tasks run; shutdown leaves nothing behind

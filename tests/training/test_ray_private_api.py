@@ -33,6 +33,7 @@ PRIVATE_IMPORTS = {
     ("ray.train.torch.config", "_shutdown_torch"),  # torch_backend: destroy_process_group at the end
     ("ray.train.v2.api.data_parallel_trainer", "DataParallelTrainer"),  # ray_trainer: LeanTrainer's base
     ("ray.train.v2._internal.execution.scaling_policy", "FixedScalingPolicy"),  # ray_trainer: no autoscaler requests
+    ("ray._private", "worker"),  # ray_cluster: the embedded Ray's node, to stop the head processes it never uses
 }
 
 # Ray's own environment variables rlhfctl sets, and where Ray defines each name.
@@ -108,6 +109,22 @@ def test_the_trainer_hook_and_failure_attributes_rlhfctl_reads():
     assert {"DatasetsCallback"} <= set(vars(callbacks)) and ray_trainer.NEVER_NEEDED == {"DatasetsCallback"}
     assert ray_trainer.NOT_NEEDED_ON_OWN_CLUSTER == {"PlacementGroupCleanerCallback"}
     assert hasattr(placement, "PlacementGroupCleanerCallback")
+
+
+def test_the_head_processes_an_embedded_ray_stops_can_be_stopped_by_type():
+    from ray._private import ray_constants, worker
+    from ray._private.node import Node
+
+    from rlhfctl.training.ray_cluster import IDLE_HEAD_PROCESSES
+
+    assert hasattr(worker, "_global_node")
+    for method in IDLE_HEAD_PROCESSES:
+        assert "check_alive" in inspect.signature(getattr(Node, method)).parameters, f"Node.{method}"
+    # each stops the process type ray.init starts under that name
+    for method, kind in zip(IDLE_HEAD_PROCESSES, ("PROCESS_TYPE_MONITOR", "PROCESS_TYPE_LOG_MONITOR",
+                                                  "PROCESS_TYPE_DASHBOARD")):
+        assert f"ray_constants.{kind}" in inspect.getsource(getattr(Node, method))
+        assert getattr(ray_constants, kind)
 
 
 def test_prepare_model_takes_the_ddp_options_rlhfctl_passes():
