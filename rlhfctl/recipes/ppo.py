@@ -14,7 +14,8 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
      policy's backbone with ``value_model_init = "policy"``); dropout off in all four; policy and value model
      DDP-wrapped, each with its own optimizer and scheduler; then the latest checkpoint if there is one. With
      ``[lora]`` the policy and value model train adapters, the reference is the policy with its adapters off and
-     the reward model the value model's base (one copy of each base; see :func:`_build_models`).
+     the reward model the value model's base (one copy of each base; see :func:`_build_models`); the policy samples
+     with its adapters merged into a copy of its base (``PPOTrainer._generate``).
    - **loop**, one PPO iteration per step, over this worker's shard of the prompts (reshuffled every epoch):
      ``experience_batch_size`` prompts -> generate -> score -> old/ref log-probs and values -> per-token rewards
      (KL penalty + score on the last real token) -> GAE -> whitened advantages -> ``ppo_epochs`` passes of
@@ -250,7 +251,8 @@ def build_job(config: PPOConfig) -> TrainingJob[PPOConfig, PPOPayload]:
 
 def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
     """The memory hook: four models (the reference runs on the policy's base when LoRA is on) and the phases of an
-    iteration — generation of ``experience_batch_size`` responses with the KV cache and their reward scores; the
+    iteration — generation of ``experience_batch_size`` responses with the KV cache (with LoRA, from a merged copy
+    of the policy's adapted weights) and their reward scores; the
     no-grad rollout forwards in chunks of ``batch_size``; validation (the policy and reference log-probs of a whole
     experience batch at once); the update micro-step, where the policy's log-probs (full-vocabulary logits over the
     sequence) and the value model's forward keep their activations together for one backward."""
@@ -266,7 +268,7 @@ def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
         return ForwardPass(role, rows, length, grad=grad, loss="logprobs", response_length=new_tokens)
 
     phases = [
-        Phase("generation", (Generation("policy", experiences, prompt_length, new_tokens),
+        Phase("generation", (Generation("policy", experiences, prompt_length, new_tokens, merges_adapters=True),
                              ForwardPass("reward_model", experiences, length, grad=False, loss="score",
                                          reads_per_row=1)), together=False),
         Phase("rollout forwards", (logprobs("policy", chunk, False), logprobs("reference", chunk, False),

@@ -67,11 +67,19 @@ class PPOTrainer:
         return [format_prompt(row["prompt"], self.models.tokenizer) for row in rows]
 
     def _generate(self, prompts: list[str]):
+        """Sample responses from the policy. With LoRA (unsharded) the adapters are merged into a copy of the base
+        weights for the sampling (``adapters_merged``: the same policy at the base's cost per token) and the base is
+        back, bitwise, before anything else runs on it (the reference policy is that base)."""
+        import contextlib
+
+        from rlhfctl.models.adapters import adapters_merged
         from rlhfctl.models.generation import generate_for_prompts
 
-        with self.ctx.gathered(self.policy):  # FSDP: each worker samples on its own, as long as it needs
-            return generate_for_prompts(unwrap_model(self.policy), prompts, self.models.tokenizer,
-                                        self.max_prompt_tokens, self.sampling)
+        policy = unwrap_model(self.policy)
+        merged = contextlib.nullcontext() if self.ctx.sharded else adapters_merged(policy)
+        with self.ctx.gathered(self.policy), merged:  # FSDP: each worker samples on its own, as long as it needs
+            return generate_for_prompts(policy, prompts, self.models.tokenizer, self.max_prompt_tokens,
+                                        self.sampling)
 
     def iteration(self, prompts: list[str], *, step: int, with_samples: bool) -> tuple[dict[str, float], list[dict]]:
         """One PPO iteration on ``prompts``: returns the metrics (averaged over workers) and sample rows."""
