@@ -43,6 +43,11 @@ WORK = BENCH_DIR / "results" / "work" / "memory"
 GiB = 1024**3
 LLAMA_SHAPE = {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
                "intermediate_size": 1536, "vocab_size": 32000, "max_position_embeddings": 1024}
+# ~134 M parameters: big enough that the model state (four PPO models, gradients, Adam) outweighs what every run pays
+# whatever the model (Python, torch, transformers, peft imports: ~0.7 GB), which is what LoRA's saving is about
+LLAMA_134M_SHAPE = {**LLAMA_SHAPE, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                    "num_key_value_heads": 12, "intermediate_size": 2048}
+LLAMA_SHAPES = {"llama60m": LLAMA_SHAPE, "llama134m": LLAMA_134M_SHAPE}
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -71,6 +76,9 @@ def write_long_data(root: Path, seed: int = 0) -> dict[str, Path]:
         "ppo": write_jsonl(root / "ppo.jsonl", [{"prompt": r["instruction"]} for r in rows[160:192]]),
         "ppo_validation": write_jsonl(root / "ppo_validation.jsonl", [{"prompt": r["instruction"]}
                                                                       for r in rows[192:200]]),
+        # one PPO iteration (8 prompts, one worker): the peak does not depend on the number of iterations
+        "ppo_one_iteration": write_jsonl(root / "ppo_one_iteration.jsonl", [{"prompt": r["instruction"]}
+                                                                            for r in rows[160:168]]),
     }
     return files
 
@@ -79,20 +87,22 @@ def build_models(root: Path, corpus: list[Path]) -> dict[str, Path]:
     """The tiny kit and the ~60 M-parameter Llama (built once, re-used)."""
     from rlhfctl.example.kit import build_model_kit, build_tokenizer, iter_corpus_texts
 
-    models = {"tiny": root / "tiny", "llama60m": root / "llama60m"}
+    models = {"tiny": root / "tiny", **{name: root / name for name in LLAMA_SHAPES}}
     if not (models["tiny"] / "config.json").exists():
         build_model_kit(models["tiny"], corpus_files=corpus, preset="tiny", seed=0)
-    if not (models["llama60m"] / "config.json").exists():
+    for name, shape in LLAMA_SHAPES.items():
+        if (models[name] / "config.json").exists():
+            continue
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
 
         tokenizer = build_tokenizer(list(iter_corpus_texts(corpus)), 8192)
-        config = LlamaConfig(**LLAMA_SHAPE, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        config = LlamaConfig(**shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-        model.save_pretrained(models["llama60m"], safe_serialization=True)
-        tokenizer.save_pretrained(models["llama60m"])
+        model.save_pretrained(models[name], safe_serialization=True)
+        tokenizer.save_pretrained(models[name])
     return models
 
 
@@ -103,11 +113,12 @@ def build_models(root: Path, corpus: list[Path]) -> dict[str, Path]:
 class Case:
     label: str
     stage: str
-    model: str  # "tiny" or "llama60m"
+    model: str  # "tiny", "llama60m" or "llama134m"
     workers: int
     training: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # other sections, e.g. {"lora": {"r": 8}}
     needs: tuple[str, ...] = ()  # config keys this case needs ("training.gradient_checkpointing", "lora")
+    ppo_prompts: str = "ppo"  # the data file a PPO case trains on ("ppo_one_iteration": 8 prompts)
 
     def config(self, models: dict[str, Path], data: dict[str, Path], run_dir: Path) -> dict:
         model = str(models[self.model])
@@ -118,7 +129,7 @@ class Case:
         if self.stage == "ppo":
             general.update(model_name=model, rm_name=model)
             training = {"experience_batch_size": 8, "batch_size": 4, "ppo_epochs": 1, **training}
-            dataset = {"train_file": str(data["ppo"]), "validation_file": str(data["ppo_validation"]),
+            dataset = {"train_file": str(data[self.ppo_prompts]), "validation_file": str(data["ppo_validation"]),
                        "max_length": length}
             return {"stage": "ppo", "general": general, "dataset": dataset, "training": training,
                     "generation": {"max_new_tokens": 64 if self.model != "tiny" else 32}, **self.extra}
@@ -149,6 +160,9 @@ CASES = [
     Case("llama-ppo-lora-gc-1w", "ppo", "llama60m", 1, GC, LORA, needs=("lora", "training.gradient_checkpointing")),
     Case("llama-rm-fsdp-2w", "rm", "llama60m", 2, FSDP, needs=("training.strategy",)),
     Case("llama-ppo-fsdp-2w", "ppo", "llama60m", 2, FSDP, needs=("training.strategy",)),
+    # full-parameter against LoRA PPO where the model state dominates (issue #15's <= 0.5x target)
+    Case("llama134m-ppo-1w", "ppo", "llama134m", 1, ppo_prompts="ppo_one_iteration"),
+    Case("llama134m-ppo-lora-1w", "ppo", "llama134m", 1, extra=LORA, needs=("lora",), ppo_prompts="ppo_one_iteration"),
 ]
 
 
@@ -194,7 +208,9 @@ def run_case(case: Case, models: dict[str, Path], data: dict[str, Path], runs: P
     plan = json.loads(dry.stdout)
     memory = plan["memory"]
     command = [*base, "--quiet", "--no-memory-check"]
-    measured, peaks = run_with_process_peaks(command, env=env(), cwd=REPO_ROOT, log_file=run_dir / "log.txt")
+    # 40 minutes: the 60 M-parameter PPO cases run ~15 minutes when the 2 cores are shared with other work
+    measured, peaks = run_with_process_peaks(command, env=env(), cwd=REPO_ROOT, log_file=run_dir / "log.txt",
+                                             timeout_s=2400)
     result = {"case": case.label, "stage": case.stage, "model": case.model, "workers": case.workers,
               "command": " ".join(["rlhfctl", case.stage, "train", f"{case.label}.toml"]),
               "config": case.config(models, data, Path("RUN")), "estimate_bytes": memory["per_worker_peak_bytes"],
