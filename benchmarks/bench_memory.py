@@ -47,7 +47,10 @@ LLAMA_SHAPE = {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads"
 # ~120 M parameters (hidden 768, 10 layers, MLP 2048): where training state outweighs a batch's activations
 LLAMA120_SHAPE = {**LLAMA_SHAPE, "hidden_size": 768, "num_hidden_layers": 10, "num_attention_heads": 12,
                   "num_key_value_heads": 12, "intermediate_size": 2048}
-LLAMA_MODELS = {"llama60m": LLAMA_SHAPE, "llama120m": LLAMA120_SHAPE}
+# ~134 M parameters: big enough that the model state (four PPO models, gradients, Adam) outweighs what every run pays
+# whatever the model (Python, torch, transformers, peft imports: ~0.7 GB), which is what LoRA's saving is about
+LLAMA134_SHAPE = {**LLAMA120_SHAPE, "num_hidden_layers": 12}
+LLAMA_MODELS = {"llama60m": LLAMA_SHAPE, "llama120m": LLAMA120_SHAPE, "llama134m": LLAMA134_SHAPE}
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -76,6 +79,9 @@ def write_long_data(root: Path, seed: int = 0) -> dict[str, Path]:
         "ppo": write_jsonl(root / "ppo.jsonl", [{"prompt": r["instruction"]} for r in rows[160:192]]),
         "ppo_validation": write_jsonl(root / "ppo_validation.jsonl", [{"prompt": r["instruction"]}
                                                                       for r in rows[192:200]]),
+        # one PPO iteration (8 prompts, one worker): the peak does not depend on the number of iterations
+        "ppo_one_iteration": write_jsonl(root / "ppo_one_iteration.jsonl", [{"prompt": r["instruction"]}
+                                                                            for r in rows[160:168]]),
     }
     return files
 
@@ -110,11 +116,12 @@ def build_models(root: Path, corpus: list[Path], wanted: set[str]) -> dict[str, 
 class Case:
     label: str
     stage: str
-    model: str  # "tiny", "llama60m" or "llama120m"
+    model: str  # "tiny", "llama60m", "llama120m" or "llama134m"
     workers: int
     training: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # other sections, e.g. {"lora": {"r": 8}}
     needs: tuple[str, ...] = ()  # config keys this case needs ("training.gradient_checkpointing", "lora")
+    ppo_prompts: str = "ppo"  # the data file a PPO case trains on ("ppo_one_iteration": 8 prompts)
 
     def config(self, models: dict[str, Path], data: dict[str, Path], run_dir: Path) -> dict:
         model = str(models[self.model])
@@ -125,7 +132,7 @@ class Case:
         if self.stage == "ppo":
             general.update(model_name=model, rm_name=model)
             training = {"experience_batch_size": 8, "batch_size": 4, "ppo_epochs": 1, **training}
-            dataset = {"train_file": str(data["ppo"]), "validation_file": str(data["ppo_validation"]),
+            dataset = {"train_file": str(data[self.ppo_prompts]), "validation_file": str(data["ppo_validation"]),
                        "max_length": length}
             return {"stage": "ppo", "general": general, "dataset": dataset, "training": training,
                     "generation": {"max_new_tokens": 64 if self.model != "tiny" else 32}, **self.extra}
@@ -164,6 +171,9 @@ CASES = [
     Case("llama-ppo-fsdp-gc-2w", "ppo", "llama60m", 2, {**FSDP, **GC}, needs=("training.strategy",)),
     Case("llama120-rm-gc-2w", "rm", "llama120m", 2, GC, needs=("training.gradient_checkpointing",)),
     Case("llama120-rm-fsdp-gc-2w", "rm", "llama120m", 2, {**FSDP, **GC}, needs=("training.strategy",)),
+    # full-parameter against LoRA PPO where the model state dominates (issue #15's <= 0.5x target)
+    Case("llama134m-ppo-1w", "ppo", "llama134m", 1, ppo_prompts="ppo_one_iteration"),
+    Case("llama134m-ppo-lora-1w", "ppo", "llama134m", 1, extra=LORA, needs=("lora",), ppo_prompts="ppo_one_iteration"),
 ]
 
 
@@ -209,7 +219,9 @@ def run_case(case: Case, models: dict[str, Path], data: dict[str, Path], runs: P
     plan = json.loads(dry.stdout)
     memory = plan["memory"]
     command = [*base, "--quiet", "--no-memory-check"]
-    measured, peaks = run_with_process_peaks(command, env=env(), cwd=REPO_ROOT, log_file=run_dir / "log.txt")
+    # 40 minutes: the 60 M-parameter PPO cases run ~15 minutes when the 2 cores are shared with other work
+    measured, peaks = run_with_process_peaks(command, env=env(), cwd=REPO_ROOT, log_file=run_dir / "log.txt",
+                                             timeout_s=2400)
     result = {"case": case.label, "stage": case.stage, "model": case.model, "workers": case.workers,
               "command": " ".join(["rlhfctl", case.stage, "train", f"{case.label}.toml"]),
               "config": case.config(models, data, Path("RUN")), "estimate_bytes": memory["per_worker_peak_bytes"],

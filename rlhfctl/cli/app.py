@@ -98,4 +98,9 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``rlhfctl`` and ``python -m rlhfctl``)."""
-    app(args=argv, prog_name="rlhfctl")
+    from rlhfctl.training.collector import freeze_before_exit
+
+    try:
+        app(args=argv, prog_name="rlhfctl")
+    finally:
+        freeze_before_exit()  # a training command leaves ~10^6 objects: the exit-time collector pass skips them

@@ -18,7 +18,8 @@ One call per trained model, in every recipe (SFT, RM, PPO, and the stages writte
 
 One copy of a base serves two models (PPO): :class:`WithoutAdapters` calls an adapted model with its adapters off
 (the policy's frozen base = the reference policy), and :func:`adapters_disabled` is the same switch as a context
-(the reward model's base and head = the value model's, adapters off).
+(the reward model's base and head = the value model's, adapters off). :func:`adapters_merged` is the other way
+round: the adapted model at its base's speed for inference (PPO's sampling), its base weights restored bitwise.
 
 Exports: merged full weights (``lora.merge_on_export = true``, loads in plain transformers) or the adapter folder
 (``adapter_config.json`` naming the base + ``adapter_model.safetensors``, loads with plain peft);
@@ -187,6 +188,76 @@ class WithoutAdapters:
     def __call__(self, *args: Any, **kwargs: Any):
         with adapters_disabled(self.model):
             return self.model(*args, **kwargs)
+
+    def get_base_model(self):
+        """The adapted model it calls (peft's name), so callers that inspect the model's ``forward`` arguments
+        (``logits_to_keep``: the LM head only where log-probs are read) see the transformers model's."""
+        return self.model
+
+
+@contextlib.contextmanager
+def adapters_merged(model) -> Iterator[None]:
+    """Within the block, ``model`` computes what it computes with its adapters on, at its base's cost: each LoRA
+    layer's delta (``lora_B @ lora_A * scaling``, peft's ``get_delta_weight``) is added into a new copy of its base
+    weight, which stands in for that weight while the layer's adapter is off. On exit the original weight tensors
+    are put back (the same tensors, never written: bitwise what they were) and the adapters switched on again.
+
+    For inference (generation): no gradient reaches the adapters inside, and the merged form has no LoRA dropout
+    (as an adapted model in ``eval()`` mode). The values equal the adapted forward's up to float rounding (``W x +
+    B A x s`` against ``(W + B A s) x``). It holds one extra copy of the adapted weights while the block runs. A
+    layer peft merges differently (DoRA and other variants, LoRA biases) leaves the model as it is: adapters on.
+    """
+    layers = _lora_layers(model) if has_adapters(model) else []
+    if not layers or not all(_plain_lora(layer) for layer in layers) or _shares_adapted_weights(model, layers):
+        yield
+        return
+    import torch
+
+    trainable = [(param, param.requires_grad) for param in model.parameters()]
+    originals = []  # (weight parameter, its own tensor)
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_base_layer().weight
+                merged = weight.detach().clone()
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        merged += layer.get_delta_weight(adapter).to(merged.dtype)
+                originals.append((weight, weight.data))
+                weight.data = merged
+                layer.enable_adapters(False)
+        yield
+    finally:
+        for weight, original in originals:
+            weight.data = original
+        for layer in layers:
+            layer.enable_adapters(True)
+        for param, requires_grad in trainable:
+            param.requires_grad_(requires_grad)
+
+
+def _lora_layers(model) -> list:
+    from peft.tuners.lora import LoraLayer
+
+    return [module for module in model.modules() if isinstance(module, LoraLayer)]
+
+
+def _shares_adapted_weights(model, layers) -> bool:
+    """Whether an adapted layer's base weight is used elsewhere too (an output head tied to the embeddings): merging
+    into it would change the other user as well."""
+    adapted = {id(layer.get_base_layer().weight) for layer in layers}
+    uses: dict[int, int] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            uses[id(param)] = uses.get(id(param), 0) + 1
+    return any(uses.get(key, 0) > 1 for key in adapted)
+
+
+def _plain_lora(layer) -> bool:
+    """A LoRA layer whose merge is ``weight + get_delta_weight`` (no variant such as DoRA, no LoRA bias), adapters
+    on and not merged already."""
+    return (not layer.merged and not layer.disable_adapters and not getattr(layer, "lora_variant", {})
+            and not any(getattr(layer, "lora_bias", {}).values()))
 
 
 # ----------------------------------------------------------------------------------------------- export and load

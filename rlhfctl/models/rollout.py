@@ -66,14 +66,15 @@ _KEEPS_LOGITS: dict[type, bool] = {}
 
 
 def accepts_logits_to_keep(model: nn.Module) -> bool:
-    """Whether the causal LM inside ``model`` (through DDP's ``.module`` and PEFT's ``get_base_model()``) takes
-    transformers' ``logits_to_keep`` argument."""
+    """Whether the causal LM inside ``model`` (through DDP's ``.module`` and ``get_base_model()``: peft's, and
+    :class:`rlhfctl.models.adapters.WithoutAdapters`', the LoRA reference policy) takes transformers'
+    ``logits_to_keep`` argument."""
     inner = getattr(model, "module", model)
     if hasattr(inner, "get_base_model"):
         inner = inner.get_base_model()
     kind = type(inner)
     if kind not in _KEEPS_LOGITS:
-        try:  # a plain callable wrapper (no forward, e.g. GRPO's adapter-free reference) is called as it is
+        try:  # a plain callable wrapper (no forward) is called as it is
             parameters = inspect.signature(getattr(inner, "forward", inner)).parameters
         except (TypeError, ValueError):
             parameters = {}

@@ -144,6 +144,9 @@ def build_job(config: GRPOConfig) -> TrainingJob[GRPOConfig, GRPOPayload]:
                                     f"worker; {training.ppo_epochs} pass(es) of {training.num_mini_batches} "
                                     "mini-batch(es)",
             "advantage": baseline + (", divided by the group std" if training.scale_rewards else ""),
+            "loss": f"clipped surrogate (epsilon {training.epsilon:g}), " + (
+                "averaged per completion, then over completions" if training.loss_aggregation == "sequence"
+                else "averaged over every completion token"),
             "KL": f"k3 to the initial policy, beta {training.beta:g}" if training.beta else "none (beta = 0)",
             "response length": f"up to {generation.max_new_tokens} new tokens",
             "validation": grpo_plan.data.validation_source,

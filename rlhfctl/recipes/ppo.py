@@ -14,7 +14,8 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
      policy's backbone with ``value_model_init = "policy"``); dropout off in all four; policy and value model
      DDP-wrapped, each with its own optimizer and scheduler; then the latest checkpoint if there is one. With
      ``[lora]`` the policy and value model train adapters, the reference is the policy with its adapters off and
-     the reward model the value model's base (one copy of each base; see :func:`_build_models`).
+     the reward model the value model's base (one copy of each base; see :func:`_build_models`); the policy samples
+     with its adapters merged into a copy of its base (``PPOTrainer._generate``).
    - **loop**, one PPO iteration per step, over this worker's shard of the prompts (reshuffled every epoch):
      ``experience_batch_size`` prompts -> generate -> score -> old/ref log-probs and values -> per-token rewards
      (KL penalty + score on the last real token) -> GAE -> whitened advantages -> ``ppo_epochs`` passes of
@@ -49,6 +50,7 @@ from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.recipes.ppo_trainer import PPOModels, PPOTrainer
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
+from rlhfctl.training.batching import evaluation_batches
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
 from rlhfctl.training.memory import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
@@ -249,7 +251,8 @@ def build_job(config: PPOConfig) -> TrainingJob[PPOConfig, PPOPayload]:
 
 def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
     """The memory hook: four models (the reference runs on the policy's base when LoRA is on) and the phases of an
-    iteration — generation of ``experience_batch_size`` responses with the KV cache and their reward scores; the
+    iteration — generation of ``experience_batch_size`` responses with the KV cache (with LoRA, from a merged copy
+    of the policy's adapted weights) and their reward scores; the
     no-grad rollout forwards in chunks of ``batch_size``; validation (the policy and reference log-probs of a whole
     experience batch at once); the update micro-step, where the policy's log-probs (full-vocabulary logits over the
     sequence) and the value model's forward keep their activations together for one backward."""
@@ -265,7 +268,7 @@ def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
         return ForwardPass(role, rows, length, grad=grad, loss="logprobs", response_length=new_tokens)
 
     phases = [
-        Phase("generation", (Generation("policy", experiences, prompt_length, new_tokens),
+        Phase("generation", (Generation("policy", experiences, prompt_length, new_tokens, merges_adapters=True),
                              ForwardPass("reward_model", experiences, length, grad=False, loss="score",
                                          reads_per_row=1)), together=False),
         Phase("rollout forwards", (logprobs("policy", chunk, False), logprobs("reference", chunk, False),
@@ -340,11 +343,12 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     )
     train_prompts = trainer.render_prompts(payload.train_rows)
     validation_prompts = trainer.render_prompts(payload.validation_rows)
-    validation_shard = validation_prompts[ctx.rank :: ctx.world_size]
+    validation_batches = evaluation_batches(validation_prompts, rank=ctx.rank, world_size=ctx.world_size,
+                                          batch_size=training.experience_batch_size)
 
     validation: dict[str, float] = {}
     if state.step == 0 and validation_prompts:
-        validation = trainer.evaluate(validation_shard)
+        validation = trainer.evaluate(validation_batches)
         ctx.log(0, validation, epoch=0, split="validation")
         state.extra["initial_validation_score"] = validation["score_mean"]
 
@@ -374,7 +378,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
             if ctx.checkpoint_due(state.step) and state.batch_in_epoch < iterations_per_epoch:
                 ctx.save(state, metrics)
         if validation_prompts:
-            validation = trainer.evaluate(validation_shard)
+            validation = trainer.evaluate(validation_batches)
             ctx.log(state.step, validation, epoch=epoch, split="validation")
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         ctx.save(state, {**metrics, **{f"validation_{key}": value for key, value in validation.items()}})

@@ -67,11 +67,19 @@ class PPOTrainer:
         return [format_prompt(row["prompt"], self.models.tokenizer) for row in rows]
 
     def _generate(self, prompts: list[str]):
+        """Sample responses from the policy. With LoRA (unsharded) the adapters are merged into a copy of the base
+        weights for the sampling (``adapters_merged``: the same policy at the base's cost per token) and the base is
+        back, bitwise, before anything else runs on it (the reference policy is that base)."""
+        import contextlib
+
+        from rlhfctl.models.adapters import adapters_merged
         from rlhfctl.models.generation import generate_for_prompts
 
-        with self.ctx.gathered(self.policy):  # FSDP: each worker samples on its own, as long as it needs
-            return generate_for_prompts(unwrap_model(self.policy), prompts, self.models.tokenizer,
-                                        self.max_prompt_tokens, self.sampling)
+        policy = unwrap_model(self.policy)
+        merged = contextlib.nullcontext() if self.ctx.sharded else adapters_merged(policy)
+        with self.ctx.gathered(self.policy), merged:  # FSDP: each worker samples on its own, as long as it needs
+            return generate_for_prompts(policy, prompts, self.models.tokenizer, self.max_prompt_tokens,
+                                        self.sampling)
 
     def iteration(self, prompts: list[str], *, step: int, with_samples: bool) -> tuple[dict[str, float], list[dict]]:
         """One PPO iteration on ``prompts``: returns the metrics (averaged over workers) and sample rows."""
@@ -215,10 +223,12 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------- evaluation
 
-    def evaluate(self, prompts: list[str]) -> dict[str, float]:
+    def evaluate(self, batches: list[tuple[list[str], int]]) -> dict[str, float]:
         """Responses to this worker's share of the validation prompts: reward score, KL (k1), length, EOS rate.
 
-        Scores are the reward model's raw output, so runs with different score settings stay comparable.
+        ``batches``: ``training.batching.evaluation_batches`` (the same count on every worker; only the first
+        ``counted`` prompts of a batch are scored). Scores are the reward model's raw output, so runs with different
+        score settings stay comparable.
         """
         import torch
 
@@ -227,11 +237,10 @@ class PPOTrainer:
 
         sums = {"score": 0.0, "kl_k1": 0.0, "length": 0.0, "eos": 0.0, "count": 0.0}
         policy = unwrap_model(self.policy)
-        for start in range(0, len(prompts), self.training.experience_batch_size):
-            generation = self._generate(prompts[start : start + self.training.experience_batch_size])
-            mask = generation.truncated.response_mask
-            # FSDP: the workers' validation shares may differ in batches. One model's full weights at a time: the
-            # three at once held two more full copies than any pass needs (a worker's peak under FSDP).
+        for prompts, counted in batches:
+            generation = self._generate(prompts)
+            # FSDP: every worker runs the same number of batches (the gathers are collective). One model's full
+            # weights at a time: the three at once held two more full copies than any pass needs.
             args = (generation.query_responses, generation.attention_mask, generation.prompt_len, self.temperature)
             with torch.no_grad():
                 with self.ctx.gathered(self.models.reward_model):
@@ -240,11 +249,13 @@ class PPOTrainer:
                     logprobs, _ = policy_logprobs(policy, *args)  # dropout is off: train/eval modes agree
                 with self.ctx.gathered(self.models.reference):
                     ref_logprobs, _ = policy_logprobs(self.models.reference, *args)
-            sums["score"] += scores.sum().item()
-            sums["kl_k1"] += (pm.kl_per_token(logprobs, ref_logprobs, "k1") * mask).sum().item()
+            mask = generation.truncated.response_mask[:counted]  # [counted, response_len]
+            kl = pm.kl_per_token(logprobs[:counted], ref_logprobs[:counted], "k1")
+            sums["score"] += scores[:counted].sum().item()
+            sums["kl_k1"] += (kl * mask).sum().item()
             sums["length"] += mask.sum().item()
-            sums["eos"] += generation.truncated.has_stop.float().sum().item()
-            sums["count"] += len(scores)
+            sums["eos"] += generation.truncated.has_stop[:counted].float().sum().item()
+            sums["count"] += counted
         totals = self.ctx.all_reduce_sum(sums)
         count = max(totals["count"], 1.0)
         return {"score_mean": totals["score"] / count, "kl_k1": totals["kl_k1"] / count,

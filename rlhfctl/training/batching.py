@@ -101,3 +101,21 @@ def balanced_shares(rows: Sequence[int], lengths: Sequence[int], parts: int) -> 
         ends.insert(widest, start + (ends[widest] - start) // 2)
     starts = [0] + ends[:-1]
     return [ordered[start:end] for start, end in zip(starts, ends)]
+
+
+def evaluation_batches(items: Sequence, *, rank: int, world_size: int, batch_size: int) -> list[tuple[list, int]]:
+    """This rank's share of ``items`` (every ``world_size``-th, nothing left out) in batches of ``batch_size``, as
+    ``(batch, counted)`` pairs: every rank gets the same number of batches, so collective steps inside the loop
+    (FSDP gathers) stay in step; a rank whose share runs short repeats items in batches it does not count
+    (``counted`` is how many leading items of the batch are real). ``[]`` when there are no items at all."""
+    if not items:
+        return []
+    share = list(items[rank::world_size])
+    longest_share = math.ceil(len(items) / world_size)
+    batches = []
+    for start in range(0, longest_share, batch_size):
+        real = share[start : start + batch_size]
+        size = min(batch_size, longest_share - start)
+        batch = real + [items[(start + i) % len(items)] for i in range(size - len(real))]
+        batches.append((batch, len(real)))
+    return batches

@@ -42,6 +42,7 @@ from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
 from rlhfctl.monitor import Alarm
 from rlhfctl.progress.events import Notice, NullSink, PhaseStarted, ProgressSink, RunFinished, RunLayout
 from rlhfctl.training import checkpoint as ckpt
+from rlhfctl.training import collector
 from rlhfctl.runfiles import (
     EVENTS_FILE,
     METRICS_FILE,
@@ -354,7 +355,8 @@ def run_stage(build_job: Callable[[Any], TrainingJob], config: Any, *, machine: 
             building = reader.submit(build_job, resolved)
             running.enter_context(ray_session(resolved.general.ray_address))  # run_training's session reuses it
             job = building.result()
-        else:
+        else:  # one process: no cyclic collection while torch, transformers and the models load
+            running.enter_context(collector.start_up_without_collection())
             sink.handle(PhaseStarted("reading data"))
             job = build_job(resolved)
         job.layout = layout

@@ -105,6 +105,7 @@ class Generation:
     rows: int
     prompt_length: int
     new_tokens: int
+    merges_adapters: bool = False  # with LoRA, samples from a merged copy of the adapted weights (unsharded runs)
 
 
 Step = Union[ForwardPass, Generation]
@@ -361,6 +362,17 @@ def _gathered_to_generate(use: ModelUse, inputs: MemoryInputs) -> int:
     return full - math.ceil(full / inputs.world_size)
 
 
+def _merged_to_generate(step: Generation, use: ModelUse, inputs: MemoryInputs) -> int:
+    """A LoRA model that samples with its adapters merged (``models.adapters.adapters_merged``) holds a merged copy
+    of every adapted weight while it generates (not under FSDP, which samples with the adapters as they are)."""
+    if not step.merges_adapters or inputs.lora is None or not use.trained:
+        return 0
+    if inputs.strategy == "fsdp" and inputs.world_size > 1:
+        return 0
+    linears = inputs.shapes[use.source].lora_linears(inputs.lora.target_modules)
+    return sum(linear.in_features * linear.out_features for linear in linears) * inputs.base_weight_bytes
+
+
 def _framework_overhead(inputs: MemoryInputs) -> int:
     if inputs.device == "cuda":
         return CUDA_CONTEXT_BYTES
@@ -425,7 +437,8 @@ def _step_transient(step: Step, models: Mapping[str, ModelUse], inputs: MemoryIn
     settings = _pass_settings(use, shape, inputs)
     if isinstance(step, Generation):
         cache, other = generation(shape, step.rows, step.prompt_length, step.new_tokens, settings)
-        return Breakdown(generation_cache=cache, activations=other, weights=_gathered_to_generate(use, inputs)), 0
+        weights = _gathered_to_generate(use, inputs) + _merged_to_generate(step, use, inputs)
+        return Breakdown(generation_cache=cache, activations=other, weights=weights), 0
     if step.grad:
         kept = kept_activations(shape, step.rows, step.length, settings, reads_per_row=step.reads_per_row,
                                 weight_parameters=_parameters(use, shape))

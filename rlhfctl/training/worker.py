@@ -48,6 +48,7 @@ from rlhfctl.progress.events import (
 )
 from rlhfctl.runfiles import CHECKPOINT_PREFIX
 from rlhfctl.training import checkpoint as ckpt
+from rlhfctl.training import collector
 from rlhfctl.training.batching import shard_indices
 from rlhfctl.training.checkpoint import TrainState
 from rlhfctl.training.health import HealthStop, WorkerHealth, settings_for
@@ -325,6 +326,7 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         with folder_cm as folder:
             restored = None if folder is None else ckpt.read_checkpoint(folder, state, rank=self.rank)
         parameters = ckpt.parameter_counts(*state.models.values()) if state is not None and state.models else None
+        collector.start_the_loop()  # start-up is over: its objects leave the collector's full passes
         self.announce_start(restored.step if restored else 0, parameters)
         return restored
 

@@ -17,6 +17,7 @@ from rlhfctl.models.adapters import (  # noqa: E402
     WithoutAdapters,
     adapt_for_training,
     adapters_disabled,
+    adapters_merged,
     add_lora,
     enable_gradient_checkpointing,
     has_adapters,
@@ -110,6 +111,119 @@ def test_the_reward_model_keeps_its_trained_head_while_the_value_head_learns():
         assert torch.allclose(reward.score_at(input_ids, attention_mask, positions, last),
                               expected[torch.arange(3), last], atol=1e-6)
         assert not torch.allclose(value(input_ids, attention_mask, positions), expected, atol=1e-3)
+
+
+def _adapted_policy(**lora):
+    policy = _llama().eval()
+    add_lora(policy, LoraConfig(r=4, **lora), source="llama")
+    _perturb_adapters(policy)
+    return policy
+
+
+def _snapshot(model):
+    return {name: (param.data_ptr(), param.detach().clone(), param.requires_grad)
+            for name, param in model.named_parameters()}
+
+
+def test_merged_adapters_compute_the_adapted_policy_and_give_the_base_back_bitwise():
+    """PPO samples with the adapters merged into a copy of the base (base speed per token); on exit every weight is
+    the same tensor with the same bits, adapters on, and the reference (adapters off) is the base as before."""
+    policy = _adapted_policy()
+    input_ids, attention_mask = _batch()
+    before = _snapshot(policy)
+    with torch.no_grad():
+        adapted = policy(input_ids=input_ids, attention_mask=attention_mask).logits
+        reference = WithoutAdapters(policy)(input_ids=input_ids, attention_mask=attention_mask).logits
+        with adapters_merged(policy):
+            merged = policy(input_ids=input_ids, attention_mask=attention_mask).logits
+            assert not any(param.requires_grad for name, param in policy.named_parameters() if "lora_" not in name)
+        after = policy(input_ids=input_ids, attention_mask=attention_mask).logits
+        reference_after = WithoutAdapters(policy)(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert torch.allclose(merged, adapted, atol=1e-5) and not torch.allclose(merged, reference, atol=1e-3)
+    assert torch.equal(after, adapted) and torch.equal(reference_after, reference)
+    for name, (pointer, value, requires_grad) in _snapshot(policy).items():
+        assert pointer == before[name][0] and torch.equal(value, before[name][1]), name
+        assert requires_grad == before[name][2], name
+
+
+def test_merged_adapters_sample_the_same_tokens_with_the_same_log_probs():
+    from rlhfctl.models.generation import SamplingSettings, generate_responses
+
+    policy = _adapted_policy(dropout=0.1)  # dropout is off in sampling (eval mode), so merging changes nothing
+    policy.train()
+    settings = SamplingSettings(max_new_tokens=12, temperature=0.7, top_k=0, top_p=1.0, do_sample=True,
+                                stop_ids=(2,), pad_token_id=PAD)
+    input_ids, attention_mask = _batch()
+    input_ids, attention_mask = input_ids.flip(1), attention_mask.flip(1)  # left padding, as PPO's prompts
+    torch.manual_seed(7)
+    adapted = generate_responses(policy, input_ids, attention_mask, settings)
+    torch.manual_seed(7)
+    with adapters_merged(policy):
+        merged = generate_responses(policy, input_ids, attention_mask, settings)
+    assert torch.equal(merged.query_responses, adapted.query_responses)
+    assert torch.allclose(merged.response_logprobs, adapted.response_logprobs, atol=1e-5)
+    assert policy.training  # generation leaves the mode as it was
+
+
+def test_merged_adapters_are_restored_when_the_block_fails():
+    policy = _adapted_policy()
+    before = _snapshot(policy)
+    with pytest.raises(RuntimeError, match="stop"), adapters_merged(policy):
+        raise RuntimeError("stop")
+    for name, (pointer, value, requires_grad) in _snapshot(policy).items():
+        assert pointer == before[name][0] and torch.equal(value, before[name][1])
+        assert requires_grad == before[name][2]
+    input_ids, attention_mask = _batch()
+    with torch.no_grad(), adapters_disabled(policy):
+        disabled = policy(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert not torch.allclose(policy(input_ids=input_ids, attention_mask=attention_mask).logits, disabled, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")
+def test_merging_leaves_a_weight_tied_to_another_layer_and_a_model_without_adapters_alone():
+    tied = _llama(tie_word_embeddings=True)
+    tied.tie_weights()
+    assert tied.lm_head.weight is tied.get_input_embeddings().weight
+    add_lora(tied, LoraConfig(r=4, target_modules=["q_proj", "lm_head"]), source="llama")
+    embedding = tied.get_input_embeddings().weight
+    with adapters_merged(tied):  # merging into the head would change the embeddings too: adapters stay on
+        assert tied.lm_head.base_layer.weight is embedding and not tied.lm_head.disable_adapters
+        assert not tied.model.layers[0].self_attn.q_proj.disable_adapters
+    plain = _llama()
+    with adapters_merged(plain):
+        pass
+    assert not has_adapters(plain)
+
+
+def test_the_adapter_free_reference_reads_logits_at_the_response_positions_only():
+    """``WithoutAdapters`` passes transformers' ``logits_to_keep`` through: the reference's LM head skips the prompt,
+    with the same log-probs as the full-sequence forward."""
+    from rlhfctl.models.rollout import accepts_logits_to_keep, policy_logprobs
+
+    policy = _adapted_policy()
+    reference = WithoutAdapters(policy)
+    assert accepts_logits_to_keep(reference) and reference.get_base_model() is policy
+    input_ids, attention_mask = _batch()
+    input_ids, attention_mask = input_ids.flip(1), attention_mask.flip(1)
+    calls = []
+    original = type(policy).forward
+
+    def recording(self, *args, **kwargs):
+        calls.append(kwargs.get("logits_to_keep", 0))
+        return original(self, *args, **kwargs)
+
+    with torch.no_grad():
+        type(policy).forward = recording
+        try:
+            kept, _ = policy_logprobs(reference, input_ids, attention_mask, 4, 0.7)
+        finally:
+            type(policy).forward = original
+        with adapters_disabled(policy):
+            logits = policy(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=(attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
+    assert calls == [input_ids.shape[1] - 4 + 1]
+    every = torch.log_softmax(logits[:, 3:-1] / 0.7, -1).gather(-1, input_ids[:, 4:, None]).squeeze(-1)
+    assert torch.allclose(kept, every, atol=1e-5)
 
 
 def test_adapted_scorer_gives_the_full_forwards_scores_and_gradients():

@@ -87,6 +87,8 @@ def test_plan_counts_iterations_and_episodes(tmp_path, tiny_model_dir):
     assert plan.notes["advantage"] == "leave-one-out (RLOO), divided by the group std"
     assert plan.notes["reward"] == f"reward model {tiny_model_dir} x 1; contains x 1"
     assert plan.notes["KL"] == "k3 to the initial policy, beta 0.04"
+    # the default: every completion weighs the same (benchmarks/README.md: more gain per episode, less KL)
+    assert plan.notes["loss"] == "clipped surrogate (epsilon 0.2), averaged per completion, then over completions"
     assert "random reward" in plan.notes["warning 1"]  # the kit model has no trained score head
 
 

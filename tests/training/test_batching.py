@@ -70,3 +70,20 @@ def test_balanced_shares_is_the_best_contiguous_cut_and_keeps_every_row_once():
 def test_balanced_shares_needs_a_row_per_worker():
     with pytest.raises(ValueError, match="2 rows cannot be shared by 3 workers"):
         balanced_shares([0, 1], [5, 5], 3)
+
+
+def test_evaluation_batches_keep_every_worker_in_step_and_count_each_item_once():
+    from rlhfctl.training.batching import evaluation_batches
+
+    items = list(range(17))
+    rank0 = evaluation_batches(items, rank=0, world_size=2, batch_size=8)
+    rank1 = evaluation_batches(items, rank=1, world_size=2, batch_size=8)
+    assert rank0 == [([0, 2, 4, 6, 8, 10, 12, 14], 8), ([16], 1)]
+    assert rank1 == [([1, 3, 5, 7, 9, 11, 13, 15], 8), ([8], 0)]  # a padding batch of the same size, not counted
+    counted = [item for batches in (rank0, rank1) for batch, real in batches for item in batch[:real]]
+    assert sorted(counted) == items
+    # fewer items than workers: the rank without any still runs the batch
+    assert evaluation_batches([5], rank=1, world_size=2, batch_size=8) == [([5], 0)]
+    assert evaluation_batches([], rank=0, world_size=2, batch_size=8) == []
+    assert evaluation_batches(items, rank=0, world_size=1, batch_size=8) == [
+        (items[:8], 8), (items[8:16], 8), (items[16:], 1)]

@@ -137,6 +137,24 @@ def test_lora_trains_adapters_and_a_score_head_and_the_reference_runs_on_the_pol
     assert listed.trainable_parameters == 2 * SHAPE.lora_parameters(8, ("q_proj", "v_proj")) + 64
 
 
+def test_sampling_with_merged_adapters_holds_a_copy_of_the_adapted_weights():
+    """PPO with LoRA samples from a merged copy of the policy's adapted weights (``models.adapters_merged``): the
+    generation phase holds one more copy of every linear LoRA wraps, unless FSDP samples (it merges nothing)."""
+    def generation_peak(workload, **inputs):
+        return estimate_memory(MemoryInputs(workload, SHAPES, **inputs)).phase_peaks["generation"]
+
+    merging = ppo(experiences=64, micro=1)
+    merging = replace(merging, phases=(Phase("generation", (replace(merging.phases[0].steps[0], merges_adapters=True),),
+                                             together=False),) + merging.phases[1:])
+    adapted = sum(linear.in_features * linear.out_features for linear in SHAPE.lora_linears("all-linear"))
+    assert adapted == 2 * (64 * 64 * 2 + 64 * 64 * 2 + 3 * 64 * 96)  # q, k, v, o and the MLP's three, 2 blocks
+    lora = LoraSpec(8)
+    assert generation_peak(merging, lora=lora) - generation_peak(ppo(experiences=64, micro=1), lora=lora) == 4 * adapted
+    assert generation_peak(merging) == generation_peak(ppo(experiences=64, micro=1))  # no LoRA: nothing to merge
+    fsdp = {"world_size": 2, "strategy": "fsdp", "lora": lora}
+    assert generation_peak(merging, **fsdp) == generation_peak(ppo(experiences=64, micro=1), **fsdp)
+
+
 def test_gradient_checkpointing_and_smaller_batches_lower_the_peak():
     base = MemoryInputs(sft(rows=8, length=64), SHAPES)
     peak = estimate_memory(base).per_worker_peak_bytes

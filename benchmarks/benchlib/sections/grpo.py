@@ -5,8 +5,8 @@ Speed: the same random kit folder as policy and reward model (as in the PPO sect
 loss, group-std scaling, one optimisation pass per step, dropout off, lr 1e-6. One episode = one completion.
 Figures: steady-state episodes/s, end-to-end wall time, peak PSS, nominal MFU.
 
-Speed keeps TRL's group-std scaling on both sides (``scale_rewards``); the learning comparison uses rlhfctl's
-default (off).
+Speed keeps TRL's group-std scaling and token-level loss on both sides (``scale_rewards``, ``loss_aggregation``);
+the learning comparison uses rlhfctl's defaults (off, per sequence).
 
 Learning: rlhfctl GRPO and rlhfctl PPO start from the same SFT policy and score with the same reward model (both
 trained once on the benchmark data by rlhfctl, cached in the work folder), get the same episode budget (completions
@@ -132,7 +132,8 @@ def learning_configs(ctx: BenchContext, preset: str = "tiny") -> dict[str, dict]
     # GRPO: 2 prompts x 4 completions = 8 completions per iteration, as PPO's 8 rollouts per update
     grpo = grpo_config(kit, kit, _prompt_subset(ctx, LEARNING_EPISODES // NUM_GENERATIONS), validation=heldout,
                        pretrained=(sft, rm), learning_rate=LEARNING_RATE_LEARNING, beta=KL_WEIGHT,
-                       experience_batch_size=2, batch_size=8, ppo_epochs=4, scale_rewards=False)  # the default
+                       experience_batch_size=2, batch_size=8, ppo_epochs=4, scale_rewards=False,
+                       loss_aggregation="sequence")  # the defaults
     ppo = {
         "stage": "ppo",
         "general": {"model_name": str(kit), "model_pretrain": str(sft), "rm_name": str(kit), "rm_pretrain": str(rm),

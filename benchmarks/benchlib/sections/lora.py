@@ -2,7 +2,7 @@
 
 Three sections (each well under 10 minutes on 2 cores, so they can run one at a time):
 
-- ``lora-ppo`` (memory and speed): PPO on a ~60 M-parameter Llama-shaped model (``SHAPES["small"]``: 10 layers,
+- ``lora-ppo`` (memory and speed): PPO on a 46 M-parameter Llama-shaped model (``SHAPES["small"]``: 10 layers,
   hidden 640, grouped-query attention), the PPO section's workload (8 rollouts per update, 4 PPO epochs, 32-token
   responses): rlhfctl full-parameter, rlhfctl LoRA, TRL 1.12.0 PPOTrainer + peft. Peak PSS of the process tree and
   steady-state episodes/s.
@@ -10,8 +10,9 @@ Three sections (each well under 10 minutes on 2 cores, so they can run one at a 
   a ~5 M-parameter Llama (``MINI``); the drop of held-out NLL per response token, judged by
   ``benchlib/heldout.py`` (plain transformers) on each tool's merged model.
 - ``lora-ppo-learning``: from one SFT policy and one reward model (rlhfctl, full-parameter, built once), LoRA PPO
-  through rlhfctl and TRL 1.12.0 + peft, same settings; the change of held-out reward (4 sampled responses to each
-  of 64 held-out prompts, scored by that reward model), over ``ctx.repeats`` seeds.
+  through rlhfctl and TRL 1.12.0 + peft, same settings and objective (raw scores, a fixed KL coefficient); the
+  change of held-out reward (4 sampled responses to each of 64 held-out prompts, scored by that reward model), over
+  ``ctx.repeats`` seeds.
 
 The Llama models carry no chat template here (prompts are used as plain text, as TRL does with prompt/completion
 rows), and their tokenizer has no pad token (TRL's side pads with EOS, as its users do).
@@ -38,7 +39,7 @@ PPO_LEARNING_LR, PPO_LEARNING_EPISODES = 3e-4, 128
 
 
 def llama(ctx: BenchContext, name: str) -> Path:
-    """The Llama-shaped kit model ``name`` ("small": ~60 M, "mini": ~5 M), without a chat template, built once."""
+    """The Llama-shaped kit model ``name`` ("small": 46 M, "mini": ~5 M), without a chat template, built once."""
     from rlhfctl.example.architectures import SHAPES, Shape, build_architecture_kit
 
     out_dir = ctx.work / "models" / f"llama-{name}"
@@ -204,6 +205,9 @@ def run_ppo_learning(ctx: BenchContext) -> SectionResult:
         config = ppo_config(model, prompts)
         config["general"].update(seed=seed, model_pretrain=str(sft_policy), rm_pretrain=str(reward_model))
         config["training"]["learning_rate"] = PPO_LEARNING_LR
+        # TRL 1.12 optimises the raw score against a fixed kl_coef: the same objective here (rlhfctl's defaults
+        # would divide the score by the RM's reward_stats std, 5.0 for this RM, and adapt the coefficient)
+        config["training"].update(normalize_scores=False, target_kl=0.0)
         run = run_rlhfctl_train(ctx, "ppo", "lora-ppo-learn-rlhfctl", {**config, "lora": dict(LORA)},
                                 items_per_step=ROLLOUTS_PER_UPDATE)
         export = sorted((ctx.work / "runs" / ctx.invocation).glob("*-lora-ppo-learn-rlhfctl"))[-1] / "export"
@@ -228,7 +232,8 @@ def run_ppo_learning(ctx: BenchContext) -> SectionResult:
     result.rows.append(Row(
         "LoRA PPO", "held-out reward gain over the SFT policy", "reward", stats.median(gains["rlhfctl"]),
         stats.median(gains["trl"]),
-        f"Llama ~5 M params, {PPO_LEARNING_EPISODES} episodes, lr {PPO_LEARNING_LR}, r={LORA['r']}, "
+        f"Llama ~5 M params, {PPO_LEARNING_EPISODES} episodes, lr {PPO_LEARNING_LR}, r={LORA['r']}, raw scores, "
+        f"fixed kl_coef {KL_COEF}, "
         f"{ctx.repeats} seed(s); gains rlhfctl {[round(g, 3) for g in gains['rlhfctl']]}, TRL "
         f"{[round(g, 3) for g in gains['trl']]}; per-response reward std ~{spread and round(spread, 2)} "
         "(256 responses: standard error ~std/16)", samples=gains))

@@ -82,9 +82,11 @@ class GRPOTraining(TrainingCommon):
                            "(leave-one-out) instead of the group mean."
     )
     loss_aggregation: Literal["token", "sequence"] = Field(
-        "token",
-        description='"token": the mean over every completion token of a mini-batch (long completions weigh '
-                    'more, DAPO); "sequence": the mean per completion, then over completions (the GRPO paper).',
+        "sequence",
+        description='"sequence": the mean per completion, then over completions (the GRPO paper; every completion '
+                    'weighs the same: more reward-model gain per episode at a lower KL in benchmarks/README.md); '
+                    '"token": the mean over every completion token of a mini-batch (long completions weigh more, '
+                    "DAPO, TRL's default).",
     )
     ppo_epochs: PositiveInt = Field(1, description="Optimisation passes over each iteration's completions.")
     num_mini_batches: PositiveInt = Field(

@@ -1,0 +1,59 @@
+"""Python's cyclic garbage collector around a run: start-up and exit cost only (nothing computed changes).
+
+Importing torch and transformers and loading the models leaves hundreds of thousands of objects that live as long
+as the process. While they pile up, the collector's full passes walk all of them again and again (a GRPO run made
+7 full passes before its first step; benchmarks/README.md, issue 17), and the interpreter walks them once more when
+it exits. Three calls avoid that:
+
+- :func:`start_up_without_collection` (the driver, around a single-process run): no cyclic collection while the
+  run starts; when the block ends the collector is as it was (on, nothing frozen).
+- :func:`start_the_loop` (every worker calls it right before its first step; it acts only where the collector
+  was paused): one collection frees start-up garbage, then ``gc.freeze()`` moves what is left (modules, models,
+  tokenizer) out of the collector's sight, and collection is on again for the loop, whose own garbage the
+  collector handles as usual.
+- :func:`freeze_before_exit` (the CLI, when a command returns): the exit-time pass skips everything that exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+_paused = False  # True while start_up_without_collection turned the collector off (this process)
+
+
+@contextlib.contextmanager
+def start_up_without_collection() -> Iterator[None]:
+    """No cyclic collection inside the block until :func:`start_the_loop`; afterwards the collector is on again if
+    it was on before."""
+    global _paused
+    was_enabled = gc.isenabled()
+    _paused = was_enabled
+    gc.disable()
+    try:
+        yield
+    finally:
+        _paused = False
+        gc.unfreeze()  # what start_the_loop froze is the collector's again (a test process runs many runs)
+        if was_enabled:
+            gc.enable()
+
+
+def start_the_loop() -> None:
+    """The models are loaded and the loop begins: if :func:`start_up_without_collection` paused the collector in
+    this process, free start-up garbage, keep the rest out of later full passes and collect as usual from here.
+    Otherwise (a Ray Train worker, whose collector ran all along) nothing changes."""
+    global _paused
+    if not _paused:
+        return
+    _paused = False
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+
+
+def freeze_before_exit() -> None:
+    """The process is about to exit: no exit-time pass over what exists now (``gc.freeze()``; nothing is lost:
+    the operating system takes the memory back)."""
+    gc.freeze()

@@ -1,0 +1,77 @@
+"""The garbage-collector policy around a run: paused during start-up, frozen at the first step, restored after."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from rlhfctl.training import collector
+
+
+@pytest.fixture(autouse=True)
+def _collector_restored():
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def test_start_up_pauses_then_the_loop_collects_again_with_start_up_objects_frozen():
+    gc.enable()
+    with collector.start_up_without_collection():
+        assert not gc.isenabled()
+        start_up_objects = [[index] for index in range(1000)]  # long-lived, like modules and models
+        collector.start_the_loop()
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= len(start_up_objects)
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0  # a test process running many runs gets everything back
+
+
+def test_start_the_loop_frees_start_up_garbage_before_freezing():
+    import weakref
+
+    class Node:
+        pass
+
+    gc.enable()
+    with collector.start_up_without_collection():
+        cycle = Node()
+        cycle.self = cycle  # only the cyclic collector frees this
+        alive = weakref.ref(cycle)
+        del cycle
+        assert alive() is not None  # paused: nothing collected
+        collector.start_the_loop()
+        assert alive() is None
+
+
+def test_a_run_that_fails_during_start_up_gives_the_collector_back():
+    gc.enable()
+    with pytest.raises(RuntimeError), collector.start_up_without_collection():
+        raise RuntimeError("model failed to load")
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_collector_that_was_off_stays_off():
+    gc.disable()
+    with collector.start_up_without_collection():
+        collector.start_the_loop()
+        assert not gc.isenabled()  # not ours to turn on
+    assert not gc.isenabled()
+
+
+def test_start_the_loop_leaves_a_collector_it_did_not_pause_alone():  # a Ray Train worker
+    gc.enable()
+    collector.start_the_loop()
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+
+
+def test_freeze_before_exit_freezes_what_exists():
+    collector.freeze_before_exit()
+    assert gc.get_freeze_count() > 0
