@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"Comma-separated sections to run (default: all): {','.join(SECTIONS)}.")
     parser.add_argument("--repeats", type=int, help="Runs per tool and figure (default: 2 with --quick, else 3).")
+    parser.add_argument("--ppo-tiny-only", action="store_true",
+                        help="PPO section: the tiny model only (its 256 episodes without --quick; no small model).")
     parser.add_argument("--install-trl", action="store_true",
                         help="Install TRL 1.12.0, current TRL and accelerate into benchmarks/.trl-* (pip --target, "
                              "--no-deps: the project environment is never changed), then exit.")
@@ -93,8 +95,8 @@ def build_context(args: argparse.Namespace) -> BenchContext:
     models = {preset: workspace.build_model(work / "models", preset, corpus) for preset in ("tiny", "small")}
     repeats = args.repeats or (2 if args.quick else 3)
     invocation = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return BenchContext(quick=args.quick, repeats=repeats, work=work, data=data, models=models,
-                        invocation=invocation)
+    return BenchContext(quick=args.quick, ppo_tiny_only=args.ppo_tiny_only, repeats=repeats, work=work, data=data,
+                        models=models, invocation=invocation)
 
 
 def run_sections(ctx: BenchContext, sections: list[str]) -> list:

@@ -84,6 +84,7 @@ class BenchContext:
     models: dict[str, Path]
     peak_gflops: dict[str, float] = field(default_factory=dict)  # "fp32@1", "fp32@2", "bf16@2" ...
     invocation: str = "latest"      # sub-folder of work/runs for this harness invocation
+    ppo_tiny_only: bool = False     # PPO section: the tiny model only (--ppo-tiny-only)
     _run_counter: int = 0
 
     def run_dir(self, label: str) -> Path:

@@ -20,9 +20,10 @@ def test_every_runnable_case_writes_a_valid_config(case, tmp_path):
     from rlhfctl.config.loader import load_config
     from rlhfctl.config.schema import CONFIG_CLASSES
 
-    models = {"tiny": tmp_path / "tiny", "llama60m": tmp_path / "llama", "llama120m": tmp_path / "llama120"}
+    models = {"tiny": tmp_path / "tiny", "llama60m": tmp_path / "llama", "llama120m": tmp_path / "llama120",
+              "llama134m": tmp_path / "llama134"}
     data = {name: tmp_path / f"{name}.jsonl" for name in ("sft", "sft_validation", "rm", "rm_validation", "ppo",
-                                                          "ppo_validation")}
+                                                          "ppo_validation", "ppo_one_iteration")}
     config = case.config(models, data, tmp_path / "run")
     path = bench_memory.write_toml(tmp_path / "case.toml", config)
     loaded = load_config(path, check_files=False)

@@ -70,7 +70,7 @@ def flops_per_episode(model_dir: Path, prompts: Path) -> float:
 def run(ctx: BenchContext) -> SectionResult:
     result = SectionResult("ppo")
     sizes = [("tiny", 128 if ctx.quick else 256, ctx.repeats)]
-    if not ctx.quick:
+    if not ctx.quick and not ctx.ppo_tiny_only:
         sizes.append(("small", 64, ctx.repeats))
     available, reason = rlhfctl_available("ppo", "train")
     label = default_layout().label
