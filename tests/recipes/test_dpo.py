@@ -332,4 +332,9 @@ def test_dpo_on_two_ray_workers_learns_and_a_killed_worker_recovers_exactly(tmp_
     marker = tmp_path / "killed.marker"
     summary = dpo.run(config, fault_injection={"after_step": 10, "marker": str(marker), "action": "kill"})
     assert marker.exists() and summary.steps == 29
-    assert final_validation(tmp_path / "killed") == pytest.approx(full, rel=1e-6, abs=1e-9)
+    recovered = final_validation(tmp_path / "killed")
+    numbers = {key for key, value in full.items() if isinstance(value, (int, float))}  # pytest 9.2's approx: numbers only
+    assert {key: recovered[key] for key in numbers} == pytest.approx({key: full[key] for key in numbers}, rel=1e-6,
+                                                                     abs=1e-9)
+    assert {key: value for key, value in recovered.items() if key not in numbers} == {
+        key: value for key, value in full.items() if key not in numbers}
