@@ -115,15 +115,13 @@ def test_a_ddp_checkpoint_resumes_under_fsdp_converted(rm_reference, tmp_path, t
 
 
 def _ppo_config(tmp_path: Path, model_dir: Path, **extra):
-    from tests.recipes.test_ppo import DATA, few_prompts, make_config
+    from tests.recipes.test_ppo import few_prompts, make_config
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     prompts = few_prompts(tmp_path, 32)  # 16 per worker: 2 iterations of 8 per epoch
     # 17 held-out prompts: 9 and 8 per worker, i.e. 2 and 1 validation batches of 8; every worker must still run
     # the same number of (collective) gathers, or validation hangs
-    heldout = (DATA / "heldout_prompts.jsonl").read_text(encoding="utf-8").splitlines()[:17]
-    validation_file = tmp_path / "heldout_17.jsonl"
-    validation_file.write_text("\n".join(heldout) + "\n", encoding="utf-8")
+    validation_file = few_prompts(tmp_path, 17, source="heldout_prompts.jsonl")
     return make_config(tmp_path, model_dir, model_dir, train_file=prompts, validation_file=validation_file,
                        num_training_workers=2, epochs=2, save_every_steps=1, strategy="fsdp", **extra)
 

@@ -37,9 +37,10 @@ def make_config(tmp_path: Path, policy: Path, reward: Path, *, train_file: Path 
     })
 
 
-def few_prompts(tmp_path: Path, count: int) -> Path:
-    lines = (DATA / "ppo.jsonl").read_text(encoding="utf-8").splitlines()[:count]
-    path = tmp_path / f"prompts_{count}.jsonl"
+def few_prompts(tmp_path: Path, count: int, source: str = "ppo.jsonl") -> Path:
+    """The first ``count`` prompts of ``examples/data/<source>`` in a file of their own."""
+    lines = (DATA / source).read_text(encoding="utf-8").splitlines()[:count]
+    path = tmp_path / f"{Path(source).stem}_{count}.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
