@@ -29,7 +29,7 @@ from benchlib.tools import BENCH_DIR, REPO_ROOT, BenchContext  # noqa: E402
 SECTIONS = ("matmul", "cli", "convert", "rm", "sft", "ppo", "dpo", "grpo", "scaling")
 TRAINING_SECTIONS = ("rm", "sft", "ppo", "dpo", "grpo", "scaling")  # MFU: these need the measured matmul peak
 # Run only when named in --only (each takes several minutes): LoRA next to full-parameter rlhfctl and TRL + peft.
-LORA_SECTIONS = ("lora-ppo", "lora-sft", "lora-ppo-learning")
+LORA_SECTIONS = ("lora-ppo", "lora-ppo-kit", "lora-sft", "lora-ppo-learning")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,6 +104,7 @@ def run_sections(ctx: BenchContext, sections: list[str]) -> list:
 
     runners = {"matmul": machine.run, "cli": cli.run, "convert": cli.run_convert, "rm": rm.run, "sft": sft.run,
                "ppo": ppo.run, "dpo": dpo.run, "grpo": grpo.run, "scaling": scaling.run, "lora-ppo": lora.run_ppo,
+               "lora-ppo-kit": lora.run_ppo_kit,
                "lora-sft": lora.run_sft, "lora-ppo-learning": lora.run_ppo_learning}
     if any(name in sections for name in TRAINING_SECTIONS) and "matmul" not in sections:
         sections = ["matmul", *sections]  # MFU needs the measured peak
