@@ -3,7 +3,7 @@
     python benchmarks/run.py --quick                      # ~10 minutes on 2 cores, tiny sizes
     python benchmarks/run.py --json benchmarks/results/latest.json
     python benchmarks/run.py --quick --only matmul,cli,rm
-    python benchmarks/run.py --only lora-ppo --repeats 1          # LoRA sections run only when named
+    python benchmarks/run.py --only lora-ppo,lora-ppo-kit --repeats 1   # LoRA sections run only when named
 
 Sections: matmul (machine limit), cli (start-up), convert (data convert rows/s), rm, sft, ppo, dpo, grpo (rlhfctl vs
 TRL, runs alternating A B A B), scaling (1 -> 2 workers, small model). Prints a Markdown table and writes JSON.
