@@ -35,6 +35,7 @@ actor of their own); where Ray starts the controller, a small actor of its own d
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 from typing import Any
 
@@ -106,16 +107,21 @@ class LeanTrainer(DataParallelTrainer):
         self._progress_actor_name = progress_actor_name
         self._progress_actor: Any = None  # while it runs
         self._progress_left: list[Any] = []  # drained from it when it stopped, not yet handed out
-        self._progress_lock = threading.Lock()
+        self._progress_lock = threading.RLock()  # RLock: the SIGINT handler may run while the main thread holds it
         super().__init__(*args, **kwargs)
 
     def drain_progress(self, timeout_s: float = 30) -> list[Any]:
-        """The progress events sent since the last call (none before the run's actor started)."""
+        """The progress events sent since the last call, in order (none before the run's actor started)."""
         with self._progress_lock:
-            if self._progress_actor is None:
-                events, self._progress_left = self._progress_left, []
-                return events
-            return ray.get(self._progress_actor.drain_progress.remote(), timeout=timeout_s)
+            fresh = ([] if self._progress_actor is None
+                     else ray.get(self._progress_actor.drain_progress.remote(), timeout=timeout_s))
+            events, self._progress_left = self._progress_left + fresh, []
+            return events
+
+    def _keep_progress(self, actor, timeout_s: float) -> None:
+        """Take what ``actor`` holds now into this process (handed out by the next :meth:`drain_progress`)."""
+        with self._progress_lock, contextlib.suppress(ray.exceptions.RayError):  # a dead actor: its events with it
+            self._progress_left += ray.get(actor.drain_progress.remote(), timeout=timeout_s)
 
     @contextlib.contextmanager
     def _hosting_progress(self, actor) -> Any:
@@ -127,8 +133,21 @@ class LeanTrainer(DataParallelTrainer):
         finally:
             with self._progress_lock:
                 self._progress_actor = None
-                with contextlib.suppress(ray.exceptions.RayError):  # a controller that died: its events with it
-                    self._progress_left += ray.get(actor.drain_progress.remote(), timeout=30)
+                self._keep_progress(actor, timeout_s=30)
+
+    def _register_sigint_handler(self, controller) -> None:
+        """Ray's Ctrl-C handler aborts the run, and the abort ends the controller's process: before it, the events
+        the controller holds are taken into this process (the separate progress actor outlives the abort anyway)."""
+        super()._register_sigint_handler(controller)
+        abort_run = signal.getsignal(signal.SIGINT)
+
+        def keep_progress_then_abort(signum, frame) -> None:
+            actor = self._progress_actor
+            if actor is not None:
+                self._keep_progress(actor, timeout_s=5)
+            abort_run(signum, frame)
+
+        signal.signal(signal.SIGINT, keep_progress_then_abort)
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()

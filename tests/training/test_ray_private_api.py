@@ -135,6 +135,12 @@ def test_the_controller_and_worker_group_steps_lean_trainer_repeats_without_a_ru
                  "return ray.get(controller.get_result.remote())"):
         assert step in starting, step
     assert "env_vars.setdefault(" in starting and "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR" in starting
+    # LeanTrainer wraps Ray's Ctrl-C handler (installed on SIGINT) to keep the controller's progress events first:
+    # the abort that handler asks for ends the controller's process
+    registering = DataParallelTrainer._register_sigint_handler
+    assert list(inspect.signature(registering).parameters) == ["self", "controller"]
+    assert "signal.signal(signal.SIGINT, sigint_handler)" in inspect.getsource(registering)
+    assert "ray.actor.exit_actor()" in inspect.getsource(TrainController.abort)
     assert TrainController.worker_group_cls is WorkerGroup
     assert "self.worker_group_cls.create(" in inspect.getsource(TrainController)
     assert "cls(train_run_context, worker_group_context, callbacks)" in inspect.getsource(WorkerGroup.create)
