@@ -42,6 +42,7 @@ from dataclasses import dataclass, fields
 from typing import Literal, Union
 
 from rlhfctl.training.activation_memory import (
+    MMAP_THRESHOLD_BYTES,
     PassSettings,
     generation,
     head_temporaries,
@@ -158,6 +159,8 @@ class MemoryInputs:
     device: Device = "cpu"
     in_driver: bool = False  # the single worker runs in the driver process (no Ray)
     base_weight_bytes: int = FP32  # bytes per frozen base weight (2 when a LoRA base is loaded in bf16)
+    mmap_threshold_bytes: int = MMAP_THRESHOLD_BYTES  # CPU: malloc's mmap threshold in the workers (glibc's dynamic
+    #                                                   one by default; rlhfctl's allocator policy fixes it lower)
 
 
 CHARS_PER_TOKEN = 3.5  # a rough BPE average, for the size of token lists
@@ -390,6 +393,7 @@ def _pass_settings(use: ModelUse, shape: ModelShape, inputs: MemoryInputs) -> Pa
         lora_r=lora.r if lora is not None else 0,
         lora_linears_per_block=(len(shape.lora_linears(lora.target_modules)) // max(shape.num_layers, 1)
                                 if lora is not None else 0),
+        mmap_threshold_bytes=inputs.mmap_threshold_bytes,
     )
 
 
