@@ -3,7 +3,7 @@
     python benchmarks/run.py --quick                      # ~10 minutes on 2 cores, tiny sizes
     python benchmarks/run.py --json benchmarks/results/latest.json
     python benchmarks/run.py --quick --only matmul,cli,rm
-    python benchmarks/run.py --only lora-ppo --repeats 1          # LoRA sections run only when named
+    python benchmarks/run.py --only lora-ppo,lora-ppo-kit --repeats 1   # LoRA sections run only when named
 
 Sections: matmul (machine limit), cli (start-up), convert (data convert rows/s), rm, sft, ppo, dpo, grpo (rlhfctl vs
 TRL, runs alternating A B A B), scaling (1 -> 2 workers, small model). Prints a Markdown table and writes JSON.
@@ -29,7 +29,7 @@ from benchlib.tools import BENCH_DIR, REPO_ROOT, BenchContext  # noqa: E402
 SECTIONS = ("matmul", "cli", "convert", "rm", "sft", "ppo", "dpo", "grpo", "scaling")
 TRAINING_SECTIONS = ("rm", "sft", "ppo", "dpo", "grpo", "scaling")  # MFU: these need the measured matmul peak
 # Run only when named in --only (each takes several minutes): LoRA next to full-parameter rlhfctl and TRL + peft.
-LORA_SECTIONS = ("lora-ppo", "lora-sft", "lora-ppo-learning")
+LORA_SECTIONS = ("lora-ppo", "lora-ppo-kit", "lora-sft", "lora-ppo-learning")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,6 +104,7 @@ def run_sections(ctx: BenchContext, sections: list[str]) -> list:
 
     runners = {"matmul": machine.run, "cli": cli.run, "convert": cli.run_convert, "rm": rm.run, "sft": sft.run,
                "ppo": ppo.run, "dpo": dpo.run, "grpo": grpo.run, "scaling": scaling.run, "lora-ppo": lora.run_ppo,
+               "lora-ppo-kit": lora.run_ppo_kit,
                "lora-sft": lora.run_sft, "lora-ppo-learning": lora.run_ppo_learning}
     if any(name in sections for name in TRAINING_SECTIONS) and "matmul" not in sections:
         sections = ["matmul", *sections]  # MFU needs the measured peak

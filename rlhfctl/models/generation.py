@@ -91,6 +91,15 @@ class SamplingSettings:
             settings.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         return GenerationConfig(**settings)
 
+    @classmethod
+    def from_config(cls, generation: Any, tokenizer: Any) -> SamplingSettings:
+        """From a stage's ``[generation]`` section (PPO's and GRPO's) and the policy's tokenizer."""
+        return cls(
+            max_new_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
+            top_p=generation.top_p, do_sample=generation.do_sample,
+            stop_ids=tuple(stop_token_ids(tokenizer, generation.stop_token)), pad_token_id=tokenizer.pad_token_id,
+        )
+
 
 class Generation(NamedTuple):
     query_responses: torch.Tensor  # (batch, prompt_len + response_len), padding after the first stop token

@@ -47,7 +47,7 @@ class GRPOTrainer:
     """
 
     def __init__(self, *, ctx, models: GRPOModels, policy, optimizer, scheduler, reward_functions):
-        from rlhfctl.models.generation import SamplingSettings, stop_token_ids
+        from rlhfctl.models.generation import SamplingSettings
 
         self.ctx, self.models, self.policy = ctx, models, policy
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -56,12 +56,7 @@ class GRPOTrainer:
         self.reward_model_weight = ctx.config.reward.model_weight
         self.temperature = generation.temperature
         self.max_prompt_tokens = ctx.config.dataset.max_length - generation.max_new_tokens
-        tokenizer = models.tokenizer
-        self.sampling = SamplingSettings(
-            max_new_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
-            top_p=generation.top_p, do_sample=generation.do_sample,
-            stop_ids=tuple(stop_token_ids(tokenizer, generation.stop_token)), pad_token_id=tokenizer.pad_token_id,
-        )
+        self.sampling = SamplingSettings.from_config(generation, models.tokenizer)
 
     # ------------------------------------------------------------------------------------------- rollouts
 

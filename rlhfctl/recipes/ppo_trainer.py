@@ -38,7 +38,7 @@ class PPOTrainer:
 
     def __init__(self, *, ctx, models: PPOModels, policy, value_model, optimizers, schedulers, kl_controller,
                  score_settings):
-        from rlhfctl.models.generation import SamplingSettings, stop_token_ids
+        from rlhfctl.models.generation import SamplingSettings
 
         self.ctx, self.models = ctx, models
         self.policy, self.value_model = policy, value_model
@@ -47,12 +47,7 @@ class PPOTrainer:
         self.training, generation = ctx.config.training, ctx.config.generation
         self.temperature = generation.temperature
         self.max_prompt_tokens = ctx.config.dataset.max_length - generation.max_new_tokens
-        tokenizer = models.tokenizer
-        self.sampling = SamplingSettings(
-            max_new_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
-            top_p=generation.top_p, do_sample=generation.do_sample,
-            stop_ids=tuple(stop_token_ids(tokenizer, generation.stop_token)), pad_token_id=tokenizer.pad_token_id,
-        )
+        self.sampling = SamplingSettings.from_config(generation, models.tokenizer)
         if models.reward_head_fresh and ctx.is_main:
             import logging
 

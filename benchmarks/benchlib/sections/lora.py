@@ -115,6 +115,49 @@ def run_ppo(ctx: BenchContext) -> SectionResult:
     return result
 
 
+def run_ppo_kit(ctx: BenchContext) -> SectionResult:
+    """``lora-ppo-kit``: the PPO section's own workload and models (the kit's tiny and small GPT-2 shapes, 256 and
+    64 episodes) with the same ``LoraConfig`` on both tools: the LoRA counterpart of the PPO section's speed rows."""
+    result = SectionResult("lora-ppo-kit")
+    sizes = [("tiny", 128 if ctx.quick else 256)] + ([] if ctx.quick or ctx.ppo_tiny_only else [("small", 64)])
+    for preset, episodes in sizes:
+        model = ctx.models[preset]
+        prompts = _subset(ctx.data.ppo_prompts, ctx.work / "data" / f"ppo_prompts_first_{episodes}.jsonl", episodes)
+        mine, theirs = [], []
+        for _ in range(ctx.repeats):
+            mine.append(run_rlhfctl_train(ctx, "ppo", f"lora-ppo-{preset}-rlhfctl", {**ppo_config(model, prompts),
+                                                                                    "lora": dict(LORA)},
+                                          items_per_step=ROLLOUTS_PER_UPDATE))
+            theirs.append(run_trl_script(ctx, "trl_ppo.py", f"lora-ppo-{preset}-trl-peft", [
+                "--policy", str(model), "--reward-model", str(model), "--prompts", str(prompts), "--episodes",
+                str(episodes), "--response-length", str(RESPONSE_LENGTH), "--temperature", str(TEMPERATURE),
+                "--learning-rate", "1e-6", "--rollouts-per-update", str(ROLLOUTS_PER_UPDATE), "--ppo-epochs",
+                str(PPO_EPOCHS), "--kl-coef", str(KL_COEF), "--lora-r", str(LORA["r"]), "--lora-alpha",
+                str(LORA["alpha"]), "--threads", "2"]))
+        section = f"LoRA PPO {preset}"
+        params = workspace.count_parameters(model).total
+        errors = "; ".join(run.error for run in mine + theirs if run.error)
+        note = f"kit {preset} GPT-2 ({params / 1e6:.2f} M params), {episodes} episodes, r={LORA['r']}; " \
+               "TRL 1.12.0 PPOTrainer + peft" + (f"; {errors}" if errors else "")
+        result.rows += [
+            Row(section, "steady-state episodes/s (LoRA both)", "episodes/s", median_of(mine, "steady_rate"),
+                median_of(theirs, "steady_rate"), f"{note}; target >= 2x",
+                samples={"rlhfctl": samples_of(mine, "steady_rate"), "trl": samples_of(theirs, "steady_rate")}),
+            Row(section, "end-to-end wall time (LoRA both)", "s", median_of(mine, "wall_time_s"),
+                median_of(theirs, "wall_time_s"), "process start to exit", higher_is_better=False),
+            Row(section, "peak PSS, process tree (LoRA both)", "GB", median_of(mine, "peak_pss_gb"),
+                median_of(theirs, "peak_pss_gb"), "target <= 1.0x", higher_is_better=False),
+        ]
+        for phase in ("generate", "score", "train"):
+            result.rows.append(Row(section, f"{phase} time per update", "s",
+                                   stats.median(r.phase_seconds.get(phase) for r in mine if r.ok),
+                                   stats.median(r.phase_seconds.get(phase) for r in theirs if r.ok),
+                                   "median over updates after the first", higher_is_better=False))
+        result.details[preset] = {"parameters": params, "episodes": episodes, "rlhfctl": [r.summary() for r in mine],
+                                  "trl": [r.summary() for r in theirs]}
+    return result
+
+
 # ----------------------------------------------------------------------------------------------- SFT learning
 
 
