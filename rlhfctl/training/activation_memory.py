@@ -7,6 +7,9 @@ frees activations of many sizes. :func:`resident` applies what that costs (measu
 step peaks at 1.58 GiB with every block mmapped and returned to the system — ``MALLOC_MMAP_THRESHOLD_=1048576`` —
 and at 2.03-2.12 GiB with glibc's default; across the SFT, RM and PPO runs of ``benchmarks/bench_memory.py`` the
 heap-sized transient memory costs 1.5-1.9x its size). Blocks above the threshold are mmapped and given back.
+rlhfctl's training processes fix the threshold at 1 MiB (:mod:`rlhfctl.training.allocator`; the plan reads it into
+``PassSettings.mmap_threshold_bytes``), so only blocks below that pay the retention there; with
+``RLHFCTL_MALLOC=default`` the estimate assumes glibc's dynamic threshold.
 
 Sources of the per-token figures: ``model_shape.BlockActivations`` (what a block keeps for its backward, measured
 per architecture with saved-tensor hooks); the loss heads' full-vocabulary tensors were measured with the torch
@@ -23,7 +26,7 @@ from rlhfctl.training.model_shape import READ_SHORTCUT_MODEL_TYPES, ModelShape
 FP32 = 4
 HALF = 2
 MiB = 1024**2
-MMAP_THRESHOLD_BYTES = 32 * MiB  # glibc's largest dynamic mmap threshold on 64-bit systems
+MMAP_THRESHOLD_BYTES = 32 * MiB  # glibc's largest dynamic mmap threshold on 64-bit systems (its default policy)
 CPU_HEAP_RETENTION = 0.8  # extra resident memory per byte of heap-sized transient tensors (glibc, measured)
 AUTOCAST_ACTIVATION_FACTOR = 0.8  # activation bytes under bf16/fp16 autocast relative to fp32 (measured 0.75-0.82)
 
@@ -41,6 +44,7 @@ class PassSettings:
     frozen_base: bool = False  # LoRA adapters on a frozen base
     lora_r: int = 0
     lora_linears_per_block: int = 0
+    mmap_threshold_bytes: int = MMAP_THRESHOLD_BYTES  # CPU: blocks this large are mmapped (training/allocator.py)
 
     @property
     def activation_bytes(self) -> float:
@@ -51,11 +55,11 @@ class PassSettings:
         return HALF if self.autocast else FP32
 
 
-def resident(total_bytes: float, tensor_bytes: float, device: str) -> int:
+def resident(total_bytes: float, tensor_bytes: float, settings: PassSettings) -> int:
     """The memory ``total_bytes`` of transient tensors of ``tensor_bytes`` each occupy in the process: on CPU, heap
-    blocks (below the mmap threshold) cost :data:`CPU_HEAP_RETENTION` more; mmapped ones and GPU memory cost their
-    size (PyTorch's CUDA caching allocator reuses its blocks)."""
-    if device == "cpu" and tensor_bytes < MMAP_THRESHOLD_BYTES:
+    blocks (below the mmap threshold in force) cost :data:`CPU_HEAP_RETENTION` more; mmapped ones and GPU memory
+    cost their size (PyTorch's CUDA caching allocator reuses its blocks)."""
+    if settings.device == "cpu" and tensor_bytes < settings.mmap_threshold_bytes:
         return int(total_bytes * (1 + CPU_HEAP_RETENTION))
     return int(total_bytes)
 
@@ -103,9 +107,9 @@ def kept_activations(shape: ModelShape, rows: int, length: int, settings: PassSe
     if settings.keeps_dropout and shape.dropout > 0:
         elements += shape.hidden_size  # embedding dropout
     activations = resident(tokens * elements * settings.activation_bytes,
-                           tokens * _widest(shape) * settings.activation_bytes, settings.device)
+                           tokens * _widest(shape) * settings.activation_bytes, settings)
     weight_copies = weight_parameters * HALF if settings.autocast else 0
-    return activations + resident(weight_copies, _largest_block_linear(shape) * HALF, settings.device)
+    return activations + resident(weight_copies, _largest_block_linear(shape) * HALF, settings)
 
 
 def _final_norm_and_head_input(shape: ModelShape, length: int, settings: PassSettings) -> float:
@@ -121,7 +125,7 @@ def one_block_bytes(shape: ModelShape, rows: int, length: int, settings: PassSet
     forward's working set."""
     tokens = rows * length
     return resident(tokens * block_elements_per_token(shape, length) * settings.activation_bytes,
-                    tokens * _widest(shape) * settings.activation_bytes, settings.device)
+                    tokens * _widest(shape) * settings.activation_bytes, settings)
 
 
 def head_temporaries(shape: ModelShape, rows: int, length: int, loss: Loss, settings: PassSettings, *,
@@ -134,19 +138,19 @@ def head_temporaries(shape: ModelShape, rows: int, length: int, loss: Loss, sett
     and four response-sized fp32 copies (scaled logits and the detached entropy's softmax and product)."""
     tokens = rows * length
     working = resident(tokens * (2 * shape.hidden_size + 2 * shape.intermediate_size) * FP32,
-                       tokens * shape.intermediate_size * FP32, settings.device)
+                       tokens * shape.intermediate_size * FP32, settings)
     full_vocabulary = tokens * shape.vocab_size
     logits = resident(full_vocabulary * settings.logit_bytes, full_vocabulary * settings.logit_bytes,
-                      settings.device)
+                      settings)
     fp32 = full_vocabulary * FP32
     if loss == "token_nll":
         softcap = 2 * fp32 if shape.logit_softcapping else 0
-        return logits + resident(3 * fp32 + softcap, fp32, settings.device) + working
+        return logits + resident(3 * fp32 + softcap, fp32, settings) + working
     if loss == "logprobs":
         response = rows * response_length * shape.vocab_size * FP32
         softcap = 2 * fp32 if shape.logit_softcapping else 0
-        return logits + resident(4 * response, response, settings.device) + resident(softcap, fp32,
-                                                                                     settings.device) + working
+        return logits + resident(4 * response, response, settings) + resident(softcap, fp32,
+                                                                                     settings) + working
     return working  # a scalar head: nothing vocabulary-sized
 
 
@@ -156,17 +160,17 @@ def no_grad_forward(shape: ModelShape, rows: int, length: int, loss: Loss, setti
     (full-vocabulary logits and what the loss derives from them), whichever is larger."""
     tokens = rows * length
     hidden_states = resident(2 * tokens * shape.hidden_size * FP32, tokens * shape.hidden_size * FP32,
-                             settings.device)
+                             settings)
     body = one_block_bytes(shape, rows, length, settings) + hidden_states
     if loss == "score":
         return body
     full_vocabulary = tokens * shape.vocab_size
-    head = resident(full_vocabulary * settings.logit_bytes, full_vocabulary * settings.logit_bytes, settings.device)
+    head = resident(full_vocabulary * settings.logit_bytes, full_vocabulary * settings.logit_bytes, settings)
     if loss == "logprobs":
         response = rows * response_length * shape.vocab_size * FP32
-        head += resident(2 * response, response, settings.device)
+        head += resident(2 * response, response, settings)
     else:
-        head += resident(2 * full_vocabulary * FP32, full_vocabulary * FP32, settings.device)
+        head += resident(2 * full_vocabulary * FP32, full_vocabulary * FP32, settings)
     return max(body, head)
 
 
@@ -177,9 +181,10 @@ def generation(shape: ModelShape, rows: int, prompt_length: int, new_tokens: int
     sampling tensors."""
     length = prompt_length + new_tokens
     per_block = 2 * rows * length * shape.num_kv_heads * shape.head_dim * FP32
-    cache = resident(shape.num_layers * per_block, per_block / 2, settings.device)
-    prefill = one_block_bytes(shape, rows, prompt_length, PassSettings(device=settings.device))
-    sampling = resident(4 * rows * shape.vocab_size * FP32, rows * shape.vocab_size * FP32, settings.device)
+    cache = resident(shape.num_layers * per_block, per_block / 2, settings)
+    prefill = one_block_bytes(shape, rows, prompt_length, PassSettings(device=settings.device,
+                                                                        mmap_threshold_bytes=settings.mmap_threshold_bytes))
+    sampling = resident(4 * rows * shape.vocab_size * FP32, rows * shape.vocab_size * FP32, settings)
     return cache, prefill + sampling
 
 
@@ -192,8 +197,8 @@ def transient_gradients(shape: ModelShape, trainable_parameters: int, full_train
     """Gradients a single worker creates in its backward (freed again by ``zero_grad(set_to_none=True)``): the
     embedding and LM-head gradients are separate large blocks, the rest heap-sized."""
     if not full_training:
-        return resident(trainable_parameters * FP32, 0, settings.device)  # adapters and a score head: small
+        return resident(trainable_parameters * FP32, 0, settings)  # adapters and a score head: small
     large = shape.embedding_parameters + (shape.lm_head_parameters if lm_head else 0)
-    large_bytes = large * FP32 if shape.vocab_size * shape.hidden_size * FP32 >= MMAP_THRESHOLD_BYTES else 0
+    large_bytes = large * FP32 if shape.vocab_size * shape.hidden_size * FP32 >= settings.mmap_threshold_bytes else 0
     rest = trainable_parameters * FP32 - large_bytes
-    return int(large_bytes) + resident(rest, _largest_block_linear(shape) * FP32, settings.device)
+    return int(large_bytes) + resident(rest, _largest_block_linear(shape) * FP32, settings)

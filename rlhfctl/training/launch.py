@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -41,6 +42,7 @@ from rlhfctl.config.layout import MachineResources, WorkerLayout, resolve_config
 from rlhfctl.errors import RlhfctlError, RuntimeFailure, UserError
 from rlhfctl.monitor import Alarm
 from rlhfctl.progress.events import Notice, NullSink, PhaseStarted, ProgressSink, RunFinished, RunLayout
+from rlhfctl.training import allocator
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training import collector
 from rlhfctl.runfiles import (
@@ -396,6 +398,7 @@ def run_training(
         sink.handle(PhaseStarted("starting the worker"))  # torch is imported here and by the loop
         check_fits_this_machine(ResourceRequest(job.config.training.num_training_workers,
                                                 dict(job.config.training.resources_per_worker)))
+    allocator.policy_requested(os.environ)  # a bad RLHFCTL_MALLOC is a user error before any worker starts
     memory_plan = check_memory(job, memory_probe) if memory_check else None
     resume_from = prepare_run_directory(job, resume=resume, force=force)
     resumed_from_step = ckpt.read_step(resume_from) if resume_from else None  # read now: the run may prune it

@@ -30,7 +30,8 @@ Where the numbers come from (``benchmarks/README.md`` has the measured peaks the
   and a score head only; with it PPO's reference runs on the policy's base;
 - a model loaded only for some phases (``ModelUse(resident=False)``: DPO's separate reference model, scored once
   before training and freed) weighs in those phases only;
-- FSDP shards weights, gradients and optimizer state over the workers;
+- FSDP shards weights, gradients and optimizer state over the workers; on CPU the heap keeps much of the
+  unit-sized parameter and gradient buffers it gathers every step (``_fsdp_heap_churn``);
 - framework overhead: a worker process with torch and transformers imported (CPU), the CUDA context (GPU).
 """
 
@@ -42,6 +43,7 @@ from dataclasses import dataclass, fields
 from typing import Literal, Union
 
 from rlhfctl.training.activation_memory import (
+    MMAP_THRESHOLD_BYTES,
     PassSettings,
     generation,
     head_temporaries,
@@ -64,6 +66,10 @@ MiB = 1024**2
 CPU_RAY_WORKER_BYTES = 455 * MiB  # a Ray Train worker with torch and transformers imported
 CPU_DRIVER_WORKER_BYTES = 430 * MiB  # the driver process when one worker runs in it (no Ray)
 CUDA_CONTEXT_BYTES = 600 * MiB  # the CUDA context and kernels on the device (typically 0.3-0.8 GiB)
+# Of the three fp32 model copies FSDP allocates and frees per step on CPU, the part glibc's heap keeps resident
+# (measured on 2 CPU workers, gradient checkpointing on: 60 M RM 0.45 GiB, 60 M PPO 0.98 GiB, 120 M RM 1.2 GiB
+# above the plan without it, i.e. 2.6-3.1x the trained models' fp32 bytes; benchmarks/README.md)
+FSDP_CPU_CHURN_RETAINED = 0.9
 
 
 # ----------------------------------------------------------------------------------------------- a stage's workload
@@ -158,6 +164,8 @@ class MemoryInputs:
     device: Device = "cpu"
     in_driver: bool = False  # the single worker runs in the driver process (no Ray)
     base_weight_bytes: int = FP32  # bytes per frozen base weight (2 when a LoRA base is loaded in bf16)
+    mmap_threshold_bytes: int = MMAP_THRESHOLD_BYTES  # CPU: malloc's mmap threshold in the workers (glibc's dynamic
+    #                                                   one by default; rlhfctl's allocator policy fixes it lower)
 
 
 CHARS_PER_TOKEN = 3.5  # a rough BPE average, for the size of token lists
@@ -343,13 +351,34 @@ def _communication_buffers(inputs: MemoryInputs, static: Mapping[str, Breakdown]
 
 def _fsdp_gathered(workload: StageWorkload, inputs: MemoryInputs) -> Breakdown:
     """FSDP gathers the full parameters of the block it computes and prefetches the next (two of the largest
-    model's largest units), and reduce-scatters one block's full gradients of a trained model at a time."""
+    model's largest units), and reduce-scatters one block's full gradients of a trained model at a time; on CPU
+    glibc keeps much of what that churns (:func:`_fsdp_heap_churn`)."""
     if inputs.strategy != "fsdp" or inputs.world_size < 2:
         return Breakdown()
     units = [inputs.shapes[use.source].largest_block_parameters() for use in workload.models]
     trained = [inputs.shapes[use.source].largest_block_parameters() for use in workload.models if use.trained]
-    return Breakdown(weights=2 * max(units, default=0) * FP32,
-                     gradients=max(trained, default=0) * FP32 if inputs.lora is None else 0)
+    in_flight = Breakdown(weights=2 * max(units, default=0) * FP32,
+                          gradients=max(trained, default=0) * FP32 if inputs.lora is None else 0)
+    return in_flight + _fsdp_heap_churn(workload, inputs)
+
+
+def _fsdp_heap_churn(workload: StageWorkload, inputs: MemoryInputs) -> Breakdown:
+    """What the CPU heap keeps of FSDP's per-step buffers (full-parameter training).
+
+    Every optimizer step allocates and frees, block by block, each trained model's full parameters twice (gathered
+    for the forward, gathered again for the backward) and its full gradients once (before the reduce-scatter):
+    three fp32 copies of the model. When a block is below malloc's mmap threshold they come from the heap,
+    interleaved with tensors that live on (the gradient shards, the blocks' inputs kept by gradient checkpointing),
+    so the heap cannot shrink and a worker settles about :data:`FSDP_CPU_CHURN_RETAINED` of the three copies above
+    what is alive. Measured (benchmarks/README.md, "Sharded training"): with every block mmapped
+    (``MALLOC_MMAP_THRESHOLD_=131072``) the gap is gone, so it is the allocator's, not live tensors."""
+    if inputs.device != "cpu" or inputs.lora is not None:
+        return Breakdown()
+    trained = sum(_trainable_parameters(use, inputs) for use in workload.models
+                  if use.trained and inputs.shapes[use.source].block_parameters * FP32 < inputs.mmap_threshold_bytes)
+    parameters, gradients = 2 * trained * FP32, trained * FP32  # gathered twice, full gradients once
+    return Breakdown(weights=int(parameters * FSDP_CPU_CHURN_RETAINED),
+                     gradients=int(gradients * FSDP_CPU_CHURN_RETAINED))
 
 
 def _gathered_to_generate(use: ModelUse, inputs: MemoryInputs) -> int:
@@ -390,6 +419,7 @@ def _pass_settings(use: ModelUse, shape: ModelShape, inputs: MemoryInputs) -> Pa
         lora_r=lora.r if lora is not None else 0,
         lora_linears_per_block=(len(shape.lora_linears(lora.target_modules)) // max(shape.num_layers, 1)
                                 if lora is not None else 0),
+        mmap_threshold_bytes=inputs.mmap_threshold_bytes,
     )
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from rlhfctl.errors import UserError
+from rlhfctl.training import allocator
 from rlhfctl.training.memory import LoraSpec, MemoryEstimate, MemoryInputs, StageWorkload, estimate_memory
 from rlhfctl.training.memory_probe import DeviceMemory, format_bytes, probe_this_machine
 from rlhfctl.training.model_config import read_model_shape
@@ -135,7 +136,15 @@ def memory_inputs(config: Any, workload: StageWorkload, shapes: dict[str, ModelS
         lora=lora_spec(lora), gradient_checkpointing=getattr(training, "gradient_checkpointing", False),
         world_size=training.num_training_workers, strategy=training.strategy,
         device="cuda" if training.use_gpu else "cpu", in_driver=in_driver,
+        **_allocator_threshold(),
     )
+
+
+def _allocator_threshold() -> dict[str, int]:
+    """The workers' malloc mmap threshold when rlhfctl's allocator policy will fix it (else the estimator's default,
+    glibc's dynamic threshold)."""
+    threshold = allocator.planned_mmap_threshold()
+    return {} if threshold is None else {"mmap_threshold_bytes": threshold}
 
 
 def lora_spec(lora: Any) -> LoraSpec | None:

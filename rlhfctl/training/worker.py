@@ -47,6 +47,7 @@ from rlhfctl.progress.events import (
     StepEvent,
 )
 from rlhfctl.runfiles import CHECKPOINT_PREFIX
+from rlhfctl.training import allocator
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training import collector
 from rlhfctl.training.batching import shard_indices
@@ -327,6 +328,7 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             restored = None if folder is None else ckpt.read_checkpoint(folder, state, rank=self.rank)
         parameters = ckpt.parameter_counts(*state.models.values()) if state is not None and state.models else None
         collector.start_the_loop()  # start-up is over: its objects leave the collector's full passes
+        allocator.release_free_memory()  # what building, sharding and loading the models left in the heaps
         self.announce_start(restored.step if restored else 0, parameters)
         return restored
 
@@ -387,6 +389,7 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             self._prune_local_checkpoints(run_dir)
         if self.is_main:
             self._sender.send(CheckpointSaved(step=state.step, path=str(Path(self.core.run_dir) / name)))
+        allocator.release_free_memory()  # the checkpoint's serialised copies
         self._maybe_inject_fault(state.step)
         if self._health is not None and self._health.stop_pending is not None:
             raise HealthStop(self._health.stop_pending, checkpoint_step=state.step)
@@ -434,8 +437,11 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             return None
         from rlhfctl.training.export import export_hf
 
-        return export_hf(model, tokenizer, Path(self.core.checkpoint_dir), extra_files=extra_files,
-                         merge_adapters=self.merge_adapters_on_export)
+        try:
+            return export_hf(model, tokenizer, Path(self.core.checkpoint_dir), extra_files=extra_files,
+                             merge_adapters=self.merge_adapters_on_export)
+        finally:
+            allocator.release_free_memory()  # the exported state dict (and a merged copy with LoRA)
 
     @property
     def merge_adapters_on_export(self) -> bool:
@@ -448,7 +454,9 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
 
 
 def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
-    """Build this worker's context: rank/world size, device, per-rank seeds, torch threads = its CPU share."""
+    """Build this worker's context: rank/world size, device, per-rank seeds, torch threads = its CPU share, and
+    the allocator policy that gives freed tensor memory back (:mod:`rlhfctl.training.allocator`)."""
+    allocator.apply_training_policy()  # before the first model is built
     import torch
 
     core, config, payload = loop_config["core"], loop_config["config"], loop_config["payload"]

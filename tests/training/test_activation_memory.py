@@ -133,9 +133,17 @@ LLAMA = shape_from_config({"model_type": "llama", "vocab_size": 32000, "hidden_s
 
 def test_heap_sized_blocks_cost_more_on_cpu_only():
     small, large = MMAP_THRESHOLD_BYTES - 1, MMAP_THRESHOLD_BYTES
-    assert resident(1000, small, "cpu") == int(1000 * (1 + CPU_HEAP_RETENTION))
-    assert resident(1000, large, "cpu") == 1000
-    assert resident(1000, small, "cuda") == 1000
+    assert resident(1000, small, PassSettings(device="cpu")) == int(1000 * (1 + CPU_HEAP_RETENTION))
+    assert resident(1000, large, PassSettings(device="cpu")) == 1000
+    assert resident(1000, small, PassSettings(device="cuda")) == 1000
+
+
+def test_a_fixed_mmap_threshold_leaves_only_smaller_blocks_on_the_heap():
+    settings = PassSettings(device="cpu", mmap_threshold_bytes=128 * 1024)  # rlhfctl's allocator policy
+    assert resident(1000, 128 * 1024, settings) == 1000
+    assert resident(1000, 128 * 1024 - 1, settings) == int(1000 * (1 + CPU_HEAP_RETENTION))
+    dynamic = PassSettings(device="cpu")
+    assert kept_activations(LLAMA, 4, 256, settings) < kept_activations(LLAMA, 4, 256, dynamic)
 
 
 def test_block_elements_follow_the_measured_coefficients():

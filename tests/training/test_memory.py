@@ -12,6 +12,7 @@ from rlhfctl.training.memory import (
     CPU_DRIVER_WORKER_BYTES,
     CPU_RAY_WORKER_BYTES,
     CUDA_CONTEXT_BYTES,
+    FSDP_CPU_CHURN_RETAINED,
     ForwardPass,
     Generation,
     LoraSpec,
@@ -86,14 +87,45 @@ def test_sgd_keeps_no_optimizer_state_and_fsdp_shards_the_static_memory():
     # full gradients before the reduce-scatter; no DDP bucket, no shared-memory slots
     unit = 1000 * 64
     assert SHAPE.largest_block_parameters() == unit
-    assert sharded.breakdown.weights == 4 * LM // 4 + 2 * 4 * unit
-    assert sharded.breakdown.gradients == 4 * unit
+    on_gpu = estimate_memory(MemoryInputs(sft(), SHAPES, world_size=4, strategy="fsdp", device="cuda"))
+    assert on_gpu.breakdown.weights == 4 * LM // 4 + 2 * 4 * unit
+    assert on_gpu.breakdown.gradients == 4 * unit
+    # on CPU the heap also keeps most of what each step gathers and frees (see the next test)
+    assert sharded.breakdown.weights == 4 * LM // 4 + 2 * 4 * unit + int(2 * 4 * LM * FSDP_CPU_CHURN_RETAINED)
+    assert sharded.breakdown.gradients == 4 * unit + int(4 * LM * FSDP_CPU_CHURN_RETAINED)
     replicated = estimate_memory(MemoryInputs(sft(), SHAPES, world_size=4))
     assert sharded.per_worker_peak_bytes < replicated.per_worker_peak_bytes
 
 
+def test_fsdp_on_cpu_keeps_most_of_the_three_model_copies_each_step_gathers_and_frees(monkeypatch):
+    # per step: the trained models' full parameters gathered for the forward and again for the backward, and their
+    # full gradients before the reduce-scatter; glibc keeps FSDP_CPU_CHURN_RETAINED of it (measured 2.6-3.1x the
+    # trained fp32 bytes on 2 CPU workers); nothing of it on GPU, for a frozen model, for LoRA's adapters, or when
+    # malloc mmaps blocks of a decoder block's size (and unmaps them when freed)
+    def fsdp(**settings):
+        return estimate_memory(MemoryInputs(ppo(), SHAPES, world_size=2, strategy="fsdp", **settings))
+
+    assert FSDP_CPU_CHURN_RETAINED == 0.9
+    block = 4 * SHAPE.block_parameters
+    cases = ((), (("device", "cuda"),), (("lora", LoraSpec(r=4)),), (("mmap_threshold_bytes", block),),
+             (("mmap_threshold_bytes", block + 1),))
+    kept = {settings: fsdp(**dict(settings)) for settings in cases}
+    monkeypatch.setattr("rlhfctl.training.memory.FSDP_CPU_CHURN_RETAINED", 0.0)
+    trained = 4 * (LM + SCORE)  # the policy and the value model; the reference and the reward model are frozen
+    churned = {(): (int(2 * trained * 0.9), int(trained * 0.9)), (("device", "cuda"),): (0, 0),
+               (("lora", LoraSpec(r=4)),): (0, 0), (("mmap_threshold_bytes", block),): (0, 0),
+               (("mmap_threshold_bytes", block + 1),): (int(2 * trained * 0.9), int(trained * 0.9))}
+    for settings, estimate in kept.items():
+        without = fsdp(**dict(settings))
+        weights, gradients = churned[settings]
+        assert estimate.breakdown.weights - without.breakdown.weights == weights
+        assert estimate.breakdown.gradients - without.breakdown.gradients == gradients
+        assert estimate.per_worker_peak_bytes - without.per_worker_peak_bytes == weights + gradients
+
+
 def test_fsdp_generation_holds_the_policys_full_weights_gathered_once():
-    estimate = estimate_memory(MemoryInputs(ppo(experiences=64, micro=1), SHAPES, world_size=2, strategy="fsdp"))
+    estimate = estimate_memory(MemoryInputs(ppo(experiences=64, micro=1), SHAPES, world_size=2, strategy="fsdp",
+                                            device="cuda"))
     assert estimate.peak_phase == "generation"
     shards = (4 * LM + 4 * LM + 4 * SCORE + 4 * SCORE) // 2  # policy, reference, reward and value model
     two_units = 2 * 4 * 1000 * 64  # the two largest units FSDP may hold gathered (embedding, LM head)

@@ -171,3 +171,16 @@ def test_lora_ppo_holds_each_base_once(tmp_path, shape_only_model):
     # the reference is the policy with its adapter off, the reward model the value model's base with its adapter off
     assert per_model["reference"].weights == 0 and per_model["reward_model"].weights == 0
     assert per_model["policy"].weights > 0 and per_model["value_model"].weights > 0
+
+
+def test_the_plan_counts_the_allocator_policy_the_workers_run_with(tmp_path, shape_only_model, monkeypatch):
+    from rlhfctl.training import allocator
+
+    if allocator.load_glibc() is None:
+        pytest.skip("not a glibc system: the policy never applies")
+    monkeypatch.delenv("RLHFCTL_MALLOC", raising=False)
+    policy = plan_memory(sft_job(tmp_path, shape_only_model), probe=fixed(64 * GiB)).estimate
+    monkeypatch.setenv("RLHFCTL_MALLOC", "default")  # glibc's dynamic threshold: freed activations stay resident
+    default = plan_memory(sft_job(tmp_path, shape_only_model), probe=fixed(64 * GiB)).estimate
+    assert policy.breakdown.weights == default.breakdown.weights
+    assert policy.breakdown.activations < default.breakdown.activations
