@@ -17,6 +17,10 @@ that have stopped, and a stop once every row has. What is different is the forwa
 Both also return each sampled token's log-probability under the temperature (from the logits the token was drawn
 from), which PPO would otherwise recompute with a forward pass over every sequence.
 
+``repeats`` (GRPO's groups): each prompt is run through the model once and its cache and last logits copied to its
+``repeats`` rows, instead of encoding every copy; the sampling that follows is the same, draw for draw (the random
+numbers are drawn per token over the whole batch, as before).
+
 Only imported by code that already runs torch.
 """
 
@@ -67,43 +71,59 @@ def logits_warpers(temperature: float, top_k: int, top_p: float) -> list[Any]:
 @torch.no_grad()
 def decode(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
            do_sample: bool, temperature: float, top_k: int, top_p: float, stop_ids: tuple[int, ...],
-           pad_token_id: int, engine: str = "auto") -> Decoded:
-    """Sample up to ``max_new_tokens`` per left-padded prompt ``(batch, prompt_len)``; ``model`` in eval mode.
+           pad_token_id: int, engine: str = "auto", repeats: int = 1) -> Decoded:
+    """Sample up to ``max_new_tokens`` per left-padded prompt ``(prompts, prompt_len)``, ``repeats`` times each
+    (consecutive rows of the result); ``model`` in eval mode.
 
     ``engine``: ``"auto"`` (:class:`Gpt2Decoder` where it applies, else :class:`ModelDecoder`) or ``"model"``.
     """
-    batch = prompt_ids.shape[0]
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
+    device = prompt_ids.device
+    batch = prompt_ids.shape[0] * repeats
     decoder = make_decoder(model, prompt_mask, max_new_tokens, engine)
+    if repeats > 1 and not decoder.can_select:  # a cache whose rows cannot be copied: encode every copy
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
+        decoder, repeats = make_decoder(model, prompt_mask, max_new_tokens, engine), 1
     warpers = logits_warpers(temperature, top_k, top_p) if do_sample else []
-    stops = torch.tensor(stop_ids, device=prompt_ids.device)
-    unfinished = torch.ones(batch, dtype=torch.bool, device=prompt_ids.device)
-    active = torch.arange(batch, device=prompt_ids.device)  # the rows the decoder still computes
+    # the temperature warper alone computes exactly ``logits / temperature``: its output is the log-probs' input
+    warped_is_scaled = len(warpers) == 1 and type(warpers[0]).__name__ == "TemperatureLogitsWarper"
+    stops = torch.tensor(stop_ids, device=device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    active = torch.arange(batch, device=device)  # the rows the decoder still computes
     tokens: list[torch.Tensor] = []
     logprobs: list[torch.Tensor] = []
-    logits = decoder.prefill(prompt_ids)  # (batch, vocab) fp32
+    logits = decoder.prefill(prompt_ids)  # (prompts, vocab) fp32
+    if repeats > 1:  # every copy of a prompt starts from the prompt's one cache and last logits
+        copies = torch.arange(prompt_ids.shape[0], device=device).repeat_interleave(repeats)
+        decoder.select(copies)
+        logits = logits[copies]
     for step in range(max_new_tokens):
         if len(active) < batch:  # rows that stopped get any valid distribution: their draw is replaced by padding
             logits = logits.new_zeros(batch, logits.shape[1]).index_copy_(0, active, logits)
+        scaled = None
         if do_sample:
             scores = logits
             for warper in warpers:
                 scores = warper(None, scores)
+            scaled = scores if warped_is_scaled else None
             token = sample_from(F.softmax(scores, dim=-1))
         else:
             token = torch.argmax(logits, dim=-1)
         token = torch.where(unfinished, token, pad_token_id)
-        scaled = logits / temperature
+        if scaled is None:
+            scaled = logits / temperature
         chosen = scaled.gather(1, token[:, None]).squeeze(1) - torch.logsumexp(scaled, dim=-1)
         tokens.append(token)
         logprobs.append(torch.where(unfinished, chosen, 0.0))
-        unfinished &= ~torch.isin(token, stops)
+        unfinished &= (token != stops) if len(stop_ids) == 1 else ~torch.isin(token, stops)
         still = unfinished[active]
         remaining = int(still.sum())
         if step + 1 == max_new_tokens or remaining == 0:
             break
-        if decoder.can_keep and len(active) - remaining >= max(1, len(active) // COMPACT_FRACTION):
+        if decoder.can_select and len(active) - remaining >= max(1, len(active) // COMPACT_FRACTION):
             active = active[still]
-            decoder.keep(still)
+            decoder.select(still.nonzero().squeeze(1))
         logits = decoder.step(token[active])
     return Decoded(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1))
 
@@ -140,7 +160,7 @@ class ModelDecoder:
         self.cache_key = "cache" if "cache" in parameters else "past_key_values"  # transformers >= 5.2: "cache"
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
         self.cache = DynamicCache(config=model.config)
-        self.can_keep = hasattr(self.cache, "batch_select_indices")  # transformers >= 4.45
+        self.can_select = hasattr(self.cache, "batch_select_indices")  # transformers >= 4.45
 
     def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         return self._forward(prompt_ids, self.positions)
@@ -150,9 +170,8 @@ class ModelDecoder:
         self.positions = self.positions[:, -1:] + 1
         return self._forward(token[:, None], self.positions)
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Compute only ``rows`` (a bool mask over the current rows) from now on."""
-        indices = rows.nonzero().squeeze(1)
+    def select(self, indices: torch.Tensor) -> None:
+        """Compute the current rows ``indices`` from now on (an index may repeat: copies of a row)."""
         self.cache.batch_select_indices(indices)
         self.mask, self.positions = self.mask[indices], self.positions[indices]
 
@@ -185,9 +204,13 @@ class Gpt2Decoder:
         self.keys = [weight.new_zeros(shape) for _ in self.blocks]
         self.values = [weight.new_zeros(shape) for _ in self.blocks]
         self.key_mask = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(batch, max_new_tokens).bool()], dim=1)
+        # what attention adds to the scores of a decode step, built once: the float form scaled_dot_product_attention
+        # makes of a bool mask on every call (0 where a key may be read, -inf on padding)
+        self.step_mask = torch.zeros(self.key_mask.shape, dtype=weight.dtype, device=weight.device).masked_fill_(
+            ~self.key_mask, float("-inf"))[:, None, None, :]  # (batch, 1, 1, total)
         self.positions = _positions(prompt_mask)
         self.length = 0  # cache entries written
-        self.can_keep = True
+        self.can_select = True
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -217,14 +240,14 @@ class Gpt2Decoder:
     def step(self, token: torch.Tensor) -> torch.Tensor:
         self.positions = self.positions[:, -1:] + 1
         end = self.length + 1
-        return self._forward(token[:, None], self.positions, self.key_mask[:, None, None, :end])
+        return self._forward(token[:, None], self.positions, self.step_mask[..., :end])
 
-    def keep(self, rows: torch.Tensor) -> None:
-        """Compute only ``rows`` (a bool mask over the current rows) from now on."""
-        indices = rows.nonzero().squeeze(1)
+    def select(self, indices: torch.Tensor) -> None:
+        """Compute the current rows ``indices`` from now on (an index may repeat: copies of a row)."""
         self.keys = [keys[indices] for keys in self.keys]
         self.values = [values[indices] for values in self.values]
         self.key_mask, self.positions = self.key_mask[indices], self.positions[indices]
+        self.step_mask = self.step_mask[indices]
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``input_ids`` ``(batch, new)`` at ``positions`` -> fp32 logits of the last position ``(batch, vocab)``."""

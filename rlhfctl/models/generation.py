@@ -118,16 +118,21 @@ ENGINES = ("auto", "model", "generate")
 @torch.no_grad()
 def generate_responses(
     policy: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampling: SamplingSettings,
-    *, engine: str = "auto",
+    *, engine: str = "auto", repeats: int = 1,
 ) -> Generation:
-    """Sample one response per prompt with the KV cache and cut it after its first stop token.
+    """Sample ``repeats`` responses per prompt (consecutive rows) with the KV cache and cut each after its first
+    stop token.
 
     ``policy`` must be the bare model (for a DDP-wrapped model pass ``.module``). ``engine``: ``"auto"`` (the
     fastest decoder for the architecture, :mod:`rlhfctl.models.decoding`), ``"model"`` (the decode loop over the
-    model's own forward) or ``"generate"`` (transformers' ``generate``).
+    model's own forward) or ``"generate"`` (transformers' ``generate``). rlhfctl's decoders encode each prompt
+    once for all its ``repeats``; ``generate`` gets every copy.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    unique_ids = prompt_ids
+    if repeats > 1:
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
     was_training = policy.training
     policy.eval()
     logprobs = None
@@ -143,9 +148,10 @@ def generate_responses(
             from rlhfctl.models.decoding import decode
 
             generated, logprobs = decode(
-                policy, prompt_ids, prompt_mask, max_new_tokens=sampling.max_new_tokens,
+                policy, unique_ids, prompt_mask[::repeats], max_new_tokens=sampling.max_new_tokens,
                 do_sample=sampling.do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
                 top_p=sampling.top_p, stop_ids=sampling.stop_ids, pad_token_id=sampling.pad_token_id, engine=engine,
+                repeats=repeats,
             )
     finally:
         policy.train(was_training)
@@ -163,12 +169,11 @@ def generate_for_prompts(policy: nn.Module, prompt_texts: list[str], tokenizer: 
                          sampling: SamplingSettings, *, repeats: int = 1) -> Generation:
     """Rendered prompts (``data.prompting.format_prompt``) -> ``repeats`` sampled responses each (consecutive rows),
     on the policy's device: :func:`tokenize_prompts` once per prompt (special tokens only when no chat template
-    rendered them), then :func:`generate_responses`. ``policy`` must be the bare model."""
+    rendered them), then :func:`generate_responses`, which encodes each prompt once. ``policy`` must be the bare
+    model."""
     from rlhfctl.data.prompting import has_chat_template
 
     ids, mask = tokenize_prompts(prompt_texts, tokenizer, max_prompt_tokens,
                                  add_special_tokens=not has_chat_template(tokenizer))
-    if repeats > 1:
-        ids, mask = ids.repeat_interleave(repeats, dim=0), mask.repeat_interleave(repeats, dim=0)
     device = next(policy.parameters()).device
-    return generate_responses(policy, ids.to(device), mask.to(device), sampling)
+    return generate_responses(policy, ids.to(device), mask.to(device), sampling, repeats=repeats)

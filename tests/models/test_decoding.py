@@ -102,3 +102,33 @@ def test_gpt2_fast_path_is_skipped_where_it_would_differ(tiny_classifier):
     assert not Gpt2Decoder.supports(transformers.GPT2LMHeadModel(config))
     with pytest.raises(ValueError, match="engine"):
         make_decoder(transformers.GPT2LMHeadModel(config), torch.ones(1, 2), 2, engine="fast")
+
+
+@pytest.mark.parametrize("engine", ["auto", "model"])
+def test_shared_prompt_decoding_samples_the_tokens_of_separate_copies(tiny, llama, engine):
+    """``repeats``: a prompt encoded once for its copies gives, for the same seed, the tokens that decoding every
+    copy gives (rows stopping at different steps, so stopped rows are dropped mid-way too), on the GPT-2 fast path
+    and the generic decoder (Llama)."""
+    from rlhfctl.models.decoding import decode
+
+    for model, pad, prompt_ids, prompt_mask in _shared_prompt_cases(tiny, llama):
+        probe = generate_responses(model, prompt_ids, prompt_mask, _settings(pad, (pad,)), engine="generate")
+        stops = _frequent_tokens(probe, pad, 6)
+        kwargs = dict(max_new_tokens=24, do_sample=True, temperature=0.7, top_k=0, top_p=1.0, stop_ids=stops,
+                      pad_token_id=pad, engine=engine)
+        for seed in range(3):
+            torch.manual_seed(seed)
+            shared = decode(model, prompt_ids, prompt_mask, repeats=4, **kwargs)
+            torch.manual_seed(seed)
+            separate = decode(model, prompt_ids.repeat_interleave(4, 0), prompt_mask.repeat_interleave(4, 0), **kwargs)
+            assert torch.equal(shared.tokens, separate.tokens), seed
+            assert torch.allclose(shared.logprobs, separate.logprobs, atol=1e-5, rtol=0)
+            assert len(set(map(tuple, shared.tokens.tolist()))) > 1  # the copies are sampled, not copied
+
+
+def _shared_prompt_cases(tiny, llama):
+    tokenizer, policy = tiny[0], tiny[1].eval()
+    ids, mask = tokenize_prompts(PROMPTS, tokenizer, 16)
+    yield policy, tokenizer.pad_token_id, ids, mask
+    llama_ids = torch.tensor([[0, 0, 5, 9, 11], [3, 4, 5, 6, 7]])
+    yield llama, 0, llama_ids, (llama_ids != 0).long()

@@ -65,14 +65,22 @@ def test_generate_for_prompts_tokenizes_and_samples_as_the_two_steps_do(tiny, sa
 
 
 def test_repeats_sample_each_prompt_that_many_times_as_the_repeated_list_does(tiny, sampling):
+    """Each prompt is encoded once for its copies: the same tokens for the same seed (the draws are made over the
+    whole batch as before); the log-probs agree to float rounding (the prompt's logits come from a batch of 2
+    prompts instead of 6 rows, which may round the last bit differently)."""
     tokenizer, policy, _ = tiny
     texts = ["\n\nHuman: hello\n\nAssistant:", "hi"]
     settings = sampling(tokenizer, max_new_tokens=8)
+    for engine in ("auto", "model"):
+        torch.manual_seed(5)
+        ids, mask = pr.tokenize_prompts(texts, tokenizer, 5)
+        repeated = pr.generate_responses(policy, ids, mask, settings, engine=engine, repeats=3)
+        torch.manual_seed(5)
+        listed = pr.generate_for_prompts(policy, [text for text in texts for _ in range(3)], tokenizer, 5, settings)
+        assert repeated.query_responses.shape[0] == 6
+        assert torch.equal(repeated.query_responses, listed.query_responses), engine
+        assert torch.equal(repeated.attention_mask, listed.attention_mask)
+        assert torch.allclose(repeated.response_logprobs, listed.response_logprobs, atol=1e-5, rtol=0)
     torch.manual_seed(5)
-    repeated = pr.generate_for_prompts(policy, texts, tokenizer, 5, settings, repeats=3)
-    torch.manual_seed(5)
-    listed = pr.generate_for_prompts(policy, [text for text in texts for _ in range(3)], tokenizer, 5, settings)
-    assert repeated.query_responses.shape[0] == 6
-    assert torch.equal(repeated.query_responses, listed.query_responses)
-    assert torch.equal(repeated.attention_mask, listed.attention_mask)
-    assert torch.equal(repeated.response_logprobs, listed.response_logprobs)
+    through_texts = pr.generate_for_prompts(policy, texts, tokenizer, 5, settings, repeats=3)
+    assert torch.equal(through_texts.query_responses, listed.query_responses)
