@@ -530,23 +530,19 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
     request = ResourceRequest(training.num_training_workers, dict(training.resources_per_worker))
     with ray_session(job.config.general.ray_address) as owns_cluster:
         check_fits(request)
-        import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-        from rlhfctl.training.progress_actor import create_progress_actor
+        from rlhfctl.training.progress_actor import new_progress_actor_name
         from rlhfctl.training.ray_trainer import LeanTrainer
         from rlhfctl.training.torch_backend import TorchBackendConfig
 
-        actor = create_progress_actor()
-        core.progress_actor = actor
-        poller = _Poller(lambda: ray.get(actor.drain.remote(), timeout=30), recorder)
-        poller.start()
+        core.progress_actor_name = new_progress_actor_name()
         per_worker = {name: amount for name, amount in request.per_worker.items() if name != "GPU"}
         trainer = LeanTrainer(  # = TorchTrainer without torch in this process or the controller, fewer helper actors
             # the loop config (data rows included) travels inside the function, which only the workers unpickle; as
             # Ray's train_loop_config it would also be pickled into the controller's run context and unpickled there
             functools.partial(run_stoppable, job.train_loop, job.loop_config(core)),
-            owns_cluster=owns_cluster,
+            owns_cluster=owns_cluster, progress_actor_name=core.progress_actor_name,
             backend_config=TorchBackendConfig(backend="nccl" if training.use_gpu else "gloo"),
             scaling_config=ScalingConfig(num_workers=training.num_training_workers, use_gpu=training.use_gpu,
                                          resources_per_worker=per_worker | (
@@ -559,6 +555,8 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
                 checkpoint_config=CheckpointConfig(num_to_keep=core.num_to_keep),
             ),
         )
+        poller = _Poller(trainer.drain_progress, recorder)
+        poller.start()
         previous_sigint = signal.getsignal(signal.SIGINT)
         recorder.handle(PhaseStarted(f"starting {request.workers} worker{'s' if request.workers != 1 else ''}"))
         try:
@@ -575,7 +573,6 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous_sigint)  # fit() leaves its handler installed
             poller.stop()
-            ray.kill(actor)
         return result.return_value or {}
 
 

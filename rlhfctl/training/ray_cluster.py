@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 from collections.abc import Iterator
@@ -106,16 +105,16 @@ def ray_session(address: str | None) -> Iterator[bool]:
     environment_at_start = dict(os.environ) if address is None else None  # what the embedded Ray will inherit
     try:
         if address is None:
-            # address="local": always a new instance, never a cluster some other process left running
-            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                     object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, configure_logging=False)
+            # address="local": always a new instance, never a cluster some other process left running; without
+            # the head processes it never uses
+            with _lean_head_node():
+                ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                         object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:
         raise UserError(f"cannot connect to the Ray cluster at general.ray_address = {address!r}: {exc}",
                         hint="Start one with `ray start --head`, or leave ray_address out for a local Ray.") from None
-    if address is None:
-        stop_idle_head_processes()
     _embedded_running = address is None
     _embedded_environment = environment_at_start
     try:
@@ -133,29 +132,14 @@ def embedded_ray_environment() -> dict[str, str] | None:
     return dict(_embedded_environment) if _embedded_running and _embedded_environment is not None else None
 
 
-# Head processes ``ray.init`` starts that an embedded rlhfctl Ray never uses, each a Python process of 50-90 MB
-# (PSS, measured): the autoscaler monitor (a local Ray has no autoscaler), the log monitor (it streams worker logs to
-# drivers; ours runs with log_to_driver=False) and the API server (without the dashboard it loads only the usage-
-# stats module, and usage stats are off). ray.init has no switch for them, so they are stopped once it returns.
-IDLE_HEAD_PROCESSES = ("kill_monitor", "kill_log_monitor", "kill_dashboard")
-
-
-def stop_idle_head_processes() -> None:
-    """Stop :data:`IDLE_HEAD_PROCESSES` of the embedded Ray this process started (nothing else: the GCS, the
-    raylet and its agents stay). Ray's shutdown no longer counts them; a Ray without one of them is left as is."""
+def _lean_head_node() -> contextlib.AbstractContextManager:
+    """:func:`rlhfctl.training.ray_head.lean_head_node`, or nothing where Ray's node internals cannot be imported
+    (then ``ray.init`` starts its usual head processes)."""
     try:
-        from ray._private import worker as ray_worker
+        from rlhfctl.training.ray_head import lean_head_node
     except ImportError:
-        return
-    node = getattr(ray_worker, "_global_node", None)
-    for method in IDLE_HEAD_PROCESSES:
-        stop = getattr(node, method, None)
-        if stop is None:  # a future Ray without this process type or method
-            continue
-        try:
-            stop(check_alive=False)
-        except Exception as exc:  # noqa: BLE001 - a process that cannot be stopped costs memory, not correctness
-            logging.getLogger(__name__).debug("could not stop Ray's %s: %s", method, exc)
+        return contextlib.nullcontext()
+    return lean_head_node()
 
 
 def _stop(embedded_only: list[str]) -> None:

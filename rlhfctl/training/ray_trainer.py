@@ -25,11 +25,19 @@ those settings are the ones the embedded Ray started with (:func:`~rlhfctl.train
 the controller starts without a runtime env (:class:`InheritedEnvironmentController`) and so do its
 synchronisation actor and workers (:class:`InheritedEnvironmentWorkerGroup`). A setting changed after Ray started,
 or any joined cluster, keeps Ray's way.
+
+The run's progress events (:mod:`rlhfctl.training.progress_actor`) need an actor that lives on the driver's node for
+the whole run: a controller started here is one, so it hosts them (one process and ~1 CPU-second fewer than an
+actor of their own); where Ray starts the controller, a small actor of its own does. Either way it is named
+``progress_actor_name`` and :meth:`LeanTrainer.drain_progress` empties it, also after ``fit()`` returned.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
+from typing import Any
 
 import ray
 from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
@@ -40,6 +48,7 @@ from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
 from ray.train.v2._internal.execution.worker_group import WorkerGroup
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+from rlhfctl.training.progress_actor import ProgressQueue, create_progress_actor
 from rlhfctl.training.ray_cluster import embedded_ray_environment
 
 NEVER_NEEDED = frozenset({"DatasetsCallback"})
@@ -69,8 +78,9 @@ class InheritedEnvironmentWorkerGroup(WorkerGroup):
         return dict(custom_runtime_env)
 
 
-class InheritedEnvironmentController(TrainController):
-    """Ray Train's controller, started without a runtime env, creating :class:`InheritedEnvironmentWorkerGroup`."""
+class InheritedEnvironmentController(ProgressQueue, TrainController):
+    """Ray Train's controller, started without a runtime env, creating :class:`InheritedEnvironmentWorkerGroup`,
+    and hosting the run's progress events."""
 
     worker_group_cls = InheritedEnvironmentWorkerGroup
 
@@ -87,12 +97,57 @@ def settings_inherited_from_embedded_ray() -> bool:
 
 
 class LeanTrainer(DataParallelTrainer):
-    """``DataParallelTrainer(..., owns_cluster=...)``: ``True`` when this process started the Ray instance."""
+    """``DataParallelTrainer(..., owns_cluster=..., progress_actor_name=...)``: ``owns_cluster`` is ``True`` when
+    this process started the Ray instance; ``progress_actor_name`` is what the workers look the progress actor up
+    by (:func:`rlhfctl.training.progress_actor.new_progress_actor_name`)."""
 
-    def __init__(self, *args, owns_cluster: bool, **kwargs) -> None:
+    def __init__(self, *args, owns_cluster: bool, progress_actor_name: str, **kwargs) -> None:
         self._owns_cluster = owns_cluster
         self._skipped_callbacks = NEVER_NEEDED | (NOT_NEEDED_ON_OWN_CLUSTER if owns_cluster else frozenset())
+        self._progress_actor_name = progress_actor_name
+        self._progress_actor: Any = None  # while it runs
+        self._progress_left: list[Any] = []  # drained from it when it stopped, not yet handed out
+        self._progress_lock = threading.RLock()  # RLock: the SIGINT handler may run while the main thread holds it
         super().__init__(*args, **kwargs)
+
+    def drain_progress(self, timeout_s: float = 30) -> list[Any]:
+        """The progress events sent since the last call, in order (none before the run's actor started)."""
+        with self._progress_lock:
+            fresh = ([] if self._progress_actor is None
+                     else ray.get(self._progress_actor.drain_progress.remote(), timeout=timeout_s))
+            events, self._progress_left = self._progress_left + fresh, []
+            return events
+
+    def _keep_progress(self, actor, timeout_s: float) -> None:
+        """Take what ``actor`` holds now into this process (handed out by the next :meth:`drain_progress`)."""
+        with self._progress_lock, contextlib.suppress(ray.exceptions.RayError):  # a dead actor: its events with it
+            self._progress_left += ray.get(actor.drain_progress.remote(), timeout=timeout_s)
+
+    @contextlib.contextmanager
+    def _hosting_progress(self, actor) -> Any:
+        """Within the block, ``actor`` holds the progress events; what it still holds at the end is kept."""
+        with self._progress_lock:
+            self._progress_actor = actor
+        try:
+            yield
+        finally:
+            with self._progress_lock:
+                self._progress_actor = None
+                self._keep_progress(actor, timeout_s=30)
+
+    def _register_sigint_handler(self, controller) -> None:
+        """Ray's Ctrl-C handler aborts the run, and the abort ends the controller's process: before it, the events
+        the controller holds are taken into this process (the separate progress actor outlives the abort anyway)."""
+        super()._register_sigint_handler(controller)
+        abort_run = signal.getsignal(signal.SIGINT)
+
+        def keep_progress_then_abort(signum, frame) -> None:
+            actor = self._progress_actor
+            if actor is not None:
+                self._keep_progress(actor, timeout_s=5)
+            abort_run(signum, frame)
+
+        signal.signal(signal.SIGINT, keep_progress_then_abort)
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
@@ -105,10 +160,17 @@ class LeanTrainer(DataParallelTrainer):
         if self._owns_cluster and type(policy) is FixedScalingPolicy:
             controller_init_kwargs["scaling_policy"] = FixedSizeWithoutAutoscaler(policy.scaling_config)
         if not (self._owns_cluster and settings_inherited_from_embedded_ray()):
-            return super()._initialize_and_run_controller(**controller_init_kwargs)
+            queue = create_progress_actor(self._progress_actor_name)
+            try:
+                with self._hosting_progress(queue):
+                    return super()._initialize_and_run_controller(**controller_init_kwargs)
+            finally:
+                ray.kill(queue)
         # Ray's own steps minus the runtime env (and minus the node label: the embedded Ray is one node)
-        controller = ray.remote(num_cpus=0)(InheritedEnvironmentController).remote(**controller_init_kwargs)
-        if threading.current_thread() is threading.main_thread():
-            self._register_sigint_handler(controller)
-        ray.get(controller.run.remote())
-        return ray.get(controller.get_result.remote())
+        controller_class = ray.remote(num_cpus=0)(InheritedEnvironmentController)
+        controller = controller_class.options(name=self._progress_actor_name).remote(**controller_init_kwargs)
+        with self._hosting_progress(controller):
+            if threading.current_thread() is threading.main_thread():
+                self._register_sigint_handler(controller)
+            ray.get(controller.run.remote())
+            return ray.get(controller.get_result.remote())

@@ -71,7 +71,7 @@ class CoreSettings:
     samples_per_step: int
     resume_from: str | None = None  # a complete checkpoint folder found by the driver (resume)
     num_to_keep: int = 2
-    progress_actor: Any = None
+    progress_actor_name: str | None = None  # the Ray actor that takes rank 0's progress events (Ray mode)
     local_channel_id: str | None = None
     fault_injection: dict[str, Any] = field(default_factory=dict)  # tests only: {"after_step", "marker", "action"}
     memory_check: Any = None  # a memory_plan.WorkerMemoryCheck when the driver could not check this worker's device
@@ -490,7 +490,8 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
     grad_scaler = None
     if training.mixed_precision == "fp16" and device.type == "cuda":
         grad_scaler = torch.amp.GradScaler("cuda")
-    sender = ProgressSender(actor=core.progress_actor, local_channel_id=core.local_channel_id, enabled=rank == 0)
+    sender = ProgressSender(actor_name=core.progress_actor_name, local_channel_id=core.local_channel_id,
+                            enabled=rank == 0)
     ctx = WorkerContext(rank=rank, world_size=world_size, device=device, config=config, payload=payload,
                         core=core, _sender=sender, _grad_scaler=grad_scaler)
     ctx._health = WorkerHealth(settings_for(config), rank=rank, send=lambda alarm: sender.send(HealthAlarm(alarm)),

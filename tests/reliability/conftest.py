@@ -17,9 +17,11 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_RM_DATA = REPO_ROOT / "examples" / "data" / "rm.jsonl"
 
-# Names of the processes an embedded Ray runs besides its workers (checked for leaks).
+# Names of the processes an embedded Ray runs besides its workers (checked for leaks). A run's progress actor (Ray
+# Train's controller on the embedded Ray) is named "rlhfctl-progress-<id>", and its process title shows that name.
 RAY_DAEMONS = ("raylet", "gcs_server", "plasma_store", "dashboard", "log_monitor", "runtime_env_agent",
-               "ray::IDLE", "ray::_EventQueue", "ray::RayTrainWorker", "ray::TrainController")
+               "ray::IDLE", "ray::_EventQueue", "ray::RayTrainWorker", "ray::TrainController", "rlhfctl-progress-",
+               "InheritedEnvironmentController")
 
 
 class Workspace:

@@ -39,7 +39,7 @@ PRIVATE_IMPORTS = {
     ("ray.train.v2._internal.constants", "get_env_vars_to_propagate"),
     ("ray.train.v2._internal.constants", "DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE"),
     ("ray._common.constants", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR"),
-    ("ray._private", "worker"),  # ray_cluster: the embedded Ray's node, to stop the head processes it never uses
+    ("ray._private", "node"),  # ray_head: the embedded Ray's head node without the head processes it never uses
 }
 
 # Ray's own environment variables rlhfctl sets, and where Ray defines each name.
@@ -135,6 +135,12 @@ def test_the_controller_and_worker_group_steps_lean_trainer_repeats_without_a_ru
                  "return ray.get(controller.get_result.remote())"):
         assert step in starting, step
     assert "env_vars.setdefault(" in starting and "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR" in starting
+    # LeanTrainer wraps Ray's Ctrl-C handler (installed on SIGINT) to keep the controller's progress events first:
+    # the abort that handler asks for ends the controller's process
+    registering = DataParallelTrainer._register_sigint_handler
+    assert list(inspect.signature(registering).parameters) == ["self", "controller"]
+    assert "signal.signal(signal.SIGINT, sigint_handler)" in inspect.getsource(registering)
+    assert "ray.actor.exit_actor()" in inspect.getsource(TrainController.abort)
     assert TrainController.worker_group_cls is WorkerGroup
     assert "self.worker_group_cls.create(" in inspect.getsource(TrainController)
     assert "cls(train_run_context, worker_group_context, callbacks)" in inspect.getsource(WorkerGroup.create)
@@ -146,20 +152,23 @@ def test_the_controller_and_worker_group_steps_lean_trainer_repeats_without_a_ru
     assert "runtime_env" not in sync_actor[:sync_actor.index(".remote(")]
 
 
-def test_the_head_processes_an_embedded_ray_stops_can_be_stopped_by_type():
-    from ray._private import ray_constants, worker
-    from ray._private.node import Node
+def test_the_head_node_ray_init_starts_can_leave_out_the_monitors_and_the_api_server():
+    """ray.init(address="local") builds its head as ``ray._private.node.Node(ray_params, head=True, ...)`` (looked up
+    on the module at call time, so LeanHeadNode stands in), and the node starts the monitor, the log monitor and the
+    API server only as these settings and this method say."""
+    from ray._private import node, parameter
+    from ray._private import worker as ray_worker
 
-    from rlhfctl.training.ray_cluster import IDLE_HEAD_PROCESSES
-
-    assert hasattr(worker, "_global_node")
-    for method in IDLE_HEAD_PROCESSES:
-        assert "check_alive" in inspect.signature(getattr(Node, method)).parameters, f"Node.{method}"
-    # each stops the process type ray.init starts under that name
-    for method, kind in zip(IDLE_HEAD_PROCESSES, ("PROCESS_TYPE_MONITOR", "PROCESS_TYPE_LOG_MONITOR",
-                                                  "PROCESS_TYPE_DASHBOARD")):
-        assert f"ray_constants.{kind}" in inspect.getsource(getattr(Node, method))
-        assert getattr(ray_constants, kind)
+    starting = inspect.getsource(ray_worker.init)
+    assert "_global_node = ray._private.node.Node(" in starting and "head=True" in starting
+    assert {"no_monitor", "include_log_monitor"} <= set(inspect.signature(parameter.RayParams).parameters)
+    assert "head" in inspect.signature(node.Node.__init__).parameters
+    head = inspect.getsource(node.Node.start_head_processes)
+    assert "if not self._ray_params.no_monitor:" in head and "self.start_api_server(" in head
+    assert "if self._ray_params.include_log_monitor:" in inspect.getsource(node.Node.start_ray_processes)
+    assert list(inspect.signature(node.Node.start_api_server).parameters) == ["self", "include_dashboard",
+                                                                              "raise_on_failure"]
+    assert "self._webui_url" in inspect.getsource(node.Node.start_api_server)
 
 
 def test_prepare_model_takes_the_ddp_options_rlhfctl_passes():

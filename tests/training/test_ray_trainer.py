@@ -1,6 +1,7 @@
 """LeanTrainer on the embedded Ray: the controller, its synchronisation actor and its workers start without a
 runtime env (so Ray can hand them its idle worker processes) only while every Ray Train setting reaches them by
-inheritance; a setting changed after Ray started still reaches the workers through Ray's runtime env."""
+inheritance; a setting changed after Ray started still reaches the workers through Ray's runtime env. Either way
+rank 0's progress events reach the driver (through the controller, or through a progress actor of their own)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ from pathlib import Path
 import ray
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 
+from rlhfctl.training.progress_actor import ProgressSender, new_progress_actor_name
 from rlhfctl.training.ray_cluster import ray_session
 from rlhfctl.training.ray_trainer import LeanTrainer, settings_inherited_from_embedded_ray
 
@@ -70,6 +72,7 @@ def train_loop(config):
 
     rank = ray.train.get_context().get_world_rank()
     marker = Path(config["marker"])
+    ProgressSender(actor_name=config["progress"], enabled=rank == 0).send(("started", marker.exists()))
     if config["kill"] and rank == 1 and not marker.exists():  # the first worker group loses a worker
         marker.touch()
         os._exit(1)
@@ -77,13 +80,16 @@ def train_loop(config):
 
 
 def fit(name, kill):
-    trainer = LeanTrainer(train_loop, owns_cluster=True,
-                          train_loop_config={"marker": str(root / name), "kill": kill, "variable": sys.argv[2]},
+    progress, marker = new_progress_actor_name(), root / f"{name}.killed"
+    trainer = LeanTrainer(train_loop, owns_cluster=True, progress_actor_name=progress,
+                          train_loop_config={"marker": str(marker), "kill": kill, "variable": sys.argv[2],
+                                             "progress": progress},
                           scaling_config=ScalingConfig(num_workers=2),
                           run_config=RunConfig(name=name, storage_path=str(root),
                                                failure_config=FailureConfig(max_failures=1)))
-    return {"inherited": settings_inherited_from_embedded_ray(), **trainer.fit().return_value,
-            "killed": (root / name).exists()}
+    result = trainer.fit()  # nothing drained while it runs: every event is still there afterwards
+    return {"inherited": settings_inherited_from_embedded_ray(), **result.return_value,
+            "killed": marker.exists(), "progress": trainer.drain_progress(), "again": trainer.drain_progress()}
 
 
 os.environ[sys.argv[2]] = "45"
@@ -107,3 +113,6 @@ def test_embedded_ray_workers_inherit_the_settings_and_still_restart_after_a_fai
     assert runs["propagated"]["inherited"] is False
     assert runs["propagated"]["timeout"] == "50"
     assert runs["propagated"]["runtime_env"]["env_vars"][PROPAGATED] == "50"
+    # rank 0's events, in order, drained after fit() returned and only once: the last from the group after the kill
+    assert runs["inherited"]["progress"][-1] == ["started", True] and runs["inherited"]["again"] == []
+    assert runs["propagated"]["progress"] == [["started", False]] and runs["propagated"]["again"] == []

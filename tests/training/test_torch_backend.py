@@ -65,7 +65,7 @@ def test_lean_trainer_leaves_out_helpers_a_run_never_uses(owns_cluster, expected
 
     arguments = {"backend_config": TorchBackendConfig(), "scaling_config": ScalingConfig(num_workers=2)}
     stock = kinds(DataParallelTrainer(lambda: None, **arguments))
-    lean = kinds(LeanTrainer(lambda: None, owns_cluster=owns_cluster, **arguments))
+    lean = kinds(LeanTrainer(lambda: None, owns_cluster=owns_cluster, progress_actor_name="progress", **arguments))
     assert expected_missing <= stock  # what Ray starts by default (a renamed callback would fail here first)
     assert stock - lean == expected_missing
 
