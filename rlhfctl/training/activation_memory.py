@@ -7,9 +7,9 @@ frees activations of many sizes. :func:`resident` applies what that costs (measu
 step peaks at 1.58 GiB with every block mmapped and returned to the system — ``MALLOC_MMAP_THRESHOLD_=1048576`` —
 and at 2.03-2.12 GiB with glibc's default; across the SFT, RM and PPO runs of ``benchmarks/bench_memory.py`` the
 heap-sized transient memory costs 1.5-1.9x its size). Blocks above the threshold are mmapped and given back.
-rlhfctl's training processes fix the threshold at 1 MiB (:mod:`rlhfctl.training.allocator`; the plan reads it into
-``PassSettings.mmap_threshold_bytes``), so only blocks below that pay the retention there; with
-``RLHFCTL_MALLOC=default`` the estimate assumes glibc's dynamic threshold.
+With ``RLHFCTL_MALLOC=release`` rlhfctl's training processes fix the threshold at 1 MiB
+(:mod:`rlhfctl.training.allocator`; the plan reads it into ``PassSettings.mmap_threshold_bytes``), so only blocks
+below that pay the retention; by default the estimate assumes glibc's dynamic threshold.
 
 Sources of the per-token figures: ``model_shape.BlockActivations`` (what a block keeps for its backward, measured
 per architecture with saved-tensor hooks); the loss heads' full-vocabulary tensors were measured with the torch

@@ -47,3 +47,12 @@ def probe_loop(loop_config) -> dict[str, float]:
 
     setup_worker(loop_config)
     return {"mmaps_mid_sized_blocks": float(mmaps_mid_sized_blocks())}
+
+
+def probe_loop_with_release_requested(loop_config) -> dict[str, float]:
+    """:func:`probe_loop` in a worker whose environment asks for the policy (``RLHFCTL_MALLOC=release``, as a
+    cluster node's environment or the driver's, which the embedded Ray's workers inherit, would carry it)."""
+    import os
+
+    os.environ["RLHFCTL_MALLOC"] = "release"
+    return probe_loop(loop_config)

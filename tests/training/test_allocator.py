@@ -15,7 +15,7 @@ from rlhfctl.training import allocator
 from rlhfctl.training.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, TRAINING_POLICY
 from rlhfctl.training.launch import TrainingJob, run_training
 
-from allocator_probe import PROBE_BYTES, NoPayload, probe_loop
+from allocator_probe import PROBE_BYTES, NoPayload, probe_loop, probe_loop_with_release_requested
 
 HERE = Path(__file__).resolve().parent
 needs_glibc = pytest.mark.skipif(allocator.load_glibc() is None, reason="not a glibc system")
@@ -35,6 +35,9 @@ class FakeGlibc:
         return True
 
 
+RELEASE = {"RLHFCTL_MALLOC": "release"}  # the policy is opt-in
+
+
 @pytest.fixture
 def fresh_process(monkeypatch):
     """The module as a process that has not applied the policy yet."""
@@ -43,8 +46,8 @@ def fresh_process(monkeypatch):
 
 def test_applies_fixed_thresholds_once_per_process(fresh_process):
     glibc = FakeGlibc()
-    assert allocator.apply_training_policy({}, glibc=lambda: glibc) == "applied"
-    assert allocator.apply_training_policy({}, glibc=lambda: glibc) == "applied"
+    assert allocator.apply_training_policy(RELEASE, glibc=lambda: glibc) == "applied"
+    assert allocator.apply_training_policy(RELEASE, glibc=lambda: glibc) == "applied"
     assert glibc.calls == [("mallopt", M_MMAP_THRESHOLD, TRAINING_POLICY.mmap_threshold_bytes),
                            ("mallopt", M_TRIM_THRESHOLD, TRAINING_POLICY.trim_threshold_bytes)]
     assert allocator.release_free_memory(glibc=lambda: glibc)
@@ -57,8 +60,9 @@ def test_threshold_is_below_the_mid_sized_blocks_glibc_would_keep():
 
 
 @pytest.mark.parametrize(("environ", "outcome"), [
-    ({"RLHFCTL_MALLOC": "default"}, "opted out"),
-    ({"RLHFCTL_MALLOC": " Default "}, "opted out"),
+    ({}, "not requested"),
+    ({"RLHFCTL_MALLOC": "default"}, "not requested"),
+    ({"RLHFCTL_MALLOC": " Default "}, "not requested"),
     ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "glibc settings in the environment"),
     ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, "glibc settings in the environment"),
 ])
@@ -76,20 +80,20 @@ def test_explicit_release_and_unrelated_tunables_apply_it(fresh_process):
 
 
 def test_off_glibc_it_is_a_no_op(fresh_process):
-    assert allocator.apply_training_policy({}, glibc=lambda: None) == "not glibc"
+    assert allocator.apply_training_policy(RELEASE, glibc=lambda: None) == "not glibc"
     assert not allocator.release_free_memory(glibc=lambda: None)
 
 
 def test_a_refused_mallopt_is_reported_and_no_trim_follows(fresh_process):
     glibc = FakeGlibc(accepts=False)
-    assert allocator.apply_training_policy({}, glibc=lambda: glibc) == "mallopt refused"
+    assert allocator.apply_training_policy(RELEASE, glibc=lambda: glibc) == "mallopt refused"
     assert not allocator.release_free_memory(glibc=lambda: glibc)
 
 
 def test_an_unknown_value_is_a_user_error_naming_the_variable(fresh_process):
     with pytest.raises(UserError) as error:
         allocator.apply_training_policy({"RLHFCTL_MALLOC": "aggressive"}, glibc=lambda: FakeGlibc())
-    assert "RLHFCTL_MALLOC='aggressive'" in error.value.message and "release, default" in error.value.message
+    assert "RLHFCTL_MALLOC='aggressive'" in error.value.message and "default, release" in error.value.message
 
 
 def test_load_glibc_finds_glibc_where_python_says_it_runs_on_it():
@@ -112,20 +116,20 @@ def test_a_real_process_mmaps_mid_sized_blocks_only_under_the_policy(value, mmap
 # ----------------------------------------------------------------------------------------------- training processes
 
 
-def _probe_job(tmp_path, workers: int) -> TrainingJob:
+def _probe_job(tmp_path, workers: int, train_loop=probe_loop) -> TrainingJob:
     config = RMConfig.model_validate({
         "general": {"base_model": "unused", "output_dir": str(tmp_path / "run"),
                     "checkpoint_dir": str(tmp_path / "model")},
         "dataset": {"train_file": str(tmp_path / "unused.jsonl")},
         "training": {"num_training_workers": workers, "max_failures": 0},
     })
-    return TrainingJob(stage="rm", config=config, train_loop=probe_loop, payload=NoPayload(), total_steps=1,
+    return TrainingJob(stage="rm", config=config, train_loop=train_loop, payload=NoPayload(), total_steps=1,
                        samples_per_step=1)
 
 
 @needs_glibc
 def test_the_in_process_layout_applies_it(fresh_process, tmp_path, monkeypatch):
-    monkeypatch.delenv("RLHFCTL_MALLOC", raising=False)
+    monkeypatch.setenv("RLHFCTL_MALLOC", "release")
     job = _probe_job(tmp_path, workers=1)
     assert job.mode == "local"
     summary = run_training(job, memory_check=False)
@@ -147,6 +151,6 @@ def test_a_ray_train_worker_applies_it(ray_cluster, tmp_path):
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules["allocator_probe"])  # Ray's processes cannot import it
-    job = _probe_job(tmp_path, workers=2)
+    job = _probe_job(tmp_path, workers=2, train_loop=probe_loop_with_release_requested)
     assert job.mode == "ray"
     assert run_training(job, memory_check=False).final_metrics["mmaps_mid_sized_blocks"] == 1.0

@@ -178,9 +178,9 @@ def test_the_plan_counts_the_allocator_policy_the_workers_run_with(tmp_path, sha
 
     if allocator.load_glibc() is None:
         pytest.skip("not a glibc system: the policy never applies")
-    monkeypatch.delenv("RLHFCTL_MALLOC", raising=False)
+    monkeypatch.setenv("RLHFCTL_MALLOC", "release")
     policy = plan_memory(sft_job(tmp_path, shape_only_model), probe=fixed(64 * GiB)).estimate
-    monkeypatch.setenv("RLHFCTL_MALLOC", "default")  # glibc's dynamic threshold: freed activations stay resident
+    monkeypatch.delenv("RLHFCTL_MALLOC")  # glibc's dynamic threshold (the default): freed activations stay resident
     default = plan_memory(sft_job(tmp_path, shape_only_model), probe=fixed(64 * GiB)).estimate
     assert policy.breakdown.weights == default.breakdown.weights
     assert policy.breakdown.activations < default.breakdown.activations
