@@ -130,7 +130,7 @@ def generate_responses(
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-    unique_ids = prompt_ids
+    unique_ids, unique_mask = prompt_ids, prompt_mask  # rlhfctl's decoders encode each prompt once
     if repeats > 1:
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
     was_training = policy.training
@@ -148,7 +148,7 @@ def generate_responses(
             from rlhfctl.models.decoding import decode
 
             generated, logprobs = decode(
-                policy, unique_ids, prompt_mask[::repeats], max_new_tokens=sampling.max_new_tokens,
+                policy, unique_ids, unique_mask, max_new_tokens=sampling.max_new_tokens,
                 do_sample=sampling.do_sample, temperature=sampling.temperature, top_k=sampling.top_k,
                 top_p=sampling.top_p, stop_ids=sampling.stop_ids, pad_token_id=sampling.pad_token_id, engine=engine,
                 repeats=repeats,

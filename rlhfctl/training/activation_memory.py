@@ -149,8 +149,7 @@ def head_temporaries(shape: ModelShape, rows: int, length: int, loss: Loss, sett
     if loss == "logprobs":
         response = rows * response_length * shape.vocab_size * FP32
         softcap = 2 * fp32 if shape.logit_softcapping else 0
-        return logits + resident(4 * response, response, settings) + resident(softcap, fp32,
-                                                                                     settings) + working
+        return logits + resident(4 * response, response, settings) + resident(softcap, fp32, settings) + working
     return working  # a scalar head: nothing vocabulary-sized
 
 
@@ -182,8 +181,8 @@ def generation(shape: ModelShape, rows: int, prompt_length: int, new_tokens: int
     length = prompt_length + new_tokens
     per_block = 2 * rows * length * shape.num_kv_heads * shape.head_dim * FP32
     cache = resident(shape.num_layers * per_block, per_block / 2, settings)
-    prefill = one_block_bytes(shape, rows, prompt_length, PassSettings(device=settings.device,
-                                                                        mmap_threshold_bytes=settings.mmap_threshold_bytes))
+    prefill_settings = PassSettings(device=settings.device, mmap_threshold_bytes=settings.mmap_threshold_bytes)
+    prefill = one_block_bytes(shape, rows, prompt_length, prefill_settings)
     sampling = resident(4 * rows * shape.vocab_size * FP32, rows * shape.vocab_size * FP32, settings)
     return cache, prefill + sampling
 
