@@ -17,7 +17,10 @@ as long as the plan assumes: the plan sizes the worst batch, ``max_length`` toke
 kit (0.15 M parameters: the framework overhead dominates) and a Llama-shaped random model of ~60 M parameters
 (hidden 512, 8 layers, 8 heads, MLP 1536, a 32,000-token vocabulary of which the kit's BPE tokenizer uses 8,192:
 the weights, optimizer state and full-vocabulary logits dominate); the ``llama120`` cases use a ~120 M one (hidden
-768, 10 layers, 12 heads, MLP 2048).
+768, 10 layers, 12 heads, MLP 2048), the ``llama134m`` cases a ~134 M one (12 layers). The ``-3it`` PPO cases run
+three iterations (a real run's optimizer state and gradients are alive beside later updates) with the reward model
+in a folder of its own (``MODEL-rm``: the backbone under a seeded score head, as an RM export), so its frozen
+weights are not the policy's file pages; the older PPO cases load both from one folder.
 """
 
 from __future__ import annotations
@@ -79,18 +82,25 @@ def write_long_data(root: Path, seed: int = 0) -> dict[str, Path]:
         "ppo": write_jsonl(root / "ppo.jsonl", [{"prompt": r["instruction"]} for r in rows[160:192]]),
         "ppo_validation": write_jsonl(root / "ppo_validation.jsonl", [{"prompt": r["instruction"]}
                                                                       for r in rows[192:200]]),
-        # one PPO iteration (8 prompts, one worker): the peak does not depend on the number of iterations
+        # one PPO iteration (8 prompts, one worker): the first ~134 M cases. Too short to be representative: its
+        # single optimizer step comes at the end, so Adam's moments never live beside a later update's activations
         "ppo_one_iteration": write_jsonl(root / "ppo_one_iteration.jsonl", [{"prompt": r["instruction"]}
                                                                             for r in rows[160:168]]),
+        # three PPO iterations (24 prompts, one worker): iterations 2 and 3 run their rollouts and updates with the
+        # gradients and Adam moments of the earlier steps alive, as every real run does
+        "ppo_three_iterations": write_jsonl(root / "ppo_three_iterations.jsonl", [{"prompt": r["instruction"]}
+                                                                                  for r in rows[160:184]]),
     }
     return files
 
 
 def build_models(root: Path, corpus: list[Path], wanted: set[str]) -> dict[str, Path]:
-    """The tiny kit and the Llama-shaped models of ``wanted`` (built once, re-used)."""
+    """The tiny kit and the Llama-shaped models of ``wanted`` (built once, re-used); ``NAME-rm`` in ``wanted``: also
+    a reward model made from ``NAME`` in its own folder (:func:`build_reward_model`)."""
     from rlhfctl.example.kit import build_model_kit, build_tokenizer, iter_corpus_texts
 
-    models = {"tiny": root / "tiny", **{name: root / name for name in LLAMA_MODELS}}
+    models = {"tiny": root / "tiny", **{name: root / name for name in LLAMA_MODELS},
+              **{f"{name}-rm": root / f"{name}-rm" for name in LLAMA_MODELS}}
     if not (models["tiny"] / "config.json").exists():
         build_model_kit(models["tiny"], corpus_files=corpus, preset="tiny", seed=0)
     for name, shape in LLAMA_MODELS.items():
@@ -106,7 +116,24 @@ def build_models(root: Path, corpus: list[Path], wanted: set[str]) -> dict[str, 
         model = LlamaForCausalLM(config)
         model.save_pretrained(models[name], safe_serialization=True)
         tokenizer.save_pretrained(models[name])
+    for name in LLAMA_MODELS:
+        if f"{name}-rm" in wanted and not (models[f"{name}-rm"] / "config.json").exists():
+            build_reward_model(models[name], models[f"{name}-rm"])
     return models
+
+
+def build_reward_model(base: Path, target: Path) -> None:
+    """A reward model as ``rlhfctl rm train`` exports one, in its own folder: ``base``'s backbone under a seeded
+    one-output score head (no LM head), saved with its tokenizer. A real PPO run reads its reward model from such a
+    file of its own; loading policy and reward model from one folder lets transformers' copy-on-write mappings of
+    the same ``model.safetensors`` share their pages, which no real run gets (and the plan does not count)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    model.save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base).save_pretrained(target)
 
 
 # ----------------------------------------------------------------------------------------------- cases
@@ -122,6 +149,12 @@ class Case:
     extra: dict = field(default_factory=dict)  # other sections, e.g. {"lora": {"r": 8}}
     needs: tuple[str, ...] = ()  # config keys this case needs ("training.gradient_checkpointing", "lora")
     ppo_prompts: str = "ppo"  # the data file a PPO case trains on ("ppo_one_iteration": 8 prompts)
+    separate_reward_model: bool = False  # PPO: the reward model from its own folder (``MODEL-rm``), not the policy's
+
+    @property
+    def models(self) -> set[str]:
+        """The model folders the case needs."""
+        return {self.model, f"{self.model}-rm"} if self.separate_reward_model else {self.model}
 
     def config(self, models: dict[str, Path], data: dict[str, Path], run_dir: Path) -> dict:
         model = str(models[self.model])
@@ -130,7 +163,8 @@ class Case:
                     "resources_per_worker": {"CPU": 2.0 / self.workers}, "learning_rate": 1e-5, **self.training}
         general = {"output_dir": str(run_dir / "output"), "checkpoint_dir": str(run_dir / "export"), "seed": 0}
         if self.stage == "ppo":
-            general.update(model_name=model, rm_name=model)
+            reward_model = str(models[f"{self.model}-rm"]) if self.separate_reward_model else model
+            general.update(model_name=model, rm_name=reward_model)
             training = {"experience_batch_size": 8, "batch_size": 4, "ppo_epochs": 1, **training}
             dataset = {"train_file": str(data[self.ppo_prompts]), "validation_file": str(data["ppo_validation"]),
                        "max_length": length}
@@ -174,6 +208,15 @@ CASES = [
     # full-parameter against LoRA PPO where the model state dominates (issue #15's <= 0.5x target)
     Case("llama134m-ppo-1w", "ppo", "llama134m", 1, ppo_prompts="ppo_one_iteration"),
     Case("llama134m-ppo-lora-1w", "ppo", "llama134m", 1, extra=LORA, needs=("lora",), ppo_prompts="ppo_one_iteration"),
+    # the same pair as a real run has it: three iterations (Adam moments and gradients alive beside later updates'
+    # activations) and a reward model in its own folder (its frozen weights are not the policy's pages)
+    Case("llama134m-ppo-3it-1w", "ppo", "llama134m", 1, ppo_prompts="ppo_three_iterations",
+         separate_reward_model=True),
+    Case("llama134m-ppo-lora-3it-1w", "ppo", "llama134m", 1, extra=LORA, needs=("lora",),
+         ppo_prompts="ppo_three_iterations", separate_reward_model=True),
+    Case("llama-ppo-3it-1w", "ppo", "llama60m", 1, ppo_prompts="ppo_three_iterations", separate_reward_model=True),
+    Case("llama-ppo-lora-3it-1w", "ppo", "llama60m", 1, extra=LORA, needs=("lora",),
+         ppo_prompts="ppo_three_iterations", separate_reward_model=True),
 ]
 
 
@@ -287,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [item for item in args.only.split(",") if item]
     cases = [case for case in CASES if not wanted or any(case.label.startswith(item) for item in wanted)]
     data = write_long_data(WORK / "data")
-    models = build_models(WORK / "models", [data["sft"], data["rm"]], {case.model for case in cases})
+    models = build_models(WORK / "models", [data["sft"], data["rm"]], set().union(*(case.models for case in cases)))
     runs = WORK / "runs" / time.strftime("%Y%m%d-%H%M%S")
     results = []
     for case in cases:

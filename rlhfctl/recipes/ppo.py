@@ -254,8 +254,8 @@ def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
     iteration — generation of ``experience_batch_size`` responses with the KV cache (with LoRA, from a merged copy
     of the policy's adapted weights) and their reward scores; the
     no-grad rollout forwards in chunks of ``batch_size``; validation (the policy and reference log-probs of a whole
-    experience batch at once); the update micro-step, where the policy's log-probs (full-vocabulary logits over the
-    sequence) and the value model's forward keep their activations together for one backward."""
+    experience batch at once); the update micro-step: the policy's log-probs (full-vocabulary logits over the
+    response) and their backward, then the value model's forward and backward beside the policy's gradients."""
     training, generation = config.training, config.generation
     length, new_tokens = config.dataset.max_length, generation.max_new_tokens
     prompt_length = length - new_tokens
@@ -274,8 +274,11 @@ def memory_workload(config: PPOConfig, data: TrainingData) -> StageWorkload:
         Phase("rollout forwards", (logprobs("policy", chunk, False), logprobs("reference", chunk, False),
                                    ForwardPass("value_model", chunk, length, grad=False, loss="score")),
               together=False),
-        Phase("update", (logprobs("policy", micro, True),
-                         ForwardPass("value_model", micro, length, grad=True, loss="score"))),
+        # one backward per model (PPOTrainer._micro_batch_backward): the policy's activations are freed before the
+        # value model's forward, whose pass runs beside the policy's gradients
+        Phase("update: policy", (logprobs("policy", micro, True),)),
+        Phase("update: value model", (ForwardPass("value_model", micro, length, grad=True, loss="score"),),
+              gradients_of=("policy",)),
     ]
     if data.validation:
         phases.append(Phase("validation", (logprobs("policy", experiences, False),

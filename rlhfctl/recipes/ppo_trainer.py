@@ -156,9 +156,9 @@ class PPOTrainer:
                 for chunk_number, idx in enumerate(micro_chunks):
                     last = chunk_number == len(micro_chunks) - 1  # all-reduce once per mini-batch, on its last
                     with ctx.gradient_sync(self.policy, self.value_model, sync=last):
-                        loss, stats = self._micro_batch_loss(rollout, idx, advantages, returns, train_policy)
-                        ctx.backward(loss * (len(idx) / len(mini_indices)))
-                    nonfinite |= not bool(torch.isfinite(loss).item())
+                        loss, stats = self._micro_batch_backward(rollout, idx, advantages, returns, train_policy,
+                                                                 weight=len(idx) / len(mini_indices))
+                    nonfinite |= not math.isfinite(loss)
                     for key, value in stats.items():
                         totals[key] = totals.get(key, 0.0) + value
                     count += 1
@@ -171,11 +171,17 @@ class PPOTrainer:
                                                      self.schedulers["value_model"], self.value_model)
         return {key: value if key.startswith("grad_norm") else value / count for key, value in totals.items()}
 
-    def _micro_batch_loss(self, rollout, idx, advantages, returns, train_policy: bool):
-        """The clipped policy + value loss of rollouts ``idx`` and its statistics (floats).
+    def _micro_batch_backward(self, rollout, idx, advantages, returns, train_policy: bool, *,
+                              weight: float) -> tuple[float, dict[str, float]]:
+        """Backward of the clipped policy + value loss of rollouts ``idx`` (scaled by ``weight``, the micro-batch's
+        share of its mini-batch); returns the loss and its statistics (floats).
 
-        Without ``train_policy`` the loss is the value loss alone and the policy's forward runs without gradients
-        on the bare module (no DDP reduction is prepared for a backward that never comes)."""
+        The policy and the value model share no parameter, so the loss's gradients are those of its policy part for
+        the policy and of its value part for the value model: each part gets its own backward, the policy's first,
+        which frees the policy's activations before the value model's forward keeps its own (one model's
+        activations alive at a time, not both). Without ``train_policy`` the loss is the value loss alone and the
+        policy's forward runs without gradients on the bare module (no DDP reduction is prepared for a backward
+        that never comes)."""
         import contextlib
 
         import torch
@@ -186,21 +192,23 @@ class PPOTrainer:
         training, ctx = self.training, self.ctx
         mask = rollout.response_mask[idx]
         ids, attention = rollout.query_responses[idx], rollout.attention_mask[idx]
-        with ctx.autocast():
-            with contextlib.nullcontext() if train_policy else torch.no_grad():
-                logprobs, entropy = policy_logprobs(
-                    self.policy if train_policy else unwrap_model(self.policy), ids, attention, rollout.prompt_len,
-                    self.temperature, return_entropy=True, entropy_grad=training.entropy_coef > 0)
-            values = response_values(self.value_model, ids, attention, rollout.prompt_len)
+        with ctx.autocast(), contextlib.nullcontext() if train_policy else torch.no_grad():
+            logprobs, entropy = policy_logprobs(
+                self.policy if train_policy else unwrap_model(self.policy), ids, attention, rollout.prompt_len,
+                self.temperature, return_entropy=True, entropy_grad=training.entropy_coef > 0)
         policy_loss = pm.clipped_policy_loss(logprobs, rollout.old_logprobs[idx], advantages[idx], mask,
                                              training.cliprange)
+        mean_entropy = pm.masked_mean(entropy, mask)
+        policy_part = policy_loss.loss - training.entropy_coef * mean_entropy
+        if train_policy:
+            ctx.backward(policy_part * weight)
+        with ctx.autocast():
+            values = response_values(self.value_model, ids, attention, rollout.prompt_len)
         value_loss = pm.clipped_value_loss(values, rollout.old_values[idx], returns[idx], mask,
                                            training.cliprange_value)
-        mean_entropy = pm.masked_mean(entropy, mask)
-        if train_policy:
-            loss = policy_loss.loss + training.vf_coef * value_loss.loss - training.entropy_coef * mean_entropy
-        else:
-            loss = training.vf_coef * value_loss.loss
+        value_part = training.vf_coef * value_loss.loss
+        ctx.backward(value_part * weight)
+        loss = value_part.item() + (policy_part.item() if train_policy else 0.0)
         stats = {"policy_loss": policy_loss.loss, "value_loss": value_loss.loss, "entropy": mean_entropy,
                  "policy_clip_fraction": policy_loss.clip_fraction, "value_clip_fraction": value_loss.clip_fraction,
                  "approx_kl": policy_loss.approx_kl, "ratio_mean": policy_loss.ratio_mean}

@@ -123,12 +123,15 @@ class Phase:
 
     ``together=True``: every forward's activations are alive at once, then one backward (a training micro-step
     over several models, e.g. PPO's policy and value model); ``False``: the steps run one after another (no-grad
-    forwards, generation), so the phase's peak is its largest step's.
+    forwards, generation), so the phase's peak is its largest step's. ``gradients_of``: trained roles whose
+    gradients, from an earlier backward of the same optimizer step, stay alive through the phase (PPO's value
+    model trains after the policy's own backward, with the policy's gradients waiting for the step).
     """
 
     name: str
     steps: tuple[Step, ...]
     together: bool = True
+    gradients_of: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -437,27 +440,34 @@ def _phase_transient(phase: Phase, models: Mapping[str, ModelUse], inputs: Memor
     # then the backward frees them while the gradients appear (a single worker's gradients are new memory).
     kept = sum(kept_bytes for _, kept_bytes in parts)
     head_peak = max((part.activations - kept_bytes for part, kept_bytes in parts), default=0)
-    forward_peak = Breakdown(activations=kept + head_peak,
+    carried = 0 if persistent_grads else sum(_new_gradients(models[role], inputs) for role in phase.gradients_of)
+    forward_peak = Breakdown(activations=kept + head_peak, gradients=carried,
                              generation_cache=sum(part.generation_cache for part, _ in parts))
     by_role: dict[str, Breakdown] = {}
     for step, (_, kept_bytes) in zip(phase.steps, parts):
         by_role[step.role] = by_role.get(step.role, Breakdown()) + Breakdown(activations=kept_bytes)
     if persistent_grads:
         return forward_peak, by_role
-    new_grads, last_block = 0, 0
+    new_grads, last_block = carried, 0
     for step in phase.steps:
         if isinstance(step, ForwardPass) and step.grad and models[step.role].trained:
             use = models[step.role]
+            new_grads += _new_gradients(use, inputs)
             shape = inputs.shapes[use.source]
-            settings = _pass_settings(use, shape, inputs)
-            trainable = _trainable_parameters(use, inputs)
-            if inputs.strategy == "fsdp" and inputs.world_size > 1:
-                trainable = math.ceil(trainable / inputs.world_size)  # each worker keeps its shard's gradients
-            new_grads += transient_gradients(shape, trainable, inputs.lora is None, settings,
-                                             lm_head=use.head == "lm")
-            last_block = max(last_block, one_block_bytes(shape, step.rows, step.length, settings))
+            last_block = max(last_block, one_block_bytes(shape, step.rows, step.length,
+                                                         _pass_settings(use, shape, inputs)))
     backward_end = Breakdown(gradients=new_grads, activations=last_block)
     return (backward_end, {}) if backward_end.total > forward_peak.total else (forward_peak, by_role)
+
+
+def _new_gradients(use: ModelUse, inputs: MemoryInputs) -> int:
+    """The gradients a single worker's backward creates for one trained model (its shard's under FSDP)."""
+    shape = inputs.shapes[use.source]
+    trainable = _trainable_parameters(use, inputs)
+    if inputs.strategy == "fsdp" and inputs.world_size > 1:
+        trainable = math.ceil(trainable / inputs.world_size)  # each worker keeps its shard's gradients
+    return transient_gradients(shape, trainable, inputs.lora is None, _pass_settings(use, shape, inputs),
+                               lm_head=use.head == "lm")
 
 
 def _step_transient(step: Step, models: Mapping[str, ModelUse], inputs: MemoryInputs) -> tuple[Breakdown, int]:

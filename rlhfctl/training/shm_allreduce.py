@@ -13,8 +13,8 @@ Every rank adds the same numbers in the same order, so all ranks get bit-identic
 in sync, as with gloo). Slots are double-buffered by step parity, so a fast rank writing the next step's bucket
 never overwrites one a slower rank is still reading (it cannot get two steps ahead: each step has a barrier).
 Each wrapped model gets its own files and barrier group; like DDP's own all-reduces, the buckets of several
-models in one backward (PPO's policy and value model) must come in the same order on every rank, which the
-autograd engine's deterministic order gives for the same code.
+models in one backward must come in the same order on every rank, which the autograd engine's deterministic
+order gives for the same code (PPO backwards its policy and its value model one after the other).
 
 :func:`attach` is collective and decides for everyone: any rank that cannot take part (no ``/dev/shm``, not
 enough free space in it, the others' files not visible — e.g. workers on different nodes) leaves every rank on

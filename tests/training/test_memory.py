@@ -153,6 +153,28 @@ def test_ppo_holds_four_models_and_trains_two():
     assert update["policy"].activations > 0 and update["value_model"].activations > 0  # kept together
 
 
+def test_a_phase_carries_the_gradients_of_an_earlier_backward_of_the_same_step():
+    """PPO backwards the policy, then runs the value model's forward and backward: a single worker's policy gradients
+    (freed only at the optimizer step) are alive through the value model's phase; DDP's persist anyway."""
+    def split(carry: bool) -> StageWorkload:
+        workload = ppo()
+        value_pass = ForwardPass("value_model", 2, 48, grad=True, loss="score")
+        return replace(workload, phases=(
+            Phase("update: policy", (workload.phases[1].steps[0],)),
+            Phase("update: value model", (value_pass,), gradients_of=("policy",) if carry else ())))
+
+    carried, alone = (estimate_memory(MemoryInputs(split(flag), SHAPES, in_driver=True)) for flag in (True, False))
+    assert carried.phase_peaks["update: policy"] == alone.phase_peaks["update: policy"]
+    extra = carried.phase_peaks["update: value model"] - alone.phase_peaks["update: value model"]
+    assert extra >= 4 * LM  # at least the policy's fp32 gradients (the heap may keep more of them)
+    assert extra <= 4 * LM * 2
+    ddp = [estimate_memory(MemoryInputs(split(flag), SHAPES, world_size=2)) for flag in (True, False)]
+    assert ddp[0].phase_peaks == ddp[1].phase_peaks  # DDP's buckets are counted once, in the static part
+    # one model's activations at a time: the split update peaks below the one that keeps both together
+    together = estimate_memory(MemoryInputs(ppo(), SHAPES, in_driver=True))
+    assert carried.per_worker_peak_bytes < together.per_worker_peak_bytes
+
+
 def test_lora_trains_adapters_and_a_score_head_and_the_reference_runs_on_the_policys_base():
     lora = LoraSpec(r=8)
     adapters = SHAPE.lora_parameters(8, "all-linear")
