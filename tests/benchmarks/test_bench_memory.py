@@ -21,14 +21,21 @@ def test_every_runnable_case_writes_a_valid_config(case, tmp_path):
     from rlhfctl.config.schema import CONFIG_CLASSES
 
     models = {"tiny": tmp_path / "tiny", "llama60m": tmp_path / "llama", "llama120m": tmp_path / "llama120",
-              "llama134m": tmp_path / "llama134"}
+              "llama134m": tmp_path / "llama134", "llama60m-rm": tmp_path / "llama-rm",
+              "llama134m-rm": tmp_path / "llama134-rm"}
     data = {name: tmp_path / f"{name}.jsonl" for name in ("sft", "sft_validation", "rm", "rm_validation", "ppo",
-                                                          "ppo_validation", "ppo_one_iteration")}
+                                                          "ppo_validation", "ppo_one_iteration",
+                                                          "ppo_three_iterations")}
     config = case.config(models, data, tmp_path / "run")
     path = bench_memory.write_toml(tmp_path / "case.toml", config)
     loaded = load_config(path, check_files=False)
     assert isinstance(loaded, CONFIG_CLASSES[case.stage])
     assert loaded.training.num_training_workers == case.workers
+    assert case.models <= set(models)
+    if case.stage == "ppo":  # a real run's reward model is a file of its own; the older cases share the policy's
+        separate = loaded.general.rm_name != loaded.general.model_name
+        assert separate == case.separate_reward_model
+        assert not separate or loaded.general.rm_name == str(models[f"{case.model}-rm"])
 
 
 def test_the_results_table_reports_ratios_and_errors():
