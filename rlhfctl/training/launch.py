@@ -355,10 +355,8 @@ def run_stage(build_job: Callable[[Any], TrainingJob], config: Any, *, machine: 
             sink.handle(PhaseStarted("starting Ray, reading data"))
             reader = running.enter_context(ThreadPoolExecutor(1, thread_name_prefix="rlhfctl-data"))
             building = reader.submit(build_job, resolved)
-            importing = reader.submit(_import_ray_train)  # while ray.init mostly waits for Ray's processes
             running.enter_context(ray_session(resolved.general.ray_address))  # run_training's session reuses it
             job = building.result()
-            importing.result()
         else:  # one process: no cyclic collection while torch, transformers and the models load
             running.enter_context(collector.start_up_without_collection())
             sink.handle(PhaseStarted("reading data"))
@@ -367,18 +365,6 @@ def run_stage(build_job: Callable[[Any], TrainingJob], config: Any, *, machine: 
         for message in job.warnings:
             logging.getLogger(f"rlhfctl.{job.stage}").warning("WARNING: %s", message)
         return run_training(job, **options)
-
-
-def _import_ray_train() -> None:
-    """Import what the driver needs to start a Ray Train run (``ray.train``, rlhfctl's trainer and backend: ~0.9
-    CPU-seconds) ahead of :func:`_run_on_ray`, on a second thread while ``ray.init`` starts Ray's processes (it
-    mostly waits for them, so a core is free). An import that fails here fails again, with its error, where the
-    run needs it."""
-    with contextlib.suppress(ImportError):
-        import ray.train  # noqa: F401
-
-        import rlhfctl.training.ray_trainer
-        import rlhfctl.training.torch_backend  # noqa: F401
 
 
 def run_training(

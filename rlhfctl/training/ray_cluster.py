@@ -24,11 +24,8 @@ DEFAULT_WORKER_START_TIMEOUT_S = 60.0  # Ray Train's own default
 
 # RAY_WARN_BLOCKING_GET_INSIDE_ASYNC: Ray Train gives its controller "0" (no warning) through a runtime env; set
 # before ray.init, every process of the embedded Ray inherits it instead (see embedded_ray_environment).
-# __RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR: what Ray's default worker runs once it has connected, before it takes
-# its first task (see preload_ray_train).
 EMBEDDED_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-                            "RAY_TRAIN_METRICS_ENABLED": "0", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0",
-                            "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR": "rlhfctl.training.ray_cluster.preload_ray_train"}
+                            "RAY_TRAIN_METRICS_ENABLED": "0", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}
 # The raylet starts at most this many worker processes at a time (Ray: one per CPU). Ray Train asks for its
 # synchronisation actor and every worker at once, so on a 2-core machine the second worker waited for the first
 # ones to connect; its start is on the way to the first step. Read by the raylet (a RayConfig setting).
@@ -127,19 +124,6 @@ def ray_session(address: str | None) -> Iterator[bool]:
             _shared_cleanups.append(embedded_only)
         else:
             _stop(embedded_only)
-
-
-def preload_ray_train() -> None:
-    """Run by every worker process of the embedded Ray when it starts, before its first task: import Ray Train.
-
-    Every such process hosts a piece of a Ray Train run (its controller, the synchronisation actor, a worker), and
-    each imports ``ray.train`` (~0.8 CPU-seconds) when it unpickles its actor class. The raylet starts one such
-    process per CPU as ``ray.init`` returns, a second or more before the run asks for them: in those, the import
-    happens while a core is free instead of on the way to the first step. Never raises (Ray would end the
-    process)."""
-    with contextlib.suppress(Exception):
-        import ray.train  # noqa: F401
-        from ray.train.v2._internal.execution.controller import TrainController  # noqa: F401
 
 
 def embedded_ray_environment() -> dict[str, str] | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -204,13 +203,3 @@ def test_events_jsonl_keeps_a_failure_and_the_resume_after_it(tmp_path):
     resumed = _events(tmp_path)[-3]
     assert resumed["start_step"] == 6
     assert "training.learning_rate" in _events(tmp_path)[-4]["message"]
-
-
-def test_the_drivers_ray_train_import_ahead_of_the_run_never_raises(monkeypatch):
-    """Run on the data thread while Ray starts; a failing import is left to the run, which reports it."""
-    from rlhfctl.training import launch
-
-    launch._import_ray_train()
-    assert "rlhfctl.training.ray_trainer" in sys.modules and "rlhfctl.training.torch_backend" in sys.modules
-    monkeypatch.setitem(sys.modules, "ray.train", None)  # "import ray.train" raises ImportError
-    launch._import_ray_train()

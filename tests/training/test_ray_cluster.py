@@ -76,8 +76,6 @@ def test_the_embedded_rays_environment_is_the_drivers_when_it_started(monkeypatc
         assert inherited["RLHFCTL_TEST_SETTING"] == "before"
         assert inherited["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] == "0"  # Ray Train's controller default, inherited
         assert int(inherited[ray_cluster.STARTUP_CONCURRENCY_ENV]) >= max(os.cpu_count() or 1, 4)
-        assert inherited["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"] == "rlhfctl.training.ray_cluster.preload_ray_train"
-    assert "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR" not in os.environ  # undone with the embedded Ray
     assert ray_cluster.embedded_ray_environment() is None
     with ray_cluster.ray_session("auto"):  # a joined cluster's processes never had this process's environment
         assert ray_cluster.embedded_ray_environment() is None
@@ -111,11 +109,3 @@ def test_an_embedded_ray_runs_without_the_head_processes_it_never_uses(tmp_path)
     for script in ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py"):
         assert script not in inside
     assert report["answer"] == 42 and report["after"] == []  # tasks run; shutdown leaves nothing behind
-
-
-def test_the_preload_never_raises(monkeypatch):
-    """Ray ends a worker process whose setup hook raises: an import that fails is left to the actor that needs it."""
-    from rlhfctl.training import ray_cluster
-
-    monkeypatch.setitem(sys.modules, "ray.train", None)  # "import ray.train" raises ImportError
-    ray_cluster.preload_ray_train()
