@@ -86,8 +86,10 @@ def decode(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
         decoder, repeats = make_decoder(model, prompt_mask, max_new_tokens, engine), 1
     warpers = logits_warpers(temperature, top_k, top_p) if do_sample else []
-    # the temperature warper alone computes exactly ``logits / temperature``: its output is the log-probs' input
-    warped_is_scaled = len(warpers) == 1 and type(warpers[0]).__name__ == "TemperatureLogitsWarper"
+    # the temperature warper alone computes exactly ``logits / temperature``, so the distribution sampled from is
+    # the one the log-probs are taken under: a token's log-prob is the log of its sampling probability
+    only_temperature = len(warpers) == 1 and type(warpers[0]).__name__ == "TemperatureLogitsWarper"
+    logprobs_from_probs = do_sample and (only_temperature or (not warpers and temperature == 1.0))
     stops = torch.tensor(stop_ids, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     active = torch.arange(batch, device=device)  # the rows the decoder still computes
@@ -101,31 +103,40 @@ def decode(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     for step in range(max_new_tokens):
         if len(active) < batch:  # rows that stopped get any valid distribution: their draw is replaced by padding
             logits = logits.new_zeros(batch, logits.shape[1]).index_copy_(0, active, logits)
-        scaled = None
         if do_sample:
             scores = logits
             for warper in warpers:
                 scores = warper(None, scores)
-            scaled = scores if warped_is_scaled else None
-            token = sample_from(F.softmax(scores, dim=-1))
+            probs = F.softmax(scores, dim=-1)
+            token = sample_from(probs)
         else:
             token = torch.argmax(logits, dim=-1)
-        token = torch.where(unfinished, token, pad_token_id)
-        if scaled is None:
+        if logprobs_from_probs:
+            chosen = probs.gather(1, token[:, None]).squeeze(1).log()
+        else:
             scaled = logits / temperature
-        chosen = scaled.gather(1, token[:, None]).squeeze(1) - torch.logsumexp(scaled, dim=-1)
-        tokens.append(token)
-        logprobs.append(torch.where(unfinished, chosen, 0.0))
+            chosen = scaled.gather(1, token[:, None]).squeeze(1) - torch.logsumexp(scaled, dim=-1)
+        tokens.append(token)  # a stopped row's draws become padding at the end (_after_stop)
+        logprobs.append(chosen)
         unfinished &= (token != stops) if len(stop_ids) == 1 else ~torch.isin(token, stops)
-        still = unfinished[active]
+        still = unfinished[active] if len(active) < batch else unfinished
         remaining = int(still.sum())
         if step + 1 == max_new_tokens or remaining == 0:
             break
         if decoder.can_select and len(active) - remaining >= max(1, len(active) // COMPACT_FRACTION):
             active = active[still]
             decoder.select(still.nonzero().squeeze(1))
-        logits = decoder.step(token[active])
-    return Decoded(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1))
+        logits = decoder.step(token if len(active) == batch else token[active])
+    tokens_drawn, logprobs_drawn = torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+    stopped = _after_stop(tokens_drawn, stops)
+    return Decoded(tokens_drawn.masked_fill(stopped, pad_token_id), logprobs_drawn.masked_fill(stopped, 0.0))
+
+
+def _after_stop(tokens: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+    """``(batch, steps)`` True where a row's stop token came at an earlier step: draws made for rows that had
+    already stopped (the whole batch is drawn every step; once at the end instead of a ``where`` per step)."""
+    is_stop = (tokens == stops) if stops.numel() == 1 else torch.isin(tokens, stops)
+    return (is_stop.cumsum(dim=1) - is_stop.long()) > 0
 
 
 # Rows that stopped are dropped from the forward once they are a quarter of the rows still computed (dropping

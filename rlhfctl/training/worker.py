@@ -544,9 +544,10 @@ def warmup_steps(training, num_training_steps: int) -> int:
 
 
 def build_scheduler(optimizer, training, num_training_steps: int):
-    """``transformers.get_scheduler(training.lr_scheduler)`` with ``warmup_ratio`` of the steps as warmup."""
-    from transformers import get_scheduler
+    """``transformers.get_scheduler(training.lr_scheduler)`` with ``warmup_ratio`` of the steps as warmup (the
+    common schedules without importing transformers' optimization module: :mod:`rlhfctl.training.lr_schedules`)."""
+    from rlhfctl.training.lr_schedules import build_lr_scheduler
 
-    return get_scheduler(training.lr_scheduler, optimizer=optimizer,
-                         num_warmup_steps=warmup_steps(training, num_training_steps),
-                         num_training_steps=max(1, num_training_steps))
+    return build_lr_scheduler(optimizer, training.lr_scheduler,
+                              num_warmup_steps=warmup_steps(training, num_training_steps),
+                              num_training_steps=max(1, num_training_steps))
