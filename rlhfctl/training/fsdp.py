@@ -32,6 +32,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from rlhfctl.errors import UserError
+from rlhfctl.training.fsdp_buffers import pool_collective_buffers
 
 _HEAD_NAMES = ("score", "classifier", "v_head")
 
@@ -82,6 +83,7 @@ def shard_model(model: nn.Module) -> nn.Module:
     for piece in _separately_called_pieces(model):
         fully_shard(piece)
     fully_shard(model)
+    pool_collective_buffers(model)  # CPU: the units' flat collective buffers reused, not churned through malloc
     # Make ``model`` the root of its units now. FSDP2 otherwise takes the first unit that runs a forward as a root,
     # and a backbone called on its own first (LoRA PPO's reward model is the value model's base, scored before the
     # value model first runs) would then refuse to join the value model's tree.
