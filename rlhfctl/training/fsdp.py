@@ -8,7 +8,8 @@ Worker side only (imported by :class:`rlhfctl.training.worker.WorkerContext` whe
   LM head tied to the embeddings). Each worker keeps ``1 / world_size`` of every parameter, gradient and optimizer
   state; a unit's full parameters exist only while it computes (the next one is prefetched). Mixed precision stays
   autocast over fp32 shards (``training.mixed_precision``); gradient checkpointing and LoRA adapters (frozen base,
-  trainable adapters in the same units) are applied before sharding and work unchanged.
+  trainable adapters in the same units) are applied before sharding and work unchanged. On CPU the units' flat
+  all-gather and reduce-scatter buffers come from a per-worker pool (:mod:`rlhfctl.training.fsdp_buffers`).
 - :func:`transformer_blocks`: the blocks to wrap, from the model's own ``_no_split_modules`` (the transformers
   convention for "a block") or else its one list of same-class layers; a model without either cannot be sharded
   (:class:`BlocksNotFound`, exit 2 naming the model class).
