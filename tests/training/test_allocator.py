@@ -132,9 +132,13 @@ def test_the_in_process_layout_applies_it(fresh_process, tmp_path, monkeypatch):
     monkeypatch.setenv("RLHFCTL_MALLOC", "release")
     job = _probe_job(tmp_path, workers=1)
     assert job.mode == "local"
-    summary = run_training(job, memory_check=False)
+    run_training(job, memory_check=False)
+    # "applied" only after glibc's mallopt accepted both thresholds. What they do to glibc is checked in a fresh
+    # process (test_a_real_process_mmaps_mid_sized_blocks_only_under_the_policy): in this long-lived test process
+    # an arena may hold a free chunk from earlier tests large enough to serve the probe's block from the heap
+    # whatever the threshold (glibc only mmaps when no free chunk fits), so the probe's answer would depend on
+    # test order.
     assert allocator._applied == "applied"
-    assert summary.final_metrics["mmaps_mid_sized_blocks"] == 1.0
 
 
 def test_a_bad_value_stops_the_run_before_any_worker_starts(tmp_path, monkeypatch):
