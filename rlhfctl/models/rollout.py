@@ -52,14 +52,11 @@ def policy_logprobs(
         **keep,
     ).logits  # (batch, seq, vocab), or (batch, response_len + 1, vocab) from position prompt_len - 1
     first = prompt_len - 1 if not keep else 0  # the position whose logits score the first response token
-    logprobs = ppo_objective.logprobs_from_logits(logits, query_responses[:, prompt_len - 1 - first:], first + 1,
-                                                  temperature)
-    entropy = None
-    if return_entropy:
-        response_logits = logits[:, first:-1]
-        response_logits = response_logits if entropy_grad else response_logits.detach()
-        entropy = ppo_objective.entropy_from_logits(response_logits.float() / temperature)
-    return logprobs, entropy
+    tokens = query_responses[:, prompt_len - 1 - first:]  # the tokens those logits score, after ``first + 1``
+    if return_entropy:  # one normaliser for both
+        return ppo_objective.logprobs_and_entropy_from_logits(logits, tokens, first + 1, temperature,
+                                                              entropy_grad=entropy_grad)
+    return ppo_objective.logprobs_from_logits(logits, tokens, first + 1, temperature), None
 
 
 _KEEPS_LOGITS: dict[type, bool] = {}

@@ -56,6 +56,29 @@ def logprobs_from_logits(
     return chosen - torch.logsumexp(response_logits, dim=-1)
 
 
+def logprobs_and_entropy_from_logits(
+    logits: "torch.Tensor", query_responses: "torch.Tensor", prompt_len: int, temperature: float = 1.0, *,
+    entropy_grad: bool = False,
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """:func:`logprobs_from_logits` (the same values, computed the same way) and the per-token entropy of the same
+    tempered distribution, ``(batch, response_len)`` each, sharing one log-normaliser: the entropy is
+    ``logsumexp(z) - sum(softmax(z) * z)`` with ``softmax(z) = exp(z - logsumexp(z))``, so the vocabulary is
+    tempered, exponentiated and reduced once instead of twice. The entropy carries gradients only with
+    ``entropy_grad``."""
+    import torch
+
+    response_logits = logits[:, prompt_len - 1 : -1, :].float() / temperature  # (batch, response_len, vocab)
+    targets = query_responses[:, prompt_len:]
+    normalizer = torch.logsumexp(response_logits, dim=-1)
+    logprobs = torch.gather(response_logits, 2, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        scaled, log_total = (response_logits, normalizer) if entropy_grad else (response_logits.detach(),
+                                                                               normalizer.detach())
+        probs = torch.exp(scaled - log_total.unsqueeze(-1))
+        entropy = log_total - (probs * scaled).sum(dim=-1)
+    return logprobs, entropy
+
+
 def entropy_from_logits(logits: "torch.Tensor") -> "torch.Tensor":
     """Entropy of the categorical distribution at each position: ``(batch, len, vocab) -> (batch, len)`` [TRL]."""
     import torch

@@ -153,24 +153,32 @@ def _alarm_value(alarm: Alarm) -> float:
 # ----------------------------------------------------------------------------------------------- TensorBoard
 
 
+# Imported by tensorboardX at import time when installed, used only for what rlhfctl never asks of it: torch (tensor
+# values; rlhfctl logs floats), boto3 and google.cloud (s3:// and gs:// log directories; rlhfctl's are local) and
+# comet_ml (its Comet logger, off unless a comet_config turns it on). boto3 alone is ~0.1 s of start-up.
+TENSORBOARDX_UNUSED_IMPORTS = ("torch", "boto3", "google.cloud", "comet_ml")
+
+
 def summary_writer_class():
     """``tensorboardX.SummaryWriter`` (``None`` when the ``tensorboard`` extra is not installed).
 
-    tensorboardX imports torch, when it is installed, only to accept torch tensors as values; the driver of a Ray
-    run logs plain floats and otherwise never imports torch (~140 MB of memory), so the import is blocked while
-    tensorboardX loads if torch is not loaded yet (a ``None`` entry in ``sys.modules`` makes ``import torch``
-    raise ImportError, which tensorboardX handles).
+    tensorboardX imports several optional packages when they are installed (:data:`TENSORBOARDX_UNUSED_IMPORTS`)
+    that an rlhfctl run never uses through it: torch (~140 MB in the driver of a Ray run, which otherwise never
+    imports it), the S3 and GCS clients, Comet. Those not loaded yet are blocked while tensorboardX loads (a
+    ``None`` entry in ``sys.modules`` makes their import raise ImportError, which tensorboardX handles) and
+    unblocked afterwards, so the rest of the process imports them as usual.
     """
-    blocked = "torch" not in sys.modules
-    if blocked:
-        sys.modules["torch"] = None  # type: ignore[assignment]
+    blocked = [name for name in TENSORBOARDX_UNUSED_IMPORTS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
     finally:
-        if blocked and sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
     return SummaryWriter
 
 

@@ -50,6 +50,42 @@ def test_entropy_of_uniform_and_peaked_distributions():
     close(pm.entropy_from_logits(logits), expected)
 
 
+def test_logprobs_and_entropy_in_one_pass_hand_computed():
+    # the first test's case: temperature 2 turns the scoring logits into [0, 0, 1] and [2, 0, 0]
+    query_responses = torch.tensor([[0, 1, 2, 0]])
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 1] = torch.tensor([0.0, 0.0, 2.0])
+    logits[0, 2] = torch.tensor([4.0, 0.0, 0.0])
+    logits[0, 3] = torch.tensor([100.0, -100.0, 0.0])  # past the end: ignored
+    logprobs, entropy = pm.logprobs_and_entropy_from_logits(logits, query_responses, prompt_len=2, temperature=2.0)
+
+    def entropy_of(z):  # -sum p log p, by hand
+        total = sum(math.exp(v) for v in z)
+        return -sum(math.exp(v) / total * (v - math.log(total)) for v in z)
+
+    close(logprobs, [[1 - math.log(2 + math.e), 2 - math.log(math.e**2 + 2)]])
+    close(entropy, [[entropy_of([0, 0, 1]), entropy_of([2, 0, 0])]])
+
+
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_logprobs_and_entropy_in_one_pass_match_the_separate_functions_values_and_gradients(entropy_grad):
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 6, 11)).requires_grad_()
+    ids = torch.randint(0, 11, (3, 6))
+    logprobs, entropy = pm.logprobs_and_entropy_from_logits(logits, ids, 2, 0.7, entropy_grad=entropy_grad)
+    expected_logprobs = pm.logprobs_from_logits(logits, ids, 2, 0.7)
+    expected_entropy = pm.entropy_from_logits(logits[:, 1:-1] / 0.7)
+    assert torch.equal(logprobs, expected_logprobs)  # the same operations: bit for bit (the loss is unchanged)
+    close(entropy, expected_entropy)
+    assert entropy.requires_grad is entropy_grad
+    weights = torch.randn(3, 4)
+    total = (weights * logprobs).sum() + (entropy.sum() if entropy_grad else 0)
+    expected_total = (weights * expected_logprobs).sum() + (expected_entropy.sum() if entropy_grad else 0)
+    (grad,) = torch.autograd.grad(total, logits)
+    (expected_grad,) = torch.autograd.grad(expected_total, logits)
+    close(grad, expected_grad)
+
+
 # ----------------------------------------------------------------------------------------------- masks
 
 

@@ -268,6 +268,34 @@ def test_tensorboard_gets_the_metrics_and_the_alarm(tmp_path):
     assert scalars["health/kl_ceiling"] == [(4, 9.0)]
 
 
+def test_tensorboard_loads_without_the_optional_packages_tensorboardx_would_import(tmp_path):
+    """tensorboardX imports boto3 (~0.1 s), the GCS client, Comet and torch when installed: none is used by an rlhfctl
+    run, none is loaded by the writer, each stays importable afterwards, and the event file is written as before."""
+    if importlib.util.find_spec("tensorboardX") is None:
+        pytest.skip("the tensorboard extra is not installed")
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib.util, json, sys
+from pathlib import Path
+from rlhfctl.training.trackers import TENSORBOARDX_UNUSED_IMPORTS, TrackerRun, open_trackers
+[tracker] = open_trackers(["tensorboard"], TrackerRun(Path({str(tmp_path)!r}), "grpo", {{}}, resuming=False))
+tracker.log_metrics(3, "train", {{"loss": 0.5}})
+tracker.close(failed=False)
+loaded = sorted(name for name in TENSORBOARDX_UNUSED_IMPORTS if name in sys.modules)
+blocked_after = sorted(name for name in TENSORBOARDX_UNUSED_IMPORTS if name in sys.modules and sys.modules[name] is None)
+import tensorboardX.record_writer
+reimported = "boto3" in sys.modules if importlib.util.find_spec("boto3") is None else __import__("boto3") is not None
+print(json.dumps([loaded, blocked_after, reimported]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    loaded, blocked_after, importable_after = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == [] and blocked_after == []
+    assert importable_after is (importlib.util.find_spec("boto3") is not None)
+    assert read_tensorboard_scalars(tmp_path / "tensorboard") == {"train/loss": [(3, 0.5)]}
+
+
 def test_open_trackers_with_none_writes_no_ids_file(tmp_path):
     assert open_trackers([], TrackerRun(tmp_path, "rm", {}, resuming=False)) == []
     assert not (tmp_path / "trackers.json").exists()
