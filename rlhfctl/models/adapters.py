@@ -126,10 +126,10 @@ def _sum_adapters_in_place(model) -> None:
 def _in_place_linear() -> type:
     """peft's ``lora.Linear`` whose forward sums the adapters into the base layer's output in place.
 
-    peft 0.21 computes ``result = result + lora_B(lora_A(dropout(x))) * scaling``: the ``lora_B`` output, its scaled
-    copy and the sum are three blocks of the output's size where a plain linear layer makes one, and on CPU, where
-    ``malloc``'s heap serves blocks of a few MiB, those short-lived blocks interleaved with the activations autograd
-    keeps fragment it (one ~134 M Llama LoRA forward of 4 x 256 tokens: heap 2.0 GB, 1.1 GB of it free;
+    peft 0.21 computes ``result = result + lora_B(lora_A(dropout(x))) * scaling``: four blocks of the output's size
+    (the base output, the ``lora_B`` output, its scaled copy, the sum) where a plain linear layer makes one, and on
+    CPU, where ``malloc``'s heap serves blocks of a few MiB, the three short-lived ones interleaved with the
+    activations autograd keeps fragment it (one ~134 M Llama LoRA forward of 4 x 256 tokens: heap 2.0 GB, 1.1 GB of it free;
     benchmarks/README.md). Scaling the ``lora_B`` output and adding it into the base output in place computes the
     same values with the same floating-point operations, and autograd needs neither tensor (a linear layer keeps its
     input, not its output; a scalar product keeps nothing), so the gradients are the same too. Anything else (adapters
