@@ -29,7 +29,8 @@ def test_each_toml_config_validates(data):
 
 @pytest.mark.parametrize("fragment", FRAGMENTS, ids=lambda fragment: "+".join(fragment))
 def test_each_toml_fragment_validates_inside_a_config(fragment):
-    base = next(block for block in CONFIGS if block["stage"] == "rm")
+    stage = "grpo" if "generation" in fragment else "rm"  # [generation] is PPO's and GRPO's
+    base = next(block for block in CONFIGS if block["stage"] == stage)
     merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
     for section, keys in fragment.items():
         merged[section] = {**merged.get(section, {}), **keys}

@@ -155,6 +155,15 @@ def generate_responses(
             )
     finally:
         policy.train(was_training)
+    return generation_from_tokens(prompt_ids, prompt_mask, generated, sampling, logprobs=logprobs)
+
+
+def generation_from_tokens(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generated: torch.Tensor,
+                           sampling: SamplingSettings, *, logprobs: torch.Tensor | None = None) -> Generation:
+    """A :class:`Generation` from left-padded prompts ``(batch, prompt_len)`` and the tokens sampled after them
+    ``(batch, generated_len)`` (padded with anything after a row's end): each response cut after its first stop
+    token, padding and masks as every sampler returns them. ``logprobs`` ``(batch, generated_len)``: the sampled
+    tokens' log-probs at ``sampling.temperature``, when the sampler has them."""
     prompt_len = prompt_ids.shape[1]
     truncated = ppo_objective.truncate_after_stop(generated, list(sampling.stop_ids), sampling.pad_token_id)
     query_responses = torch.cat([prompt_ids, truncated.response_ids], dim=1)
@@ -165,15 +174,22 @@ def generate_responses(
                       response_logprobs=logprobs * truncated.response_mask, logprobs_temperature=sampling.temperature)
 
 
+def tokenize_rendered_prompts(prompt_texts: list[str], tokenizer: Any,
+                              max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered prompts (``data.prompting.format_prompt``) -> :func:`tokenize_prompts`, with the tokenizer's special
+    tokens only when no chat template rendered them: what every sampler is given."""
+    from rlhfctl.data.prompting import has_chat_template
+
+    return tokenize_prompts(prompt_texts, tokenizer, max_prompt_tokens,
+                            add_special_tokens=not has_chat_template(tokenizer))
+
+
 def generate_for_prompts(policy: nn.Module, prompt_texts: list[str], tokenizer: Any, max_prompt_tokens: int,
                          sampling: SamplingSettings, *, repeats: int = 1) -> Generation:
     """Rendered prompts (``data.prompting.format_prompt``) -> ``repeats`` sampled responses each (consecutive rows),
     on the policy's device: :func:`tokenize_prompts` once per prompt (special tokens only when no chat template
     rendered them), then :func:`generate_responses`, which encodes each prompt once. ``policy`` must be the bare
     model."""
-    from rlhfctl.data.prompting import has_chat_template
-
-    ids, mask = tokenize_prompts(prompt_texts, tokenizer, max_prompt_tokens,
-                                 add_special_tokens=not has_chat_template(tokenizer))
+    ids, mask = tokenize_rendered_prompts(prompt_texts, tokenizer, max_prompt_tokens)
     device = next(policy.parameters()).device
     return generate_responses(policy, ids.to(device), mask.to(device), sampling, repeats=repeats)

@@ -37,6 +37,7 @@ from rlhfctl.config.schema import GRPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import ConfigError, ConfigIssue, DataError
 from rlhfctl.models.preflight import AdaptedModel, check_model_settings
+from rlhfctl.models.vllm_preflight import check_vllm_settings
 from rlhfctl.recipes.grpo_rewards import build_reward_functions, row_keys
 from rlhfctl.recipes.ppo import reward_head_warning
 from rlhfctl.recipes.registry import Recipe
@@ -75,6 +76,7 @@ def prepare(config: GRPOConfig) -> GRPOPlan:
     """Validate the GRPO settings and reward functions, load the prompts (DataError on bad rows), count steps."""
     training = config.training
     _check_settings(config)
+    check_vllm_settings(config)  # generation.backend = "vllm": installed, GPUs, strategy
     build_reward_functions(config)  # imports user functions now: an unusable one fails before any worker starts
     data = load_training_data(config.dataset, "ppo", config.general.seed, extra_keys=row_keys(config))
     workers = training.num_training_workers

@@ -57,6 +57,11 @@ class GRPOTrainer:
         self.temperature = generation.temperature
         self.max_prompt_tokens = ctx.config.dataset.max_length - generation.max_new_tokens
         self.sampling = SamplingSettings.from_config(generation, models.tokenizer)
+        self.vllm = None  # generation.backend = "vllm": the worker's colocated engine, fed the policy's updates
+        if generation.backend == "vllm":
+            from rlhfctl.models.vllm_engine import colocated_rollouts
+
+            self.vllm = colocated_rollouts(ctx, unwrap_model(policy), optimizer, models.tokenizer, self.sampling)
 
     # ------------------------------------------------------------------------------------------- rollouts
 
@@ -68,6 +73,8 @@ class GRPOTrainer:
     def _generate(self, prompts: list[str], repeats: int):
         from rlhfctl.models.generation import generate_for_prompts
 
+        if self.vllm is not None:  # no sampled log-probs: _sampling_logprobs runs the policy's forward
+            return self.vllm.generate(prompts[::repeats], self.max_prompt_tokens, repeats=repeats)
         with self.ctx.gathered(self.policy):  # FSDP: each worker samples on its own, as long as it needs
             return generate_for_prompts(unwrap_model(self.policy), prompts[::repeats], self.models.tokenizer,
                                         self.max_prompt_tokens, self.sampling, repeats=repeats)

@@ -47,6 +47,7 @@ from rlhfctl.config.schema import PPOConfig
 from rlhfctl.data.loading import TrainingData, load_training_data
 from rlhfctl.errors import ConfigError, ConfigIssue, DataError
 from rlhfctl.models.preflight import AdaptedModel, check_model_settings
+from rlhfctl.models.vllm_preflight import check_vllm_settings
 from rlhfctl.recipes.ppo_trainer import PPOModels, PPOTrainer
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.runfiles import REWARD_STATS_FILE
@@ -97,6 +98,7 @@ def prepare(config: PPOConfig) -> PPOPlan:
     """Validate the PPO settings, load the prompts (raising DataError on bad rows) and count the iterations."""
     training = config.training
     _check_settings(config)
+    check_vllm_settings(config)  # generation.backend = "vllm": installed, GPUs, strategy
     data = load_training_data(config.dataset, STAGE, config.general.seed)
     workers = training.num_training_workers
     if len(data.train) < workers:

@@ -48,6 +48,12 @@ class PPOTrainer:
         self.temperature = generation.temperature
         self.max_prompt_tokens = ctx.config.dataset.max_length - generation.max_new_tokens
         self.sampling = SamplingSettings.from_config(generation, models.tokenizer)
+        self.vllm = None  # generation.backend = "vllm": the worker's colocated engine, fed the policy's updates
+        if generation.backend == "vllm":
+            from rlhfctl.models.vllm_engine import colocated_rollouts
+
+            self.vllm = colocated_rollouts(ctx, unwrap_model(policy), optimizers["policy"], models.tokenizer,
+                                           self.sampling)
         if models.reward_head_fresh and ctx.is_main:
             import logging
 
@@ -70,6 +76,8 @@ class PPOTrainer:
         from rlhfctl.models.adapters import adapters_merged
         from rlhfctl.models.generation import generate_for_prompts
 
+        if self.vllm is not None:  # the old log-probs then come from the policy's forward (collect_rollout)
+            return self.vllm.generate(prompts, self.max_prompt_tokens)
         policy = unwrap_model(self.policy)
         merged = contextlib.nullcontext() if self.ctx.sharded else adapters_merged(policy)
         with self.ctx.gathered(self.policy), merged:  # FSDP: each worker samples on its own, as long as it needs

@@ -8,7 +8,8 @@ Worker side only (imported by :class:`rlhfctl.training.worker.WorkerContext` whe
   LM head tied to the embeddings). Each worker keeps ``1 / world_size`` of every parameter, gradient and optimizer
   state; a unit's full parameters exist only while it computes (the next one is prefetched). Mixed precision stays
   autocast over fp32 shards (``training.mixed_precision``); gradient checkpointing and LoRA adapters (frozen base,
-  trainable adapters in the same units) are applied before sharding and work unchanged.
+  trainable adapters in the same units) are applied before sharding and work unchanged. On CPU the units' flat
+  all-gather and reduce-scatter buffers come from a per-worker pool (:mod:`rlhfctl.training.fsdp_buffers`).
 - :func:`transformer_blocks`: the blocks to wrap, from the model's own ``_no_split_modules`` (the transformers
   convention for "a block") or else its one list of same-class layers; a model without either cannot be sharded
   (:class:`BlocksNotFound`, exit 2 naming the model class).
@@ -32,6 +33,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from rlhfctl.errors import UserError
+from rlhfctl.training.fsdp_buffers import pool_collective_buffers
 
 _HEAD_NAMES = ("score", "classifier", "v_head")
 
@@ -82,6 +84,7 @@ def shard_model(model: nn.Module) -> nn.Module:
     for piece in _separately_called_pieces(model):
         fully_shard(piece)
     fully_shard(model)
+    pool_collective_buffers(model)  # CPU: the units' flat collective buffers reused, not churned through malloc
     # Make ``model`` the root of its units now. FSDP2 otherwise takes the first unit that runs a forward as a root,
     # and a backbone called on its own first (LoRA PPO's reward model is the value model's base, scored before the
     # value model first runs) would then refuse to join the value model's tree.

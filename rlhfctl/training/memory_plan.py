@@ -67,6 +67,7 @@ class MemoryPlan:
     available: DeviceMemory | None = None
     verdict: Verdict = "unknown"
     advice: tuple[Advice, ...] = ()
+    engine_reserved_fraction: float = 0.0  # of each GPU, held by a colocated generation engine (vLLM)
 
     def lines(self) -> list[tuple[str, str]]:
         """The plan table's memory rows."""
@@ -121,6 +122,8 @@ class MemoryPlan:
         data["verdict"] = self.verdict
         data["advice"] = [{"setting": item.setting, "per_worker_peak_bytes": item.per_worker_peak_bytes}
                           for item in self.advice]
+        if self.engine_reserved_fraction:
+            data["engine_reserved_fraction"] = self.engine_reserved_fraction
         return data
 
 
@@ -191,14 +194,36 @@ def plan_memory(job: PlannedJob, probe: Probe | None = probe_for_job) -> MemoryP
         return MemoryPlan(None, None, {}, unknown=str(exc))
     inputs = memory_inputs(job.config, workload, shapes, in_driver=job.mode == "local")
     estimate = estimate_memory(inputs)
+    reserved = engine_reservation(job.config)
+    if reserved:
+        note = (f"generation.backend = \"vllm\": each worker's vLLM engine reserves {reserved:g} of its GPU "
+                "(generation.vllm_gpu_memory_utilization) beside this peak; training gets the rest")
+        estimate = replace(estimate, notes=(*estimate.notes, note))
     shapes_by_role = {use.role: shapes[use.source] for use in workload.models}
-    plan = MemoryPlan(estimate, inputs, shapes_by_role)
-    available = probe(job) if probe is not None else None
+    plan = MemoryPlan(estimate, inputs, shapes_by_role, engine_reserved_fraction=reserved)
+    available = without_reservation(probe(job), reserved) if probe is not None else None
     if available is None:
         return plan
     verdict = judge(estimate.per_worker_peak_bytes, available.bytes_per_worker)
     advice = () if verdict == "fits" else tuple(advise(job.config, job.memory, inputs, available.bytes_per_worker))
     return replace(plan, available=available, verdict=verdict, advice=advice)
+
+
+def engine_reservation(config: Any) -> float:
+    """The fraction of each GPU a colocated generation engine holds beside training: ``generation.backend =
+    "vllm"`` on GPUs reserves ``generation.vllm_gpu_memory_utilization`` of the device; 0 otherwise."""
+    generation = getattr(config, "generation", None)
+    if getattr(generation, "backend", "builtin") != "vllm" or not config.training.use_gpu:
+        return 0.0
+    return float(generation.vllm_gpu_memory_utilization)
+
+
+def without_reservation(available: DeviceMemory | None, fraction: float) -> DeviceMemory | None:
+    """A GPU's memory less the share a generation engine reserves (:func:`engine_reservation`)."""
+    if available is None or not fraction or available.device != "cuda":
+        return available
+    return DeviceMemory(int(available.bytes_per_worker * (1 - fraction)), "cuda",
+                        f"{available.source}, less {fraction:g} of it for the vLLM engine")
 
 
 def judge(estimate_bytes: int, available_bytes: int) -> Verdict:
@@ -304,15 +329,17 @@ class WorkerMemoryCheck:
 
     stage: str
     estimate: MemoryEstimate
+    engine_reserved_fraction: float = 0.0  # MemoryPlan's: subtracted from the worker's GPU
 
     @classmethod
     def for_workers(cls, stage: str, plan: MemoryPlan | None) -> "WorkerMemoryCheck | None":
         if plan is None or plan.estimate is None or plan.available is not None:
             return None
-        return cls(stage, plan.estimate)
+        return cls(stage, plan.estimate, plan.engine_reserved_fraction)
 
     def check(self, available: DeviceMemory | None) -> None:
         """Raise UserError when the estimate clearly exceeds ``available`` (nothing when that is unknown)."""
+        available = without_reservation(available, self.engine_reserved_fraction)
         if available is None or judge(self.estimate.per_worker_peak_bytes, available.bytes_per_worker) != "refuse":
             return
         raise UserError(refusal_message(self.stage, self.estimate, available),

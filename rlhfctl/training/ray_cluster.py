@@ -24,13 +24,21 @@ DEFAULT_WORKER_START_TIMEOUT_S = 60.0  # Ray Train's own default
 
 # RAY_WARN_BLOCKING_GET_INSIDE_ASYNC: Ray Train gives its controller "0" (no warning) through a runtime env; set
 # before ray.init, every process of the embedded Ray inherits it instead (see embedded_ray_environment).
+# __RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR: what Ray's default worker runs once it has connected, before it takes
+# its first task (see preload_ray_train).
 EMBEDDED_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-                            "RAY_TRAIN_METRICS_ENABLED": "0", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0"}
+                            "RAY_TRAIN_METRICS_ENABLED": "0", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0",
+                            "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR": "rlhfctl.training.ray_cluster.preload_ray_train"}
 # The raylet starts at most this many worker processes at a time (Ray: one per CPU). Ray Train asks for its
 # synchronisation actor and every worker at once, so on a 2-core machine the second worker waited for the first
 # ones to connect; its start is on the way to the first step. Read by the raylet (a RayConfig setting).
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
 MIN_STARTUP_CONCURRENCY = 4  # a 2-worker group, its synchronisation actor and the controller
+# The raylet keeps at most this many idle worker processes (a RayConfig setting). Ray's default is the number of
+# CPUs *available*: once a worker group's placement group reserves the CPUs, that drops to 0 and the raylet ends
+# the idle processes it prestarted at ray.init (one per CPU), about a second before Ray Train asks for its
+# synchronisation actor, which then waits for a new interpreter. The embedded Ray keeps as many as it prestarted.
+IDLE_WORKERS_ENV = "RAY_num_workers_soft_limit"
 # Process state, not configuration: True while an embedded Ray started by ray_session(None) is running.
 _embedded_running = False
 # The driver's environment when that embedded Ray started: its raylet, and every worker process the raylet starts,
@@ -97,7 +105,8 @@ def ray_session(address: str | None) -> Iterator[bool]:
         # Our own single-user, local-only cluster: no token to manage (and no warning about it), no preemption to
         # watch (Ray Train's watcher is one more ~120 MB actor process polling node drain state) and no Prometheus
         # metrics export (there is no dashboard to read them); no queue for worker processes on small machines.
-        startup = {STARTUP_CONCURRENCY_ENV: str(max(os.cpu_count() or 1, MIN_STARTUP_CONCURRENCY))}
+        startup = {STARTUP_CONCURRENCY_ENV: str(max(os.cpu_count() or 1, MIN_STARTUP_CONCURRENCY)),
+                   IDLE_WORKERS_ENV: str(os.cpu_count() or 1)}
         for name, value in (EMBEDDED_RAY_ENVIRONMENT | startup).items():
             if name not in os.environ:
                 os.environ[name] = value
@@ -124,6 +133,20 @@ def ray_session(address: str | None) -> Iterator[bool]:
             _shared_cleanups.append(embedded_only)
         else:
             _stop(embedded_only)
+
+
+def preload_ray_train() -> None:
+    """Run by every worker process of the embedded Ray when it starts, before its first task: import Ray Train.
+
+    Every such process hosts a piece of a Ray Train run (its controller, the synchronisation actor, a worker), and
+    each imports ``ray.train`` (~0.8 CPU-seconds) when it unpickles its actor class. The raylet starts one such
+    process per CPU as ``ray.init`` returns, a second or more before the run asks for them, and keeps them for the
+    controller and the synchronisation actor (``IDLE_WORKERS_ENV``): in those, the import happens while a core is
+    free instead of on the way to the first step (in a process started for a Train worker it is the import that
+    worker does anyway). Never raises (Ray would end the process)."""
+    with contextlib.suppress(Exception):
+        import ray.train  # noqa: F401
+        from ray.train.v2._internal.execution.controller import TrainController  # noqa: F401
 
 
 def embedded_ray_environment() -> dict[str, str] | None:

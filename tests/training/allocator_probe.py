@@ -2,7 +2,7 @@
 
 glibc raises its mmap threshold when a large mmapped block is freed; under the policy the threshold is fixed. So
 after freeing a 16 MiB block, a 4 MiB block comes from a heap under glibc's defaults and is mmapped under the
-policy: ``mallinfo2().hblkhd`` (bytes in mmapped blocks) says which.
+policy: the block's chunk header says which.
 """
 
 from __future__ import annotations
@@ -13,27 +13,25 @@ from dataclasses import dataclass
 MiB = 1024**2
 LARGE_BYTES = 16 * MiB
 PROBE_BYTES = 4 * MiB
+IS_MMAPPED = 0x2  # glibc's chunk flag
 
 
 def mmaps_mid_sized_blocks() -> bool:
-    """True when a 4 MiB block allocated after a 16 MiB one was freed is mmapped (the policy's fixed threshold)."""
-    size_t = ctypes.c_size_t
+    """True when a 4 MiB block allocated after a 16 MiB one was freed is mmapped (the policy's fixed threshold).
 
-    class MallInfo2(ctypes.Structure):  # defined here: Ray pickles this module by value, and ctypes fields cannot be
-        _fields_ = [("arena", size_t), ("ordblks", size_t), ("smblks", size_t), ("hblks", size_t),
-                    ("hblkhd", size_t), ("usmblks", size_t), ("fsmblks", size_t), ("uordblks", size_t),
-                    ("fordblks", size_t), ("keepcost", size_t)]
-
+    Read from the block's own chunk header (glibc keeps the chunk size word just before the pointer; its bit 0x2 is
+    IS_MMAPPED), not from ``mallinfo2()``'s process-wide mmapped total, which other threads of the same process
+    (the in-process layout's data and progress threads) can move between two reads.
+    """
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    libc.mallinfo2.restype = MallInfo2
-    libc.free(libc.malloc(ctypes.c_size_t(LARGE_BYTES)))
-    before = libc.mallinfo2().hblkhd
-    block = libc.malloc(ctypes.c_size_t(PROBE_BYTES))
-    mmapped = libc.mallinfo2().hblkhd - before >= PROBE_BYTES
+    libc.free(libc.malloc(LARGE_BYTES))
+    block = libc.malloc(PROBE_BYTES)
+    chunk_size_word = ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
     libc.free(block)
-    return mmapped
+    return bool(chunk_size_word & IS_MMAPPED)
 
 
 @dataclass(frozen=True)

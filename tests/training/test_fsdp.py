@@ -75,6 +75,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     from rlhfctl.training.checkpoint import TrainState
     from rlhfctl.training.fsdp import fsdp_units, full_state_dict, gathered, plain_copy, shard_model
+    from rlhfctl.training.fsdp_buffers import _POOL, PooledAllGather
     from rlhfctl.training.sharded_checkpoint import read_shards, write_shards
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -94,10 +95,19 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         results["local_fraction"] = local / full
         results["forward_matches"] = bool(torch.allclose(model(input_ids=ids).logits, expected, atol=1e-5))
 
-        # one optimizer step, then the sharded checkpoint round trip into a model with other weights
+        # one optimizer step (its collectives' buffers from the pool, reused across the blocks: the same step as an
+        # unsharded model's), then the sharded checkpoint round trip into a model with other weights
+        torch.manual_seed(7)  # the same dropout masks as the unsharded step below (and on both ranks)
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        results["pooled"] = all(isinstance(unit._get_fsdp_state()._fsdp_param_group._all_gather_comm, PooledAllGather)
+                                for unit in fsdp_units(model))
+        results["pool_buffers"] = sum(len(buffers) for buffers in _POOL._buffers.values())
+        reference_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+        torch.manual_seed(7)
+        reference(input_ids=ids, labels=ids).loss.backward()
+        reference_optimizer.step()
         folder = Path(out) / f"rank{rank}"  # one folder per rank, as Ray Train stages them
         files = write_shards(TrainState(models={"m": model}, optimizers={"m": optimizer}), folder)
         results["files"] = sorted(files)
@@ -129,6 +139,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
         if rank == 0:
             results["weights_restored"] = all(torch.equal(trained[key], restored[key]) for key in trained)
+            results["step_matches_unsharded"] = all(
+                torch.allclose(trained[key], reference.state_dict()[key], atol=1e-5) for key in trained)
             copy = plain_copy(model, trained)
             results["copy_class"] = type(copy).__name__
             results["copy_tied"] = copy.lm_head.weight is copy.transformer.wte.weight
@@ -154,6 +166,10 @@ def test_each_rank_keeps_half_of_every_tensor_and_computes_the_full_forward(two_
         assert result["units"] == 3 + 1  # three blocks and the root (the tied LM head stays with the embeddings)
         assert 0.45 < result["local_fraction"] < 0.55
         assert result["forward_matches"]
+        assert result["pooled"]
+        # 3 blocks + root: all-gather outputs (two alive in a forward), reduce-scatter input and output per size
+        assert 0 < result["pool_buffers"] < 4 * 4
+    assert results[0]["step_matches_unsharded"]
 
 
 def test_sharded_checkpoint_round_trip_restores_weights_and_optimizer_moments(two_ranks):

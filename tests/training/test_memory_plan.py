@@ -184,3 +184,47 @@ def test_the_plan_counts_the_allocator_policy_the_workers_run_with(tmp_path, sha
     default = plan_memory(sft_job(tmp_path, shape_only_model), probe=fixed(64 * GiB)).estimate
     assert policy.breakdown.weights == default.breakdown.weights
     assert policy.breakdown.activations < default.breakdown.activations
+
+
+def test_a_vllm_engine_reserves_its_share_of_each_gpu_and_the_builtin_backend_none(tmp_path, shape_only_model,
+                                                                                   monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    module = types.ModuleType("vllm")  # importable for the driver's check; never imported by the plan
+    module.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    model = str(shape_only_model)
+
+    def ppo_job(*overrides: str):
+        config = load_config(REPO_ROOT / "examples" / "configs" / "ppo.toml", overrides=[
+            f"general.model_name={model}", f"general.rm_name={model}", f"general.model_pretrain={model}",
+            f"general.rm_pretrain={model}", f"general.output_dir={tmp_path / 'run'}",
+            f"general.checkpoint_dir={tmp_path / 'export'}", "training.resources_per_worker={ CPU = 1, GPU = 1 }",
+            *overrides])
+        return load_recipe("ppo").build_job(config)
+
+    gpu = fixed(80 * GiB, "cuda")
+    builtin = plan_memory(ppo_job(), probe=gpu)
+    engine = plan_memory(ppo_job("generation.backend=vllm", "generation.vllm_gpu_memory_utilization=0.25"),
+                         probe=gpu)
+    assert builtin.available.bytes_per_worker == 80 * GiB and builtin.engine_reserved_fraction == 0
+    assert "engine_reserved_fraction" not in builtin.to_dict()
+    assert not any("vLLM" in note for note in builtin.estimate.notes)
+    # training's own estimate is the same; a quarter of the GPU is the engine's
+    assert engine.estimate.per_worker_peak_bytes == builtin.estimate.per_worker_peak_bytes
+    assert engine.available.bytes_per_worker == int(80 * GiB * 0.75)
+    assert engine.available.source == "test machine, less 0.25 of it for the vLLM engine"
+    assert engine.to_dict()["engine_reserved_fraction"] == 0.25
+    assert any("vLLM engine reserves 0.25 of its GPU" in text for _, text in engine.lines())
+
+    # a worker that checks its own GPU takes the reservation off too
+    peak = builtin.estimate.per_worker_peak_bytes
+    check = WorkerMemoryCheck.for_workers("ppo", plan_memory(ppo_job("generation.backend=vllm",
+                                                                     "generation.vllm_gpu_memory_utilization=0.5"),
+                                                             probe=None))
+    assert WorkerMemoryCheck.for_workers("ppo", plan_memory(ppo_job(), probe=None)).engine_reserved_fraction == 0
+    with pytest.raises(UserError, match="less 0.5 of it for the vLLM engine"):
+        check.check(DeviceMemory(peak, "cuda", "H100"))
+    WorkerMemoryCheck.for_workers("ppo", plan_memory(ppo_job(), probe=None)).check(DeviceMemory(peak, "cuda", "H100"))

@@ -76,6 +76,9 @@ def test_the_embedded_rays_environment_is_the_drivers_when_it_started(monkeypatc
         assert inherited["RLHFCTL_TEST_SETTING"] == "before"
         assert inherited["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] == "0"  # Ray Train's controller default, inherited
         assert int(inherited[ray_cluster.STARTUP_CONCURRENCY_ENV]) >= max(os.cpu_count() or 1, 4)
+        assert inherited[ray_cluster.IDLE_WORKERS_ENV] == str(os.cpu_count() or 1)
+        assert inherited["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"] == "rlhfctl.training.ray_cluster.preload_ray_train"
+    assert "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR" not in os.environ  # undone with the embedded Ray
     assert ray_cluster.embedded_ray_environment() is None
     with ray_cluster.ray_session("auto"):  # a joined cluster's processes never had this process's environment
         assert ray_cluster.embedded_ray_environment() is None
@@ -109,3 +112,55 @@ def test_an_embedded_ray_runs_without_the_head_processes_it_never_uses(tmp_path)
     for script in ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py"):
         assert script not in inside
     assert report["answer"] == 42 and report["after"] == []  # tasks run; shutdown leaves nothing behind
+
+
+def test_the_preload_never_raises(monkeypatch):
+    """Ray ends a worker process whose setup hook raises: an import that fails is left to the actor that needs it."""
+    from rlhfctl.training import ray_cluster
+
+    monkeypatch.setitem(sys.modules, "ray.train", None)  # "import ray.train" raises ImportError
+    ray_cluster.preload_ray_train()
+
+
+PRESTARTED_PROCESS_KEPT = """
+import json, os, time, psutil, ray
+from ray.util.placement_group import placement_group
+from rlhfctl.training.ray_cluster import ray_session
+
+def worker_processes():  # a worker's title is "ray::IDLE" once it has connected
+    commands = {child.pid: " ".join(child.cmdline()) for child in psutil.Process().children(recursive=True)}
+    return {pid for pid, command in commands.items() if command.startswith("ray::") or "default_worker.py" in command}
+
+@ray.remote(num_cpus=0)
+class Where:
+    def pid(self):
+        return os.getpid()
+
+with ray_session(None):
+    deadline = time.monotonic() + 60
+    while len(worker_processes()) < 2 and time.monotonic() < deadline:  # one prestarted per CPU
+        time.sleep(0.1)
+    prestarted = worker_processes()
+    group = placement_group([{"CPU": float(os.cpu_count())}])  # what a worker group does: every CPU reserved
+    ray.get(group.ready())
+    time.sleep(3)  # the raylet ends idle processes above its limit after ~1 s idle
+    pids = [ray.get(Where.remote().pid.remote()) for _ in range(2)]  # the controller's, the synchronisation actor's
+print("@@" + json.dumps({"prestarted": sorted(prestarted), "actors": pids}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one prestarted process per CPU: needs 2")
+def test_the_embedded_ray_keeps_its_prestarted_processes_when_a_worker_group_reserves_the_cpus(tmp_path):
+    """Ray Train's controller and synchronisation actor (no CPUs of their own) take the processes the raylet
+    prestarted at ray.init instead of new interpreters, also after the worker group's placement group reserved
+    every CPU (Ray's default idle limit, the CPUs available, would end them then)."""
+    import json
+    import subprocess
+
+    completed = subprocess.run([sys.executable, "-c", PRESTARTED_PROCESS_KEPT], capture_output=True, text=True,
+                               timeout=180, stdin=subprocess.DEVNULL, cwd=tmp_path, check=False)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout.rsplit("@@", 1)[1])
+    assert len(report["prestarted"]) >= 2
+    assert set(report["actors"]) <= set(report["prestarted"]), report

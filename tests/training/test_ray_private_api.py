@@ -53,10 +53,12 @@ RAY_ENVIRONMENT = {
     "RAY_AUTH_MODE": ("ray._private.authentication.authentication_token_setup", "AUTH_MODE_ENV_VAR"),
     "RAY_USAGE_STATS_ENABLED": ("ray._common.usage.usage_constants", "USAGE_STATS_ENABLED_ENV_VAR"),
     "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": ("ray._common.constants", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR"),
+    # ray_cluster: the embedded Ray's worker processes import Ray Train before their first task (preload_ray_train)
+    "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR": ("ray._private.ray_constants", "WORKER_PROCESS_SETUP_HOOK_ENV_VAR"),
 }
 
 # Ray's C++ settings (RayConfig, read from RAY_<name> by the raylet) rlhfctl sets on the embedded Ray.
-RAYLET_SETTINGS = {"RAY_worker_maximum_startup_concurrency"}
+RAYLET_SETTINGS = {"RAY_worker_maximum_startup_concurrency", "RAY_num_workers_soft_limit"}
 
 
 @pytest.mark.parametrize(("module", "name"), sorted(PRIVATE_IMPORTS))
@@ -189,6 +191,22 @@ def test_each_raylet_setting_is_still_read_by_the_raylet(variable):
 
     raylet = Path(ray.__file__).parent / "core" / "src" / "ray" / "raylet" / "raylet"
     assert variable.encode() in raylet.read_bytes(), f"the raylet no longer reads {variable}"
+
+
+def test_a_default_worker_runs_the_setup_hook_named_in_its_environment_as_a_module_path():
+    """``preload_ray_train`` reaches the embedded Ray's workers as ``module.function`` in the environment: Ray's
+    default worker reads the variable and, for a value that is not a registered function, imports and calls it."""
+    import ray
+    from ray._private.runtime_env import setup_hook
+
+    from rlhfctl.training.ray_cluster import EMBEDDED_RAY_ENVIRONMENT
+
+    worker_source = (Path(ray.__file__).parent / "_private" / "workers" / "default_worker.py").read_text()
+    assert "os.getenv(\n        ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR" in worker_source
+    assert "load_and_execute_setup_hook(worker_process_setup_hook_key)" in worker_source
+    hook = EMBEDDED_RAY_ENVIRONMENT["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"]
+    assert not hook.startswith(setup_hook.RUNTIME_ENV_FUNC_IDENTIFIER)
+    assert setup_hook.load_and_execute_setup_hook(hook) is None  # imported and run without an error
 
 
 def test_the_worker_start_timeout_default_matches_rays():

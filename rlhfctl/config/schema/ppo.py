@@ -135,6 +135,24 @@ class GenerationConfig(Section):
     stop_token: Optional[str] = Field(
         None, examples=["\n"], description="Stop generation at this token instead of EOS."
     )
+    backend: Literal["builtin", "vllm"] = Field(
+        "builtin", description='Who samples the rollouts: "builtin" (rlhfctl\'s own decoder, no extra dependency) or '
+        '"vllm" (GPUs only, pip install \'rlhfctl[vllm]\': one vLLM engine per worker on the worker\'s own GPU, fed '
+        "the policy's weights after every update; the same sampling settings, the old log-probs still from the "
+        "policy's own forward). Not with training.strategy = \"fsdp\".",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description='With backend = "vllm": the fraction of each GPU\'s memory the engine reserves for '
+        "its copy of the policy and its KV cache; training gets the rest (the --dry-run plan subtracts it).",
+    )
+    vllm_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description='With backend = "vllm": the engine\'s weight dtype ("auto": vLLM\'s choice from the model\'s '
+        'config; "float32" samples closest to the policy\'s fp32 weights, at twice the memory of 16 bits).',
+    )
+    vllm_sleep_between_rollouts: bool = Field(
+        False, description='With backend = "vllm": offload the engine\'s weights to CPU memory and free its KV cache '
+        "while the policy trains (vLLM's sleep mode): the GPU memory training gets back, for a copy per rollout.",
+    )
 
 
 class PPOConfig(StageConfigBase):
