@@ -7,10 +7,11 @@ One call per trained model, in every recipe (SFT, RM, PPO, and the stages writte
 
 - ``config.lora`` set: peft LoRA adapters on ``lora.target_modules`` (``"all-linear"``: every linear layer but the
   output head); the base weights are frozen; a reward or value model's score head is a peft ``modules_to_save``
-  copy, trained in full. The model returned is the same transformers object with the adapters injected in place,
-  so everything that reaches into it (``model.base_model``, the final block of
-  :mod:`rlhfctl.models.last_position`, packing, ``generate``) works unchanged; the peft wrapper stays reachable
-  for the export (:func:`export_adapted`).
+  copy, trained in full; each adapted ``nn.Linear`` adds its scaled adapter output into the base output in place
+  (peft's values and gradients bit for bit, two output-sized temporaries fewer). The model returned is the same
+  transformers object with the adapters injected in place, so everything that reaches into it
+  (``model.base_model``, the final block of :mod:`rlhfctl.models.last_position`, packing, ``generate``) works
+  unchanged; the peft wrapper stays reachable for the export (:func:`export_adapted`).
 - ``config.training.gradient_checkpointing``: transformers' non-reentrant activation checkpointing (a frozen base
   needs no input gradients with it). The last-position shortcut runs the final block itself, unchecked.
 - Weights stay fp32 whatever ``training.mixed_precision`` says (autocast computes in bf16/fp16), so adapters and
@@ -29,6 +30,7 @@ Exports: merged full weights (``lora.merge_on_export = true``, loads in plain tr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import warnings
 from collections.abc import Iterator
@@ -105,7 +107,57 @@ def add_lora(model, lora, *, source: str, score_head: bool = False):
         key = "lora.target_modules" if "arget module" in str(exc) else "lora"
         raise UserError(f"{key}: peft cannot add LoRA adapters to {type(model).__name__} ({source}): {exc}") from None
     model.__dict__[_PEFT_WRAPPER] = wrapper  # not a submodule: parameters and state dicts stay the model's own
+    _sum_adapters_in_place(model)
     return model
+
+
+def _sum_adapters_in_place(model) -> None:
+    """Give each plain LoRA linear layer (peft's ``lora.Linear`` over an ``nn.Linear``) :func:`_in_place_linear`'s
+    forward: the same values and gradients, two fewer output-sized temporaries per layer and call."""
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    for module in model.modules():
+        if type(module) is Linear and type(module.get_base_layer()) is torch.nn.Linear:
+            module.__class__ = _in_place_linear()
+
+
+@functools.cache
+def _in_place_linear() -> type:
+    """peft's ``lora.Linear`` whose forward sums the adapters into the base layer's output in place.
+
+    peft 0.21 computes ``result = result + lora_B(lora_A(dropout(x))) * scaling``: four blocks of the output's size
+    (the base output, the ``lora_B`` output, its scaled copy, the sum) where a plain linear layer makes one, and on
+    CPU, where ``malloc``'s heap serves blocks of a few MiB, the three short-lived ones interleaved with the
+    activations autograd keeps fragment it (one ~134 M Llama LoRA forward of 4 x 256 tokens: heap 2.0 GB, 1.1 GB of it free;
+    benchmarks/README.md). Scaling the ``lora_B`` output and adding it into the base output in place computes the
+    same values with the same floating-point operations, and autograd needs neither tensor (a linear layer keeps its
+    input, not its output; a scalar product keeps nothing), so the gradients are the same too. Anything else (adapters
+    off or merged, mixed-adapter batches, variants such as DoRA, extra arguments, a dtype that would be promoted)
+    takes peft's own forward."""
+    from peft.tuners.lora.layer import Linear
+
+    class InPlaceLoraLinear(Linear):
+        def forward(self, x, *args, **kwargs):
+            if (args or kwargs or self.disable_adapters or self.merged
+                    or any(adapter in self.lora_variant for adapter in self.active_adapters)):
+                return super().forward(x, *args, **kwargs)
+            self._check_forward_args(x)
+            result = self.base_layer(x)
+            result_dtype = result.dtype
+            for adapter in self.active_adapters:
+                if adapter not in self.lora_A.keys():
+                    continue
+                lora_A, lora_B = self.lora_A[adapter], self.lora_B[adapter]
+                x = self._cast_input_dtype(x, lora_A.weight.dtype)
+                delta = lora_B(lora_A(self.lora_dropout[adapter](x)))
+                if delta.dtype == result.dtype:
+                    result = result.add_(delta.mul_(self.scaling[adapter]))
+                else:  # peft's promotion, then its cast back
+                    result = result + delta * self.scaling[adapter]
+            return result.to(result_dtype)
+
+    return InPlaceLoraLinear
 
 
 def attach_peft_config(model, peft_config) -> None:

@@ -120,6 +120,37 @@ def _adapted_policy(**lora):
     return policy
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_adapters_summed_in_place_give_peft_s_values_and_gradients_bit_for_bit(autocast):
+    """``add_lora`` gives plain LoRA linear layers a forward that adds the scaled adapter output into the base
+    output in place (two output-sized temporaries fewer per layer); logits, every adapter gradient and the input
+    gradient are bitwise peft's own forward's, in training mode with LoRA dropout too."""
+    from peft.tuners.lora.layer import Linear
+
+    ours = _adapted_policy(dropout=0.1).train()
+    peft_s = _adapted_policy(dropout=0.1).train()
+    peft_s.load_state_dict(ours.state_dict())
+    swapped = [module for module in peft_s.modules() if isinstance(module, Linear) and type(module) is not Linear]
+    assert swapped and all(type(module) is not Linear for module in ours.modules() if isinstance(module, Linear))
+    for module in swapped:
+        module.__class__ = Linear  # peft's own forward
+    input_ids, attention_mask = _batch()
+    results = []
+    for model in (ours, peft_s):
+        torch.manual_seed(3)  # the same dropout masks
+        embeddings = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(inputs_embeds=embeddings, attention_mask=attention_mask).logits
+        (logits.float() ** 2).mean().backward()
+        grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.requires_grad}
+        results.append((logits.detach(), embeddings.grad, grads))
+    (logits, input_grad, grads), (expected_logits, expected_input_grad, expected_grads) = results
+    assert torch.equal(logits, expected_logits) and torch.equal(input_grad, expected_input_grad)
+    assert grads.keys() == expected_grads.keys() and grads
+    for name, grad in grads.items():
+        assert torch.equal(grad, expected_grads[name]), name
+
+
 def _snapshot(model):
     return {name: (param.data_ptr(), param.detach().clone(), param.requires_grad)
             for name, param in model.named_parameters()}
