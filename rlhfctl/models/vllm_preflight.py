@@ -8,9 +8,10 @@ that combination correctly:
 - no whole GPU per worker: vLLM runs on GPUs only, and each worker's engine reserves
   ``vllm_gpu_memory_utilization`` of *its* device, so two workers on one GPU would reserve it twice;
 - ``training.strategy = "fsdp"``: FSDP is chosen because a worker cannot hold the whole policy beside its training
-  state, yet a colocated engine holds one more whole copy (plus its KV cache) on every GPU;
-- ``[lora]`` with ``lora.bias`` other than ``"none"``: the engine gets merged weights (``W + B A s``), and peft
-  merges a LoRA bias differently (see :func:`rlhfctl.models.adapters.adapters_merged`).
+  state, yet a colocated engine holds one more whole copy (plus its KV cache) on every GPU.
+
+LoRA needs no check here: the engine gets the adapters merged into the weights, and a layer that cannot be merged
+that way stops the worker with a clear message (:mod:`rlhfctl.models.vllm_engine`).
 """
 
 from __future__ import annotations

@@ -50,10 +50,20 @@ def logprobs_from_logits(
     """
     import torch
 
+    response_logits, chosen = _tempered_response_logits(logits, query_responses, prompt_len, temperature)
+    return chosen - torch.logsumexp(response_logits, dim=-1)
+
+
+def _tempered_response_logits(
+    logits: "torch.Tensor", query_responses: "torch.Tensor", prompt_len: int, temperature: float
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """The logits that score the response tokens, divided by ``temperature`` ``(batch, response_len, vocab)``, and
+    the chosen tokens' entries of them ``(batch, response_len)``."""
+    import torch
+
     response_logits = logits[:, prompt_len - 1 : -1, :].float() / temperature  # (batch, response_len, vocab)
     targets = query_responses[:, prompt_len:]  # (batch, response_len)
-    chosen = torch.gather(response_logits, 2, targets.unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(response_logits, dim=-1)
+    return response_logits, torch.gather(response_logits, 2, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def logprobs_and_entropy_from_logits(
@@ -67,10 +77,9 @@ def logprobs_and_entropy_from_logits(
     ``entropy_grad``."""
     import torch
 
-    response_logits = logits[:, prompt_len - 1 : -1, :].float() / temperature  # (batch, response_len, vocab)
-    targets = query_responses[:, prompt_len:]
+    response_logits, chosen = _tempered_response_logits(logits, query_responses, prompt_len, temperature)
     normalizer = torch.logsumexp(response_logits, dim=-1)
-    logprobs = torch.gather(response_logits, 2, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+    logprobs = chosen - normalizer
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         scaled, log_total = (response_logits, normalizer) if entropy_grad else (response_logits.detach(),
                                                                                normalizer.detach())
