@@ -48,6 +48,7 @@ from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
 from ray.train.v2._internal.execution.worker_group import WorkerGroup
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+from rlhfctl.training import collector
 from rlhfctl.training.progress_actor import ProgressQueue, create_progress_actor
 from rlhfctl.training.ray_cluster import embedded_ray_environment
 
@@ -83,6 +84,10 @@ class InheritedEnvironmentController(ProgressQueue, TrainController):
     and hosting the run's progress events."""
 
     worker_group_cls = InheritedEnvironmentWorkerGroup
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        collector.resume_without_collecting()  # the embedded Ray's processes start without it (preload_ray_train)
 
 
 def settings_inherited_from_embedded_ray() -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
 import pytest
 
+from rlhfctl.training import collector
 from rlhfctl.training.ray_cluster import WORKER_START_TIMEOUT_ENV, worker_start_retries
 
 
@@ -91,10 +93,15 @@ from rlhfctl.training.ray_cluster import ray_session
 def commands():
     return [" ".join(child.cmdline()) for child in psutil.Process().children(recursive=True)]
 
+def collecting():
+    import gc
+    return gc.isenabled()
+
 with ray_session(None):
     inside = commands()
     answer = ray.get(ray.remote(num_cpus=0)(lambda: 42).remote())
-print("@@" + json.dumps({"inside": inside, "answer": answer, "after": commands()}))
+    collecting_at_start = ray.get(ray.remote(num_cpus=0)(collecting).remote())
+print("@@" + json.dumps({"inside": inside, "answer": answer, "after": commands(), "collecting": collecting_at_start}))
 """
 
 
@@ -112,6 +119,7 @@ def test_an_embedded_ray_runs_without_the_head_processes_it_never_uses(tmp_path)
     for script in ("autoscaler/_private/monitor.py", "log_monitor.py", "dashboard/dashboard.py"):
         assert script not in inside
     assert report["answer"] == 42 and report["after"] == []  # tasks run; shutdown leaves nothing behind
+    assert report["collecting"] is False  # a worker process starts up without cyclic collection (the setup hook)
 
 
 def test_the_preload_never_raises(monkeypatch):
@@ -119,7 +127,27 @@ def test_the_preload_never_raises(monkeypatch):
     from rlhfctl.training import ray_cluster
 
     monkeypatch.setitem(sys.modules, "ray.train", None)  # "import ray.train" raises ImportError
-    ray_cluster.preload_ray_train()
+    try:
+        ray_cluster.preload_ray_train()
+    finally:
+        collector.resume_without_collecting()
+        gc.unfreeze()
+
+
+def test_the_preload_pauses_the_collector_until_the_process_starts_its_loop(monkeypatch):
+    from rlhfctl.training import ray_cluster
+
+    monkeypatch.setitem(sys.modules, "ray.train", None)
+    gc.enable()
+    try:
+        ray_cluster.preload_ray_train()
+        assert not gc.isenabled()
+        assert collector._deadline is not None  # and at the latest after START_UP_WITHOUT_COLLECTION_S
+        collector.start_the_loop()  # what a Train worker does before its first step
+        assert gc.isenabled()
+    finally:
+        collector.resume_without_collecting()
+        gc.unfreeze()
 
 
 PRESTARTED_PROCESS_KEPT = """
