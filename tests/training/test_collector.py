@@ -49,6 +49,38 @@ def test_start_the_loop_frees_start_up_garbage_before_freezing():
         assert alive() is None
 
 
+def test_imports_done_freezes_without_a_pass_and_only_once():
+    import weakref
+
+    class Node:
+        pass
+
+    gc.enable()
+    with collector.start_up_without_collection():
+        import_leftover = Node()
+        import_leftover.self = import_leftover  # garbage from before imports_done: frozen, not collected
+        kept = weakref.ref(import_leftover)
+        del import_leftover
+        collector.imports_done()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and not gc.isenabled()
+        loading_garbage = Node()
+        loading_garbage.self = loading_garbage  # garbage from model loading: collected by start_the_loop
+        freed = weakref.ref(loading_garbage)
+        del loading_garbage
+        collector.imports_done()  # a second model's load: freezes nothing more
+        assert gc.get_freeze_count() == frozen
+        collector.start_the_loop()
+        assert freed() is None and kept() is not None
+    assert gc.get_freeze_count() == 0
+
+
+def test_imports_done_leaves_a_collector_it_did_not_pause_alone():  # a Ray Train worker, rm eval, ppo sample
+    gc.enable()
+    collector.imports_done()
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
 def test_a_run_that_fails_during_start_up_gives_the_collector_back():
     gc.enable()
     with pytest.raises(RuntimeError), collector.start_up_without_collection():
