@@ -17,16 +17,25 @@ it exits. Three calls avoid that:
   that could hold a tensor), then ``gc.freeze()`` moves what is left (models, tokenizer) out of the collector's
   sight, and collection is on again for the loop, whose own garbage the collector handles as usual.
 - :func:`freeze_before_exit` (the CLI, when a command returns): the exit-time pass skips everything that exists.
+- :func:`end_without_teardown` (the process's entry point, first thing) and :func:`set_exit_status` (when the
+  command has ended): after every exit handler has run (Ray's shutdown, trackers, logging), the process ends
+  with ``os._exit`` instead of the interpreter freeing every module and object one by one (~0.15 s after a
+  training run's imports; nothing is written then: files are closed, streams flushed here). Without a known
+  status (a traceback, Ctrl-C) Python exits as usual.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
+import os
+import sys
 from collections.abc import Iterator
 
 _paused = False  # True while start_up_without_collection turned the collector off (this process)
 _imports_frozen = False  # True once imports_done froze the start-up's imports (this pause)
+_exit_status: int | None = None  # what the command ended with, once known (set_exit_status)
 
 
 @contextlib.contextmanager
@@ -75,3 +84,31 @@ def freeze_before_exit() -> None:
     """The process is about to exit: no exit-time pass over what exists now (``gc.freeze()``; nothing is lost:
     the operating system takes the memory back)."""
     gc.freeze()
+
+
+def end_without_teardown() -> None:
+    """Register (call it before anything else registers an exit handler, so it runs last) the end of the process
+    without the interpreter's teardown, with the status :func:`set_exit_status` records."""
+    atexit.register(_exit_now)
+
+
+def set_exit_status(code: object) -> None:
+    """The command ended with ``SystemExit(code)``: an int, or ``None`` for 0; any other value (a message
+    Python prints) leaves the exit to Python."""
+    global _exit_status
+    _exit_status = 0 if code is None else code if isinstance(code, int) else None
+
+
+def _exit_now() -> None:
+    if _exit_status is None:
+        return
+    if "logging" in sys.modules:  # its own exit handler has run when logging came after ours; again is harmless
+        import logging
+
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            pass
+    os._exit(_exit_status)

@@ -107,3 +107,44 @@ def test_start_the_loop_leaves_a_collector_it_did_not_pause_alone():  # a Ray Tr
 def test_freeze_before_exit_freezes_what_exists():
     collector.freeze_before_exit()
     assert gc.get_freeze_count() > 0
+
+
+def test_end_without_teardown_runs_every_exit_handler_flushes_and_keeps_the_status(tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, sys
+from rlhfctl.training import collector
+collector.end_without_teardown()
+class Teardown:
+    def __del__(self):
+        open({str(tmp_path / "teardown")!r}, "w").close()
+kept = Teardown()  # a module global: freed only by the interpreter's teardown
+atexit.register(lambda: open({str(tmp_path / "handler")!r}, "w").close())  # registered later: runs first
+import logging
+handler = logging.FileHandler({str(tmp_path / "log.txt")!r}, delay=False)
+logging.getLogger("x").addHandler(handler)
+logging.getLogger("x").warning("logged")
+sys.stdout.write("x" * 100000)  # buffered: flushed at exit
+collector.set_exit_status(3)
+raise SystemExit(3)
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 3 and completed.stdout == "x" * 100000, completed.stderr
+    assert (tmp_path / "handler").exists() and (tmp_path / "log.txt").read_text() == "logged\n"
+    assert not (tmp_path / "teardown").exists()  # the teardown was skipped
+
+
+def test_without_a_known_status_python_exits_as_usual():
+    import subprocess
+    import sys
+
+    script = ("from rlhfctl.training import collector\ncollector.end_without_teardown()\n"
+              "collector.set_exit_status('a message')\nraise SystemExit('a message')")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 1 and "a message" in completed.stderr
+    crashed = subprocess.run([sys.executable, "-c", "from rlhfctl.training import collector\n"
+                              "collector.end_without_teardown()\nraise RuntimeError('boom')"],
+                             capture_output=True, text=True, timeout=60)
+    assert crashed.returncode == 1 and "RuntimeError: boom" in crashed.stderr
