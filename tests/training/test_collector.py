@@ -32,42 +32,36 @@ def test_start_up_pauses_then_the_loop_collects_again_with_start_up_objects_froz
     assert gc.get_freeze_count() == 0  # a test process running many runs gets everything back
 
 
-def test_start_the_loop_frees_start_up_garbage_before_freezing():
+class _Node:
+    pass
+
+
+def _unreachable_cycle():
+    """A weak reference to an object only the cyclic collector can free."""
     import weakref
 
-    class Node:
-        pass
+    cycle = _Node()
+    cycle.self = cycle
+    return weakref.ref(cycle)
 
+
+def test_start_the_loop_frees_start_up_garbage_before_freezing():
     gc.enable()
     with collector.start_up_without_collection():
-        cycle = Node()
-        cycle.self = cycle  # only the cyclic collector frees this
-        alive = weakref.ref(cycle)
-        del cycle
+        alive = _unreachable_cycle()
         assert alive() is not None  # paused: nothing collected
         collector.start_the_loop()
         assert alive() is None
 
 
 def test_imports_done_freezes_without_a_pass_and_only_once():
-    import weakref
-
-    class Node:
-        pass
-
     gc.enable()
     with collector.start_up_without_collection():
-        import_leftover = Node()
-        import_leftover.self = import_leftover  # garbage from before imports_done: frozen, not collected
-        kept = weakref.ref(import_leftover)
-        del import_leftover
+        kept = _unreachable_cycle()  # garbage from before imports_done (the imports'): frozen, not collected
         collector.imports_done()
         frozen = gc.get_freeze_count()
         assert frozen > 0 and not gc.isenabled()
-        loading_garbage = Node()
-        loading_garbage.self = loading_garbage  # garbage from model loading: collected by start_the_loop
-        freed = weakref.ref(loading_garbage)
-        del loading_garbage
+        freed = _unreachable_cycle()  # garbage from model loading: collected by start_the_loop
         collector.imports_done()  # a second model's load: freezes nothing more
         assert gc.get_freeze_count() == frozen
         collector.start_the_loop()
