@@ -64,10 +64,15 @@ def token_logprobs_and_entropy(
     return logprobs, entropy
 
 
-def _row_blocks(rows: int, vocab: int):
-    """``(start, stop)`` of each block of response positions, ``ROWS_PER_BLOCK_BYTES`` of fp32 each at most."""
-    per_block = max(1, ROWS_PER_BLOCK_BYTES // (4 * max(vocab, 1)))
-    return [(start, min(start + per_block, rows)) for start in range(0, rows, per_block)]
+def _blocks(batch: int, rows: int, vocab: int) -> list[tuple[slice, slice]]:
+    """``(sequences, positions)`` of each block, ``ROWS_PER_BLOCK_BYTES`` of fp32 each at most: whole sequences
+    together when one fits (a small vocabulary: few blocks), else a run of positions of one sequence."""
+    per_block = max(1, ROWS_PER_BLOCK_BYTES // (4 * max(vocab, 1)))  # rows of the vocabulary per block
+    if per_block >= rows:
+        sequences = per_block // max(rows, 1)
+        return [(slice(start, min(start + sequences, batch)), slice(0, rows)) for start in range(0, batch, sequences)]
+    return [(slice(row, row + 1), slice(start, min(start + per_block, rows)))
+            for row in range(batch) for start in range(0, rows, per_block)]
 
 
 def _forward_blocks(logits, targets, first: int, temperature: float, with_entropy: bool):
@@ -78,16 +83,16 @@ def _forward_blocks(logits, targets, first: int, temperature: float, with_entrop
     logprobs = torch.empty(batch, rows, dtype=torch.float32, device=logits.device)
     normalizer = torch.empty_like(logprobs)
     entropy = torch.empty_like(logprobs) if with_entropy else None
-    for row in range(batch):
-        for start, stop in _row_blocks(rows, logits.shape[-1]):
-            tempered = logits[row, first + start : first + stop].float() / temperature  # (block, vocab)
-            log_total = torch.logsumexp(tempered, dim=-1)  # (block,)
-            chosen = tempered.gather(1, targets[row, start:stop, None]).squeeze(1)
-            logprobs[row, start:stop] = chosen - log_total
-            normalizer[row, start:stop] = log_total
-            if with_entropy:
-                probs = torch.exp(tempered - log_total[:, None])
-                entropy[row, start:stop] = log_total - (probs * tempered).sum(dim=-1)
+    for sequences, positions in _blocks(batch, rows, logits.shape[-1]):
+        shifted = slice(first + positions.start, first + positions.stop)  # the logits that score those positions
+        tempered = logits[sequences, shifted].float() / temperature  # (block sequences, block positions, vocab)
+        log_total = torch.logsumexp(tempered, dim=-1)
+        chosen = tempered.gather(2, targets[sequences, positions, None]).squeeze(2)
+        logprobs[sequences, positions] = chosen - log_total
+        normalizer[sequences, positions] = log_total
+        if with_entropy:
+            probs = torch.exp(tempered - log_total[..., None])
+            entropy[sequences, positions] = log_total - (probs * tempered).sum(dim=-1)
     return logprobs, entropy, normalizer
 
 
@@ -101,17 +106,17 @@ def _token_logprobs_backward(logits, targets, first: int, temperature: float, no
     grad = torch.empty_like(logits)
     grad[:, :first].zero_()
     grad[:, first + rows :].zero_()
-    for row in range(batch):
-        for start, stop in _row_blocks(rows, logits.shape[-1]):
-            tempered = logits[row, first + start : first + stop].float() / temperature  # (block, vocab)
-            log_total = normalizer[row, start:stop, None]  # (block, 1)
-            probs = torch.exp(tempered - log_total)
-            block_grad = probs * -logprobs_grad[row, start:stop, None]  # d logp / dz = onehot - softmax
-            if entropy_grad is not None:  # dH / dz = -p (z - logsumexp + H)
-                shifted = tempered.sub_(log_total).add_(entropy[row, start:stop, None])
-                block_grad -= probs.mul_(shifted).mul_(entropy_grad[row, start:stop, None])
-            block_grad.scatter_add_(1, targets[row, start:stop, None], logprobs_grad[row, start:stop, None])
-            grad[row, first + start : first + stop] = block_grad / temperature
+    for sequences, positions in _blocks(batch, rows, logits.shape[-1]):
+        shifted = slice(first + positions.start, first + positions.stop)
+        tempered = logits[sequences, shifted].float() / temperature  # (block sequences, block positions, vocab)
+        log_total = normalizer[sequences, positions, None]
+        probs = torch.exp(tempered - log_total)
+        block_grad = probs * -logprobs_grad[sequences, positions, None]  # d logp / dz = onehot - softmax
+        if entropy_grad is not None:  # dH / dz = -p (z - logsumexp + H)
+            centred = tempered.sub_(log_total).add_(entropy[sequences, positions, None])
+            block_grad -= probs.mul_(centred).mul_(entropy_grad[sequences, positions, None])
+        block_grad.scatter_add_(2, targets[sequences, positions, None], logprobs_grad[sequences, positions, None])
+        grad[sequences, shifted] = block_grad / temperature
     return grad
 
 

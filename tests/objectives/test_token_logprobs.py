@@ -60,10 +60,12 @@ def test_hand_computed_gradients():
     assert torch.allclose(logits.grad.double(), torch.tensor([[expected]], dtype=torch.float64), atol=1e-7, rtol=0)
 
 
+# rows of the vocabulary a block: 3 splits every sequence, 15 takes two sequences of 7 at a time, 10**6 all three
+@pytest.mark.parametrize("block_rows", [3, 15, 10**6])
 @pytest.mark.parametrize("entropy_grad", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_values_and_gradients_match_the_whole_tensor_operations(entropy_grad, temperature, monkeypatch):
-    monkeypatch.setattr(tl, "ROWS_PER_BLOCK_BYTES", 3 * 4 * 50)  # 3 rows a block: blocks split every sequence
+def test_values_and_gradients_match_the_whole_tensor_operations(entropy_grad, temperature, block_rows, monkeypatch):
+    monkeypatch.setattr(tl, "ROWS_PER_BLOCK_BYTES", block_rows * 4 * 50)
     torch.manual_seed(0)
     logits = (3 * torch.randn(3, 9, 50)).requires_grad_()
     targets = torch.randint(0, 50, (3, 7))
@@ -80,6 +82,15 @@ def test_values_and_gradients_match_the_whole_tensor_operations(entropy_grad, te
     (expected_grad,) = torch.autograd.grad(expected_total, logits)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)
     assert torch.equal(grad[:, 0], torch.zeros_like(grad[:, 0])) and torch.equal(grad[:, 8], grad[:, 0])
+
+
+def test_blocks_cover_every_position_once():
+    assert tl._blocks(3, 7, 50) == [(slice(0, 3), slice(0, 7))]  # 8 MiB of fp32 holds all of them
+    vocab = tl.ROWS_PER_BLOCK_BYTES // (4 * 3)  # three rows a block
+    assert tl._blocks(2, 7, vocab) == [(slice(row, row + 1), slice(start, min(start + 3, 7)))
+                                       for row in range(2) for start in (0, 3, 6)]
+    vocab = tl.ROWS_PER_BLOCK_BYTES // (4 * 15)  # two sequences of 7 a block
+    assert tl._blocks(5, 7, vocab) == [(slice(0, 2), slice(0, 7)), (slice(2, 4), slice(0, 7)), (slice(4, 5), slice(0, 7))]
 
 
 def test_bfloat16_logits_get_a_bfloat16_gradient_computed_in_float32():
