@@ -26,6 +26,14 @@ class RlhfctlError(Exception):
         return self.message if not self.hint else f"{self.message}\n{self.hint}"
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first non-blank line, cut to ``limit`` characters ("..." marks a cut): for messages that quote a
+    library's or a worker's error in one line."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class UserError(RlhfctlError):
     """The user's input is wrong (config, data, flags, paths). Exit code 2."""
 

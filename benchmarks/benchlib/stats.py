@@ -72,6 +72,35 @@ def steady_state_rate(
     return sum(items_per_step[warmup:]) / elapsed_s
 
 
+STALL_FACTOR = 3.0  # a timed step this many times the median step is a stall of the machine, not the tool's work
+
+
+def rate_without_stalls(
+    step_end_times_s: Sequence[float], items_per_step: Sequence[float], stall_factor: float = STALL_FACTOR,
+    warmup_fraction: float = 0.1, min_warmup_steps: int = 2,
+) -> tuple[float | None, int]:
+    """Items per second over the timed steps (the same warm-up as :func:`steady_state_rate`) leaving out stalls:
+    steps longer than ``stall_factor`` x the median timed step; returns ``(rate, stalled steps)``.
+
+    For a benchmark of ~0.1-0.2 s steps on a shared VM: a multi-second pause of the whole process in one step
+    (grpo5's TRL run: two steps of 1.45 and 4.61 s among steps of ~0.2 s) halves a span-based rate while saying
+    nothing about the tool. A tool's own periodic work (a collector pass, a log every N steps) stays counted as
+    long as it takes less than ``stall_factor`` x its median step; both tools are treated alike.
+    """
+    if len(step_end_times_s) != len(items_per_step):
+        raise ValueError("step_end_times_s and items_per_step must have the same length")
+    warmup = max(min_warmup_steps, int(warmup_fraction * len(step_end_times_s)))
+    if len(step_end_times_s) - warmup < 2:
+        return None, 0
+    durations = [end - start for start, end in zip(step_end_times_s[warmup - 1:], step_end_times_s[warmup:])]
+    limit = stall_factor * (median(durations) or 0.0)
+    kept = [(duration, items) for duration, items in zip(durations, items_per_step[warmup:]) if duration <= limit]
+    elapsed_s = sum(duration for duration, _ in kept)
+    if elapsed_s <= 0:
+        return None, len(durations) - len(kept)
+    return sum(items for _, items in kept) / elapsed_s, len(durations) - len(kept)
+
+
 def mfu(flops_per_second: float | None, peak_flops_per_second: float | None) -> float | None:
     """Model-FLOPs utilisation: achieved model FLOP/s over the measured matmul peak (a fraction, not percent)."""
     return ratio(flops_per_second, peak_flops_per_second)

@@ -51,6 +51,17 @@ class ToolRun:
     rate_note: str = ""             # why steady_rate is missing although the run succeeded
     first_step_s: float | None = None  # rlhfctl: command start to the first optimizer step's log time
     extra: dict = field(default_factory=dict)  # figures beside the timing: TRL's result file, rlhfctl's validation
+    step_end_times_s: list[float] = field(default_factory=list)  # exact step end times, where the tool gives them
+    items_per_step: list[float] = field(default_factory=list)
+
+    @property
+    def rate_without_stalls(self) -> float | None:
+        """The steady-state rate leaving out steps of >= 3x the median step (``stats.rate_without_stalls``)."""
+        return stats.rate_without_stalls(self.step_end_times_s, self.items_per_step)[0] if self.ok else None
+
+    @property
+    def stalled_steps(self) -> int | None:
+        return stats.rate_without_stalls(self.step_end_times_s, self.items_per_step)[1] if self.ok else None
 
     @property
     def ok(self) -> bool:
@@ -70,6 +81,8 @@ class ToolRun:
             "steady_rate": self.steady_rate, "wall_time_s": self.wall_time_s, "peak_pss_gb": self.peak_pss_gb,
             "peak_processes": self.measured.peak_processes if self.measured else None,
             "phase_seconds": self.phase_seconds, "rate_note": self.rate_note, "first_step_s": self.first_step_s,
+            "rate_without_stalls": self.rate_without_stalls, "stalled_steps": self.stalled_steps,
+            "step_end_times_s": self.step_end_times_s,
         }
 
 
@@ -154,6 +167,8 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
     exact = bool(train) and all("time" in rec.record for rec in train)
     if exact and measured.start_time:
         run.first_step_s = float(train[0].record["time"]) - measured.start_time
+        run.step_end_times_s = [float(rec.record["time"]) - measured.start_time for rec in train]
+        run.items_per_step = [items_per_step] * len(train)
     run.steady_rate = stats.steady_state_rate([rec.time for rec in train], [items_per_step] * len(train),
                                               min_span_s=0.0 if exact else MIN_ARRIVAL_SPAN_S)
     if run.steady_rate is None:
@@ -250,6 +265,7 @@ def run_trl_script(ctx: BenchContext, script: str, label: str, args: list[str], 
         return run
     result = json.loads(result_path.read_text(encoding="utf-8"))
     run.steady_rate = stats.steady_state_rate(result["step_end_times_s"], result["items_per_step"])
+    run.step_end_times_s, run.items_per_step = result["step_end_times_s"], result["items_per_step"]
     run.extra = {key: value for key, value in result.items()
                  if key not in ("step_end_times_s", "items_per_step", "per_update_phase_s")}
     phases = result.get("per_update_phase_s") or []

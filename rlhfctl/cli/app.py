@@ -98,9 +98,14 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``rlhfctl`` and ``python -m rlhfctl``)."""
-    from rlhfctl.training.collector import freeze_before_exit
+    from rlhfctl.training import collector
 
+    if argv is None:  # the process's entry point (console script, python -m rlhfctl), not a caller's function call
+        collector.end_without_teardown()  # after the exit handlers: no teardown of ~10^6 objects one by one
     try:
         app(args=argv, prog_name="rlhfctl")
+    except SystemExit as exit_:
+        collector.set_exit_status(exit_.code)
+        raise
     finally:
-        freeze_before_exit()  # a training command leaves ~10^6 objects: the exit-time collector pass skips them
+        collector.freeze_before_exit()  # a training command leaves ~10^6 objects: the exit-time collector pass skips them

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from rlhfctl.config.keys import SEED_SECTIONS, field_info, known_keys
 from rlhfctl.config.schema import CONFIG_CLASSES, STAGES
-from rlhfctl.config.schema.common import section_type
+from rlhfctl.config.schema.stage import section_type
 from rlhfctl.errors import ConfigIssue
 
 FROM_COMMAND_LINE = "(set on the command line)"

@@ -88,6 +88,8 @@ def load_model(auto_class: str, source: str | Path, *, trust_remote_code: bool =
     import torch
     import transformers
 
+    from rlhfctl.training import collector
+
     loader = {"AutoModelForCausalLM": transformers.AutoModelForCausalLM,
               "AutoModelForSequenceClassification": transformers.AutoModelForSequenceClassification}[auto_class]
     kwargs.setdefault("dtype", torch.float32)
@@ -97,11 +99,32 @@ def load_model(auto_class: str, source: str | Path, *, trust_remote_code: bool =
 
             loaded = load_adapter_folder(loader, source, trust_remote_code=trust_remote_code, **kwargs)
         else:
+            model_class(auto_class, source, trust_remote_code=trust_remote_code)  # imports the model's code
+            collector.imports_done()  # a single-process run's start-up: imports frozen without a collector pass
             loaded = loader.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
         raise explain_load_error("model", source, exc) from None
     use_fused_activations(loaded[0] if isinstance(loaded, tuple) else loaded)  # output_loading_info gives a tuple
     return loaded
+
+
+def model_class(auto_class: str, source: str | Path, *, trust_remote_code: bool = False) -> type | None:
+    """The class ``transformers.<auto_class>.from_pretrained(source)`` builds, its module imported (what
+    ``from_pretrained`` does first), for a local model folder; ``None`` for a hub id (no second look-up) or where
+    transformers' own table does not name it (remote code, an unreadable config: ``from_pretrained`` then imports
+    and reports as usual). Reads only ``config.json``."""
+    import transformers
+
+    if not (Path(str(source)).expanduser() / "config.json").is_file():
+        return None
+
+    mapping = {"AutoModelForCausalLM": transformers.MODEL_FOR_CAUSAL_LM_MAPPING,
+               "AutoModelForSequenceClassification": transformers.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING}
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(source), trust_remote_code=trust_remote_code)
+        return mapping[auto_class][type(config)]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def use_fused_activations(model) -> int:

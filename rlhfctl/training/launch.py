@@ -18,8 +18,8 @@ name=<stage>_run)``. One worker with no cluster address runs the loop in this pr
 mode, ``ScalingConfig(num_workers=0)``, does too) without paying for Ray's start-up; checkpoints and resume work
 the same, only worker-restart fault tolerance needs the Ray path.
 
-Resume semantics: a fresh run refuses to start over an earlier run's state unless ``resume`` (continue from its
-latest complete checkpoint; ``"auto"`` = only if one exists) or ``force`` (wipe and start over).
+The run directory's resume/force rules live in :mod:`rlhfctl.training.run_directory`; how a failure is told, in
+:mod:`rlhfctl.training.run_failures`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -45,20 +44,20 @@ from rlhfctl.progress.events import Notice, NullSink, PhaseStarted, ProgressSink
 from rlhfctl.training import allocator
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training import collector
-from rlhfctl.runfiles import (
-    EVENTS_FILE,
-    METRICS_FILE,
-    RAY_SNAPSHOT_GLOB,
-    RESOLVED_CONFIG_FILE,
-    SAMPLES_FILE,
-    TENSORBOARD_DIR,
-    TRACKERS_FILE,
-    run_dir_name,
-)
+from rlhfctl.runfiles import RESOLVED_CONFIG_FILE
 from rlhfctl.training.health import HealthStopped, run_stoppable
 from rlhfctl.training.memory import StageWorkload
 from rlhfctl.training.memory_plan import MemoryPlan, Probe, WorkerMemoryCheck, check_memory, plan_memory, probe_for_job
 from rlhfctl.training.metrics import MetricsRecorder
+from rlhfctl.training.run_directory import (
+    RunPaths,
+    changed_config_keys,
+    discard_fresh_run,
+    has_previous_run,
+    prepare_run_directory,
+    refuse_existing_run,
+)
+from rlhfctl.training.run_failures import describe_ray_failure, failure_message, health_stop_message, user_error_inside
 from rlhfctl.training.trackers import TrackerRun, open_trackers, trackers_to_open
 from rlhfctl.training.worker import ConfigT, CoreSettings, LoopConfig, PayloadT
 
@@ -135,30 +134,6 @@ class TrainingJob(Generic[ConfigT, PayloadT]):
         )
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    """Where a stage's run writes, from its config alone (known before the job is built)."""
-
-    stage: str
-    config: Any
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.config.general.output_dir).expanduser().resolve()
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.config.general.checkpoint_dir).expanduser().resolve()
-
-    @property
-    def run_name(self) -> str:
-        return run_dir_name(self.stage)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.output_dir / self.run_name
-
-
 def strategy_warnings(training: Any) -> tuple[str, ...]:
     """``training.strategy = "fsdp"`` with one worker runs as DDP: nothing to shard over (every stage's job)."""
     if training.strategy == "fsdp" and training.num_training_workers == 1:
@@ -220,78 +195,6 @@ class RunSummary:
     resumed_from_step: int | None = None
     parameters: tuple[int | None, int] | None = None  # (trainable, total) of the trained models, as the run reported
     alarms: tuple[Alarm, ...] = ()  # health warnings raised during the run (a stop alarm raises instead)
-
-
-# ----------------------------------------------------------------------------------------------- run directory
-
-
-def has_previous_run(job: TrainingJob | RunPaths) -> bool:
-    run_dir = job.run_dir
-    return run_dir.is_dir() and (ckpt.latest_checkpoint(run_dir) is not None or any(run_dir.glob(RAY_SNAPSHOT_GLOB)))
-
-
-def changed_config_keys(previous_path: Path, config: Any) -> list[str]:
-    """Dotted keys whose value differs between the earlier run's resolved config and ``config``."""
-    from rlhfctl.config.loader import tomllib
-    from rlhfctl.config.render import config_to_dict, dotted_values
-
-    try:
-        previous = tomllib.loads(previous_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    before, after = dotted_values(previous), dotted_values(config_to_dict(config))
-    return sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
-
-
-def resume_command(job: TrainingJob, config_path: str | None = None) -> str:
-    return f"rlhfctl {job.stage} train {config_path or '<config.toml>'} --resume"
-
-
-def prepare_run_directory(job: TrainingJob, *, resume: bool | str, force: bool) -> Path | None:
-    """Apply the resume/force rules; return the checkpoint to resume from (None for a fresh start)."""
-    output_dir = job.output_dir
-    output_dir_existed = output_dir.exists()
-    try:
-        job.checkpoint_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create general.checkpoint_dir {job.checkpoint_dir}: {exc}") from None
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".rlhfctl-write-test"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
-    except OSError as exc:
-        if not output_dir_existed:
-            shutil.rmtree(output_dir, ignore_errors=True)
-        raise UserError(f"cannot write to general.output_dir {output_dir}: {exc}") from None
-
-    refuse_existing_run(job.paths, resume=resume, force=force)
-    if resume and has_previous_run(job):
-        return ckpt.latest_checkpoint(job.run_dir)  # None with only a Ray snapshot: Ray restores it
-    if force:
-        shutil.rmtree(job.run_dir, ignore_errors=True)
-        _remove_run_logs(output_dir)
-    return None
-
-
-def refuse_existing_run(paths: RunPaths, *, resume: bool | str, force: bool) -> None:
-    """The resume/force rules' refusals (UserError), reading the folders only: ``--resume`` with nothing to resume,
-    an earlier run without ``--resume``/``--force``, a non-empty ``checkpoint_dir`` without ``--force``."""
-    previous = has_previous_run(paths)
-    if resume:
-        if previous:
-            return
-        if resume != "auto":
-            raise UserError(f"--resume: nothing to resume in {paths.run_dir} (no complete checkpoint found)",
-                            hint="Run without --resume to start a new run, or use --resume auto.")
-    if force:
-        return
-    if previous or (paths.run_dir.exists() and any(paths.run_dir.iterdir())):
-        raise UserError(f"{paths.output_dir} already holds a {paths.stage} run ({paths.run_dir})",
-                        hint="Pass --resume to continue it, or --force to delete it and start over.")
-    if paths.checkpoint_dir.exists() and any(paths.checkpoint_dir.iterdir()):
-        raise UserError(f"general.checkpoint_dir already exists and is not empty: {paths.checkpoint_dir}",
-                        hint="Choose another checkpoint_dir, or pass --force to replace it at the end of the run.")
 
 
 # ----------------------------------------------------------------------------------------------- event polling
@@ -400,9 +303,9 @@ def run_training(
                                                 dict(job.config.training.resources_per_worker)))
     allocator.policy_requested(os.environ)  # a bad RLHFCTL_MALLOC is a user error before any worker starts
     memory_plan = check_memory(job, memory_probe) if memory_check else None
-    resume_from = prepare_run_directory(job, resume=resume, force=force)
+    resume_from = prepare_run_directory(job.paths, resume=resume, force=force)
     resumed_from_step = ckpt.read_step(resume_from) if resume_from else None  # read now: the run may prune it
-    resuming = bool(resume) and has_previous_run(job)
+    resuming = bool(resume) and has_previous_run(job.paths)
     changed = changed_config_keys(job.output_dir / RESOLVED_CONFIG_FILE, job.config) if resuming else []
     write_resolved_config(job.config, job.output_dir)
     try:
@@ -410,7 +313,7 @@ def run_training(
                                                            resuming=resuming))
     except UserError:
         if not resuming:
-            _discard_fresh_run(job, remove_output_dir=not output_dir_existed)
+            discard_fresh_run(job.paths, remove_output_dir=not output_dir_existed)
         raise
     recorder = MetricsRecorder(job.output_dir, sink, keep_existing=resuming, trackers=trackers)
     if changed:  # through the recorder: the notice lands in events.jsonl too
@@ -434,11 +337,11 @@ def run_training(
         else:
             final_metrics = _run_on_ray(job, core, recorder, config_path)
         if isinstance(final_metrics, HealthStopped):
-            raise _health_stop_message(job, final_metrics, config_path)
+            raise health_stop_message(job.paths, final_metrics, config_path)
     except UserError:  # bad input found by the workers (model, tokenizer): leave no half-started run behind
         recorder.close()
-        if not resuming and not has_previous_run(job):
-            _discard_fresh_run(job, remove_output_dir=not output_dir_existed)
+        if not resuming and not has_previous_run(job.paths):
+            discard_fresh_run(job.paths, remove_output_dir=not output_dir_existed)
         raise
     except RuntimeFailure as failure:
         recorder.record_failure(failure.message)  # the timeline (events.jsonl) ends with the reason
@@ -452,49 +355,6 @@ def run_training(
         output_dir=job.output_dir, checkpoint_dir=job.checkpoint_dir, wall_time_s=time.time() - started,
         resumed_from_step=resumed_from_step, parameters=recorder.parameters, alarms=tuple(recorder.alarms),
     )
-
-
-def _discard_fresh_run(job: TrainingJob, *, remove_output_dir: bool) -> None:
-    """Remove what a run that never wrote a checkpoint created (the whole output_dir when it made it)."""
-    if remove_output_dir:
-        shutil.rmtree(job.output_dir, ignore_errors=True)
-        return
-    shutil.rmtree(job.run_dir, ignore_errors=True)
-    _remove_run_logs(job.output_dir)
-    (job.output_dir / RESOLVED_CONFIG_FILE).unlink(missing_ok=True)
-
-
-def _remove_run_logs(output_dir: Path) -> None:
-    """The logs of the run in ``output_dir``, so a new run starts a new timeline and new tracker runs. The local W&B
-    and MLflow stores stay: they hold each run separately (TensorBoard's folder would mix two runs' curves)."""
-    for name in (METRICS_FILE, SAMPLES_FILE, EVENTS_FILE, TRACKERS_FILE):
-        (output_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(output_dir / TENSORBOARD_DIR, ignore_errors=True)
-
-
-def _failure_message(job: TrainingJob, what: str, config_path: str | None, *,
-                     outcome: str = "failed") -> RuntimeFailure:
-    latest = ckpt.latest_checkpoint(job.run_dir)
-    where = (f"The latest complete checkpoint is {latest} (step {ckpt.read_step(latest)})." if latest
-             else "No checkpoint was written yet.")
-    return RuntimeFailure(f"{job.stage} training {outcome}: {what}\n{where}",
-                          hint=f"Continue with: {resume_command(job, config_path)}")
-
-
-def _health_stop_message(job: TrainingJob, stopped: HealthStopped, config_path: str | None) -> RuntimeFailure:
-    """A run stopped by a health alarm: the reason, the checkpoint it kept, how to continue (exit 1)."""
-    alarm = stopped.alarm
-    return _failure_message(
-        job, f"{alarm.message}. Fix the cause, or make the check only warn (monitor.{_action_key(alarm.check)} = "
-             "\"warn\"), then continue from the checkpoint", config_path,
-        outcome=f"stopped by the {alarm.check} health check at step {alarm.step}")
-
-
-def _action_key(check: str) -> str:
-    """The ``[monitor]`` key that sets a check's action (``kl_ceiling`` -> ``kl_action``)."""
-    from rlhfctl.monitor.monitor import ACTION_KEYS
-
-    return ACTION_KEYS.get(check, "<check>_action")
 
 
 def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
@@ -513,9 +373,9 @@ def _run_local(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
     except RlhfctlError:
         raise
     except KeyboardInterrupt:
-        raise _failure_message(job, "interrupted", config_path) from None
+        raise failure_message(job.paths, "interrupted", config_path) from None
     except Exception as exc:
-        raise _failure_message(job, f"{type(exc).__name__}: {exc}", config_path) from exc
+        raise failure_message(job.paths, f"{type(exc).__name__}: {exc}", config_path) from exc
     finally:
         poller.stop()
         channel.close()
@@ -562,49 +422,15 @@ def _run_on_ray(job: TrainingJob, core: CoreSettings, recorder: MetricsRecorder,
         try:
             result = trainer.fit()
         except (KeyboardInterrupt, SystemExit):  # Ray Train's own Ctrl-C handler aborts the run with sys.exit
-            raise _failure_message(job, "interrupted", config_path) from None
+            raise failure_message(job.paths, "interrupted", config_path) from None
         except Exception as exc:
-            user_error = _user_error_inside(exc)
+            user_error = user_error_inside(exc)
             if user_error is not None:
                 raise user_error from None
-            raise _failure_message(job, _describe_ray_failure(exc, request, training.resource_wait_minutes),
+            raise failure_message(job.paths, describe_ray_failure(exc, request, training.resource_wait_minutes),
                                    config_path) from exc
         finally:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, previous_sigint)  # fit() leaves its handler installed
             poller.stop()
         return result.return_value or {}
-
-
-def _user_error_inside(exc: BaseException) -> RlhfctlError | None:
-    """A UserError raised inside a worker (e.g. a tokenizer problem) is shown as itself, not as a crash."""
-    failures = getattr(exc, "worker_failures", None) or {}
-    for failure in failures.values():
-        seen = failure
-        while seen is not None:
-            if isinstance(seen, UserError):
-                return seen
-            seen = seen.__cause__
-    return None
-
-
-def _describe_ray_failure(exc: BaseException, request, wait_minutes: float) -> str:
-    controller_failure = getattr(exc, "controller_failure", None)
-    if type(controller_failure).__name__ == "WorkerGroupStartupTimeoutError":
-        return (f"Ray could not start the {request.describe()} within training.resource_wait_minutes = "
-                f"{wait_minutes:g}: the cluster does not have those resources free (a node lost and not "
-                "replaced, or taken by other jobs). Add capacity, or ask for fewer workers or resources, then "
-                "continue from the latest checkpoint")
-    failures = getattr(exc, "worker_failures", None)
-    if failures:
-        parts = []
-        for rank, failure in sorted(failures.items()):
-            parts.append(f"worker rank {rank}: {type(failure).__name__}: {_first_line(failure)}")
-        return "; ".join(parts)
-    return f"{type(exc).__name__}: {_first_line(exc)}"
-
-
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return text if len(text) <= limit else text[: limit - 3] + "..."

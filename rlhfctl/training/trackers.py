@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlhfctl.errors import UserError
+from rlhfctl.errors import UserError, first_line
 from rlhfctl.fileio import atomic_write_text
 from rlhfctl.monitor import Alarm
 from rlhfctl.runfiles import MLFLOW_DIR, TENSORBOARD_DIR, TRACKERS_FILE, WANDB_DIR
@@ -117,7 +117,7 @@ def open_trackers(names: Sequence[str], run: TrackerRun) -> list[Tracker]:
                 raise
             except Exception as exc:  # the client library's own error: its message says what is wrong
                 raise UserError(f"could not start the {name} tracker (general.report_to): {type(exc).__name__}: "
-                                f"{_first_line(exc)}") from exc
+                                f"{first_line(exc, limit=300)}") from exc
     except BaseException:
         for tracker in opened:
             tracker.close(failed=True)
@@ -134,11 +134,6 @@ def read_tracker_ids(output_dir: Path) -> dict[str, dict[str, str]]:
     except (OSError, ValueError):
         return {}
     return ids if isinstance(ids, dict) else {}
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else "")[:limit]
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -154,3 +154,14 @@ def test_rate_from_step_metrics_uses_the_runs_own_per_step_rate():
     records = [{"step": i + 1, "episodes_per_s": rate} for i, rate in enumerate([2.0, 4.0, 4.0, 4.0, 4.0])]
     assert rate_from_step_metrics(records, 8) == pytest.approx(4.0)
     assert rate_from_step_metrics([{"step": 1, "loss": 1.0}], 8) is None
+
+
+def test_rate_without_stalls_leaves_out_a_pause_of_the_machine_only():
+    # warm-up 2 steps; then 1 s steps and one 10 s stall: the span rate halves, the stall-free one does not
+    ends = [1, 2, 3, 4, 5, 15, 16, 17, 18, 19]
+    assert stats.steady_state_rate(ends, [8] * 10) == pytest.approx(64 / 17)
+    assert stats.rate_without_stalls(ends, [8] * 10) == (pytest.approx(8.0), 1)
+    # a tool's own periodic cost below 3x its median step stays counted
+    ends = [1, 2, 3, 4, 6.5, 7.5, 8.5, 9.5, 12, 13]
+    assert stats.rate_without_stalls(ends, [8] * 10) == (pytest.approx(64 / 11), 0)
+    assert stats.rate_without_stalls([1, 2, 3], [8] * 3) == (None, 0)

@@ -83,3 +83,55 @@ def test_disable_dropout_also_zeroes_attention_rates_and_the_config():
     disable_dropout(model)
     assert model.model.layers[0].self_attn.attention_dropout == 0.0
     assert model.config.attention_dropout == 0.0
+
+
+def test_model_class_is_what_from_pretrained_builds(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from rlhfctl.models.loading import model_class
+
+    assert model_class("AutoModelForCausalLM", tiny_model_dir) is type(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    assert model_class("AutoModelForSequenceClassification", tiny_model_dir) is type(
+        AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1))
+    assert model_class("AutoModelForCausalLM", tmp_path / "missing") is None  # from_pretrained reports it
+    assert model_class("AutoModelForCausalLM", "some-org/some-hub-id") is None  # no second hub look-up
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "auto_map": {}}) + "{")
+    assert model_class("AutoModelForCausalLM", tmp_path) is None  # unreadable config: from_pretrained reports it
+
+
+def test_load_model_freezes_the_imports_before_building_the_weights(tiny_model_dir, monkeypatch):
+    """In a paused start-up the first load freezes what exists (the imports, the model's code) without a collector
+    pass, before from_pretrained builds anything: the models' objects stay the collector's (start_the_loop collects
+    their garbage, then freezes them); a second load freezes nothing."""
+    import gc
+    import sys
+
+    import transformers
+
+    from rlhfctl.models import loading
+    from rlhfctl.training import collector
+
+    events: list[str] = []
+    imports_done, from_pretrained = collector.imports_done, transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(collector, "imports_done", lambda: (events.append(
+        "imports_done, code imported" if "transformers.models.gpt2.modeling_gpt2" in sys.modules else "too early"),
+        imports_done()))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *args, **kwargs: (events.append("from_pretrained"), from_pretrained(*args, **kwargs))[1])
+    enabled = gc.isenabled()
+    try:
+        with collector.start_up_without_collection():
+            first = loading.load_model("AutoModelForCausalLM", tiny_model_dir)
+            frozen = gc.get_freeze_count()
+            second = loading.load_model("AutoModelForCausalLM", tiny_model_dir)
+            assert events == ["imports_done, code imported", "from_pretrained"] * 2
+            assert frozen > 0 and gc.get_freeze_count() == frozen  # the second load froze nothing
+            tracked = {id(obj) for obj in gc.get_objects()}  # frozen objects are not listed
+            assert id(first) in tracked and id(second) in tracked
+            assert all(id(parameter) in tracked for parameter in first.parameters())
+            collector.start_the_loop()
+            assert gc.get_freeze_count() > frozen and id(first) not in {id(obj) for obj in gc.get_objects()}
+    finally:
+        gc.unfreeze()
+        gc.enable() if enabled else gc.disable()

@@ -32,21 +32,47 @@ def test_start_up_pauses_then_the_loop_collects_again_with_start_up_objects_froz
     assert gc.get_freeze_count() == 0  # a test process running many runs gets everything back
 
 
-def test_start_the_loop_frees_start_up_garbage_before_freezing():
+class _Node:
+    pass
+
+
+def _unreachable_cycle():
+    """A weak reference to an object only the cyclic collector can free."""
     import weakref
 
-    class Node:
-        pass
+    cycle = _Node()
+    cycle.self = cycle
+    return weakref.ref(cycle)
 
+
+def test_start_the_loop_frees_start_up_garbage_before_freezing():
     gc.enable()
     with collector.start_up_without_collection():
-        cycle = Node()
-        cycle.self = cycle  # only the cyclic collector frees this
-        alive = weakref.ref(cycle)
-        del cycle
+        alive = _unreachable_cycle()
         assert alive() is not None  # paused: nothing collected
         collector.start_the_loop()
         assert alive() is None
+
+
+def test_imports_done_freezes_without_a_pass_and_only_once():
+    gc.enable()
+    with collector.start_up_without_collection():
+        kept = _unreachable_cycle()  # garbage from before imports_done (the imports'): frozen, not collected
+        collector.imports_done()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and not gc.isenabled()
+        freed = _unreachable_cycle()  # garbage from model loading: collected by start_the_loop
+        collector.imports_done()  # a second model's load: freezes nothing more
+        assert gc.get_freeze_count() == frozen
+        collector.start_the_loop()
+        assert freed() is None and kept() is not None
+    assert gc.get_freeze_count() == 0
+
+
+def test_imports_done_leaves_a_collector_it_did_not_pause_alone():  # a Ray Train worker, rm eval, ppo sample
+    gc.enable()
+    collector.imports_done()
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
 
 
 def test_a_run_that_fails_during_start_up_gives_the_collector_back():
@@ -75,3 +101,44 @@ def test_start_the_loop_leaves_a_collector_it_did_not_pause_alone():  # a Ray Tr
 def test_freeze_before_exit_freezes_what_exists():
     collector.freeze_before_exit()
     assert gc.get_freeze_count() > 0
+
+
+def test_end_without_teardown_runs_every_exit_handler_flushes_and_keeps_the_status(tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, sys
+from rlhfctl.training import collector
+collector.end_without_teardown()
+class Teardown:
+    def __del__(self):
+        open({str(tmp_path / "teardown")!r}, "w").close()
+kept = Teardown()  # a module global: freed only by the interpreter's teardown
+atexit.register(lambda: open({str(tmp_path / "handler")!r}, "w").close())  # registered later: runs first
+import logging
+handler = logging.FileHandler({str(tmp_path / "log.txt")!r}, delay=False)
+logging.getLogger("x").addHandler(handler)
+logging.getLogger("x").warning("logged")
+sys.stdout.write("x" * 100000)  # buffered: flushed at exit
+collector.set_exit_status(3)
+raise SystemExit(3)
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 3 and completed.stdout == "x" * 100000, completed.stderr
+    assert (tmp_path / "handler").exists() and (tmp_path / "log.txt").read_text() == "logged\n"
+    assert not (tmp_path / "teardown").exists()  # the teardown was skipped
+
+
+def test_without_a_known_status_python_exits_as_usual():
+    import subprocess
+    import sys
+
+    script = ("from rlhfctl.training import collector\ncollector.end_without_teardown()\n"
+              "collector.set_exit_status('a message')\nraise SystemExit('a message')")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 1 and "a message" in completed.stderr
+    crashed = subprocess.run([sys.executable, "-c", "from rlhfctl.training import collector\n"
+                              "collector.end_without_teardown()\nraise RuntimeError('boom')"],
+                             capture_output=True, text=True, timeout=60)
+    assert crashed.returncode == 1 and "RuntimeError: boom" in crashed.stderr

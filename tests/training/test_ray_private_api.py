@@ -1,7 +1,7 @@
 """Every private (or V2-internal) Ray name rlhfctl relies on still exists with the shape it is used with.
 
 rlhfctl's torch backend (``training/torch_backend.py``), its lean trainer (``training/ray_trainer.py``), the
-driver's failure messages (``training/launch.py``) and the embedded Ray's settings (``training/ray_cluster.py``)
+driver's failure messages (``training/run_failures.py``) and the embedded Ray's settings (``training/ray_cluster.py``)
 use Ray Train internals, so pyproject pins ``ray[train]`` to the minor version tested. A Ray upgrade that moves
 or renames any of them fails here, in CI, instead of in a user's run. The last test keeps the list complete: any
 new import of a private Ray module or name in ``rlhfctl/`` must be added here.
@@ -98,7 +98,7 @@ def test_the_trainer_hook_and_failure_attributes_rlhfctl_reads():
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
-    from rlhfctl.training import launch, ray_trainer
+    from rlhfctl.training import ray_trainer, run_failures
 
     assert callable(getattr(DataParallelTrainer, "_create_default_callbacks", None))  # LeanTrainer overrides it
     # LeanTrainer swaps the scaling policy fit() passes here; FixedSizeWithoutAutoscaler overrides these
@@ -110,11 +110,11 @@ def test_the_trainer_hook_and_failure_attributes_rlhfctl_reads():
         assert callable(getattr(FixedScalingPolicy, name, None)), f"FixedScalingPolicy.{name}"
     assert "TrainAutoscalingCoordinatorClient(" in inspect.getsource(FixedScalingPolicy.after_controller_start)
     assert "datasets" in inspect.signature(DataParallelTrainer.__init__).parameters  # LeanTrainer reads .datasets
-    # launch._describe_ray_failure and _user_error_inside read these
+    # run_failures.describe_ray_failure and user_error_inside read these
     assert issubclass(WorkerGroupError, TrainingFailedError) and issubclass(ControllerError, TrainingFailedError)
     assert vars(WorkerGroupError("boom", {0: ValueError("x")}))["worker_failures"][0].args == ("x",)
     assert "controller_failure" in vars(ControllerError(ValueError("x")))
-    assert WorkerGroupStartupTimeoutError.__name__ in inspect.getsource(launch._describe_ray_failure)
+    assert WorkerGroupStartupTimeoutError.__name__ in inspect.getsource(run_failures.describe_ray_failure)
     # the callbacks LeanTrainer leaves out (by class name) still exist under those names
     callbacks = importlib.import_module("ray.train.v2._internal.callbacks")
     placement = importlib.import_module("ray.train.v2._internal.callbacks.placement_group_callback")

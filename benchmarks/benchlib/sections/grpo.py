@@ -3,7 +3,9 @@
 Speed: the same random kit folder as policy and reward model (as in the PPO section), the same prompts, 8 prompts x
 4 completions per step, 32-token responses at temperature 0.7, beta 0.04 (k3 KL in the loss), clip 0.2, token-level
 loss, group-std scaling, one optimisation pass per step, dropout off, lr 1e-6. One episode = one completion.
-Figures: steady-state episodes/s, end-to-end wall time, peak PSS, nominal MFU.
+Figures: steady-state episodes/s, end-to-end wall time, peak PSS, nominal MFU. The rate is given twice, both tools
+alike: over every timed step, and leaving out stalls (a step >= 3x its run's median: grpo5's TRL run of 78
+episodes/s had two steps of 1.45 and 4.61 s among ~0.2 s ones, a pause of the machine, not TRL's work).
 
 Two workloads per tool and repeat, A B A B: ``EPISODES`` (8 steps) gives the end-to-end wall time, peak PSS and
 the rate over its 6 timed steps as measured since issue 17 started; ``RATE_EPISODES`` (32 steps, 29 timed) gives
@@ -27,7 +29,7 @@ import subprocess
 from pathlib import Path
 
 from benchlib import stats, workspace
-from benchlib.sections import SectionResult, compare_rows, first_step_row, samples_of
+from benchlib.sections import SectionResult, compare_rows, first_step_row, median_of, samples_of
 from benchlib.sections.ppo import _prompt_subset
 from benchlib.stats import Row
 from benchlib.tools import (REPO_ROOT, TRL_CURRENT_DIR, BenchContext, ToolRun, rlhfctl_available, rlhfctl_command,
@@ -209,8 +211,19 @@ def run(ctx: BenchContext) -> SectionResult:
     short[0].figure = f"steady-state episodes/s over {steps} steps, the last {_timed(steps)} timed ({label})"
     short[0].note = f"{EPISODES} episodes: the rate as measured before {RATE_EPISODES}-episode runs (too few steps)"
     short[1].note = f"process start to exit, {EPISODES} episodes = {steps} steps; {workload}"
-    result.rows.extend([long[0], short[1], short[2], *long[3:], short[0], first_step_row(section, label,
-                                                                                          runs[EPISODES][0])])
+    mine_long, theirs_long = runs[RATE_EPISODES]
+    stalls = {tool: samples_of(tool_runs, "stalled_steps") for tool, tool_runs in
+              (("rlhfctl", mine_long), ("trl", theirs_long))}
+    without_stalls = Row(
+        section, f"steady-state episodes/s, stalls left out ({label})", "episodes/s",
+        median_of(mine_long, "rate_without_stalls"), median_of(theirs_long, "rate_without_stalls"),
+        f"the {_timed(rate_steps)} timed steps of the {RATE_EPISODES}-episode runs less any step >= "
+        f"{stats.STALL_FACTOR:g}x that run's median step (a pause of the machine; stalled steps per run: rlhfctl "
+        f"{stalls['rlhfctl']}, TRL {stalls['trl']})",
+        samples={"rlhfctl": samples_of(mine_long, "rate_without_stalls"),
+                 "trl": samples_of(theirs_long, "rate_without_stalls")})
+    result.rows.extend([without_stalls, long[0], short[1], short[2], *long[3:], short[0],
+                        first_step_row(section, label, runs[EPISODES][0])])
     result.details[preset] = {
         "episodes": EPISODES, "rate_episodes": RATE_EPISODES, "flops_per_episode": flops,
         **{f"{tool}_{episodes}": [r.summary() for r in tool_runs[index]] for episodes, tool_runs in runs.items()

@@ -30,17 +30,16 @@ from rlhfctl.config.schema.common import (
     TRACKERS,
     MixedPrecision,
     ModelGeneral,
-    MonitorConfig,
     NonNegativeInt,
     Optimizer,
     PositiveFloat,
     PositiveInt,
     Section,
-    StageConfigBase,
     Tracker,
     TrainingCommon,
-    seed_spellings,
 )
+from rlhfctl.config.schema.monitor import MonitorConfig
+from rlhfctl.config.schema.stage import StageConfigBase, seed_spellings
 from rlhfctl.config.schema.dpo import DPOConfig, DPODataset, DPOGeneral, DPOTraining
 from rlhfctl.config.schema.grpo import GRPOConfig, GRPOGeneral, GRPOTraining, RewardConfig
 from rlhfctl.config.schema.lora import ALL_LINEAR, LoraConfig

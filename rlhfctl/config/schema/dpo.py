@@ -12,10 +12,10 @@ from rlhfctl.config.schema.common import (
     LearningRate,
     ModelGeneral,
     ModelSource,
-    StageConfigBase,
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.stage import StageConfigBase
 from rlhfctl.config.schema.lora import LoraConfig
 
 LossType = Literal["sigmoid", "ipo", "hinge"]

@@ -22,10 +22,10 @@ from rlhfctl.config.schema.common import (
     PositiveFloat,
     PositiveInt,
     Section,
-    StageConfigBase,
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.stage import StageConfigBase
 from rlhfctl.config.schema.lora import LoraConfig
 from rlhfctl.config.schema.markers import LIVE_EXAMPLE, Ask, WizardStep
 from rlhfctl.config.schema.ppo import GenerationConfig, PPODataset, PPOGeneral

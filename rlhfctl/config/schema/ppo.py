@@ -18,10 +18,10 @@ from rlhfctl.config.schema.common import (
     PositiveFloat,
     PositiveInt,
     Section,
-    StageConfigBase,
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.stage import StageConfigBase
 from rlhfctl.config.schema.lora import LoraConfig
 from rlhfctl.config.schema.markers import Ask, WizardStep
 

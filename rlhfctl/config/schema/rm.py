@@ -10,10 +10,10 @@ from rlhfctl.config.schema.common import (
     BatchSize,
     DatasetConfig,
     ModelGeneral,
-    StageConfigBase,
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.stage import StageConfigBase
 from rlhfctl.config.schema.lora import LoraConfig
 
 

@@ -9,10 +9,10 @@ from pydantic import Field
 from rlhfctl.config.schema.common import (
     DatasetConfig,
     ModelGeneral,
-    StageConfigBase,
     TrainFile,
     TrainingCommon,
 )
+from rlhfctl.config.schema.stage import StageConfigBase
 from rlhfctl.config.schema.lora import LoraConfig
 
 
