@@ -46,24 +46,13 @@ def logprobs_from_logits(
             distribution the tokens were sampled from [TRL].
 
     Returns:
-        ``(batch, response_len)`` log-probs of the chosen tokens only (full-vocabulary values are never kept).
+        ``(batch, response_len)`` log-probs of the chosen tokens only (full-vocabulary values are never kept: a
+        block of positions at a time, :mod:`rlhfctl.objectives.token_logprobs`).
     """
-    import torch
+    from rlhfctl.objectives.token_logprobs import token_logprobs_and_entropy
 
-    response_logits, chosen = _tempered_response_logits(logits, query_responses, prompt_len, temperature)
-    return chosen - torch.logsumexp(response_logits, dim=-1)
-
-
-def _tempered_response_logits(
-    logits: "torch.Tensor", query_responses: "torch.Tensor", prompt_len: int, temperature: float
-) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """The logits that score the response tokens, divided by ``temperature`` ``(batch, response_len, vocab)``, and
-    the chosen tokens' entries of them ``(batch, response_len)``."""
-    import torch
-
-    response_logits = logits[:, prompt_len - 1 : -1, :].float() / temperature  # (batch, response_len, vocab)
-    targets = query_responses[:, prompt_len:]  # (batch, response_len)
-    return response_logits, torch.gather(response_logits, 2, targets.unsqueeze(-1)).squeeze(-1)
+    return token_logprobs_and_entropy(logits, query_responses[:, prompt_len:], prompt_len - 1, temperature,
+                                      with_entropy=False)[0]
 
 
 def logprobs_and_entropy_from_logits(
@@ -72,20 +61,16 @@ def logprobs_and_entropy_from_logits(
 ) -> tuple["torch.Tensor", "torch.Tensor"]:
     """:func:`logprobs_from_logits` (the same values, computed the same way) and the per-token entropy of the same
     tempered distribution, ``(batch, response_len)`` each, sharing one log-normaliser: the entropy is
-    ``logsumexp(z) - sum(softmax(z) * z)`` with ``softmax(z) = exp(z - logsumexp(z))``, so the vocabulary is
-    tempered, exponentiated and reduced once instead of twice. The entropy carries gradients only with
-    ``entropy_grad``."""
-    import torch
+    ``logsumexp(z) - sum(softmax(z) * z)`` with ``softmax(z) = exp(z - logsumexp(z))``. The entropy carries
+    gradients only with ``entropy_grad``.
 
-    response_logits, chosen = _tempered_response_logits(logits, query_responses, prompt_len, temperature)
-    normalizer = torch.logsumexp(response_logits, dim=-1)
-    logprobs = chosen - normalizer
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        scaled, log_total = (response_logits, normalizer) if entropy_grad else (response_logits.detach(),
-                                                                               normalizer.detach())
-        probs = torch.exp(scaled - log_total.unsqueeze(-1))
-        entropy = log_total - (probs * scaled).sum(dim=-1)
-    return logprobs, entropy
+    Both are computed a block of positions at a time, and their backward recomputes each block's softmax
+    (:mod:`rlhfctl.objectives.token_logprobs`): no full-vocabulary copy of the logits is kept for the backward
+    or made while the entropy is summed."""
+    from rlhfctl.objectives.token_logprobs import token_logprobs_and_entropy
+
+    return token_logprobs_and_entropy(logits, query_responses[:, prompt_len:], prompt_len - 1, temperature,
+                                      entropy_grad=entropy_grad)
 
 
 def entropy_from_logits(logits: "torch.Tensor") -> "torch.Tensor":

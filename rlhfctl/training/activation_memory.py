@@ -134,8 +134,13 @@ def head_temporaries(shape: ModelShape, rows: int, length: int, loss: Loss, sett
     plus the backward's working set (gradients of one block's inputs and intermediates).
 
     SFT's cross-entropy holds the logits, an fp32 copy of the shifted logits and the log-softmax in its forward,
-    and in the backward the logits, the log-softmax and two gradients of its size; PPO's log-probs hold the logits
-    and four response-sized fp32 copies (scaled logits and the detached entropy's softmax and product)."""
+    and in the backward the logits, the log-softmax and two gradients of its size; log-probs (PPO, GRPO, DPO) are
+    counted with the logits and four response-sized fp32 copies (scaled logits and the detached entropy's softmax
+    and product), as autograd's whole-tensor operations hold them. PPO and GRPO now compute theirs a block of
+    positions at a time (``objectives/token_logprobs.py``: the logits and, in the backward, one gradient of their
+    size); the term is kept as it is because the measured PPO peaks fell by less than the three copies
+    (benchmarks/README.md, issue #15's logitmem subsection) and the logits are counted at every position, not only
+    the response's."""
     tokens = rows * length
     working = resident(tokens * (2 * shape.hidden_size + 2 * shape.intermediate_size) * FP32,
                        tokens * shape.intermediate_size * FP32, settings)
