@@ -72,7 +72,7 @@ def probe_decode(work: Path, presets: list[str], calls: int) -> dict:
         ids, mask = tokenize_prompts(texts, tokenizer, 96)
         sampling = SamplingSettings(32, 0.7, 0, 1.0, True, (tokenizer.eos_token_id,), tokenizer.pad_token_id)
         for repeats in (4, 1):
-            def call(seed, repeats=repeats):
+            def call(seed, policy=policy, ids=ids, mask=mask, sampling=sampling, repeats=repeats):
                 torch.manual_seed(seed)
                 generate_responses(policy, ids, mask, sampling, repeats=repeats)
             medians = _alternated(call, calls, 2)
