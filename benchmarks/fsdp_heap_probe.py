@@ -3,7 +3,10 @@
     /work/wt/bin/shared python benchmarks/fsdp_heap_probe.py pool 6      # rlhfctl's sharding (buffers pooled)
     /work/wt/bin/shared python benchmarks/fsdp_heap_probe.py nopool 6    # FSDP2's own allocation
     MODE: pool | nopool, optionally +keep (units keep their full parameters from the forward to the backward:
-    ``set_reshard_after_forward(False)``) and +trim (``malloc_trim(0)`` after every optimizer step); STEPS: optimizer steps (the first two are not counted)
+    ``set_reshard_after_forward(False)``), +trim (``malloc_trim(0)`` after every optimizer step), +eager (Adam's
+    moments and the sharded gradients created before the first forward: a zero-gradient step at learning rate 0,
+    its step count reset) and +keepgrad (``zero_grad(set_to_none=False)``: the sharded gradients kept across
+    steps); STEPS: optimizer steps (the first two are not counted)
 
 The ~60 M-parameter Llama of ``bench_memory.py`` (build it there first) as a sequence-classification RM with
 gradient checkpointing, sharded by :func:`rlhfctl.training.fsdp.shard_model` over 2 gloo processes (one torch
@@ -60,6 +63,15 @@ def train(rank: int, mode: str, steps: int) -> None:
         for unit in fsdp.fsdp_units(model):
             unit.set_reshard_after_forward(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    if "eager" in mode:
+        for param in model.parameters():
+            param.grad = torch.zeros_like(param)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.param_groups[0]["lr"] = 0.0
+        optimizer.step()
+        optimizer.param_groups[0]["lr"] = lr
+        for state in optimizer.state.values():
+            state["step"].zero_()
     tokens = torch.randint(5, 8000, (4, 256), generator=torch.Generator().manual_seed(rank))
     times = []
     for _ in range(steps):
@@ -68,7 +80,7 @@ def train(rank: int, mode: str, steps: int) -> None:
             scores = model(input_ids=tokens[2 * micro:2 * micro + 2]).logits
             (-torch.nn.functional.logsigmoid(scores[0] - scores[1]).mean()).backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none="keepgrad" not in mode)
         if "trim" in mode:
             ctypes.CDLL(None).malloc_trim(ctypes.c_size_t(0))
         times.append(time.perf_counter() - started)

@@ -11,7 +11,9 @@ under glibc's defaults, and at 2.32 / 4.03 GiB with the threshold fixed at 128 K
 off), once per process, at the start of every training worker (Ray Train workers and the in-process layout:
 :func:`rlhfctl.training.worker.setup_worker` calls it). :func:`release_free_memory` (``malloc_trim(0)``) hands
 back what the heaps still hold at phase boundaries: after the models are built (and sharded), after a checkpoint,
-after the export.
+after the export. An FSDP worker on CPU trims at those boundaries and after every optimizer step whatever the
+policy (``sharded_on_cpu``): its units' gathers and full gradients churn the heap every step, and a trim costs it
+far less than the policy's fixed threshold does.
 
 Opt-in: ``RLHFCTL_MALLOC=release`` in the environment (of the driver, which the embedded Ray's workers inherit;
 on a joined cluster, in the nodes' environment) turns it on; unset or ``default`` keeps glibc's defaults, and so do
@@ -134,10 +136,12 @@ def planned_mmap_threshold(environ: Mapping[str, str] | None = None) -> int | No
     return TRAINING_POLICY.mmap_threshold_bytes
 
 
-def release_free_memory(glibc: Callable[[], _Glibc | None] = load_glibc) -> bool:
-    """``malloc_trim(0)``: give the heaps' free pages back to the system (a phase boundary's leftovers). Only in a
-    process the policy was applied to; True when memory was released."""
-    if _applied != "applied":
+def release_free_memory(glibc: Callable[[], _Glibc | None] = load_glibc, *, sharded_on_cpu: bool = False) -> bool:
+    """``malloc_trim(0)``: give the heaps' free pages back to the system (a phase boundary's leftovers). In a process
+    the policy was applied to, and in an FSDP worker on CPU (``sharded_on_cpu``) whatever the policy: there every
+    step gathers and frees each unit's full parameters and gradients, and glibc's heap keeps what they leave free
+    (benchmarks/README.md, "Sharded training", fsdp7). True when memory was released."""
+    if _applied != "applied" and not sharded_on_cpu:
         return False
     libc = glibc()
     return libc is not None and libc.malloc_trim()

@@ -138,6 +138,13 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         """True when the models are FSDP-sharded over the workers (``training.strategy = "fsdp"``, 2+ workers)."""
         return self.core.mode == "ray" and self.world_size > 1 and self.training.strategy == "fsdp"
 
+    @property
+    def sharded_on_cpu(self) -> bool:
+        """FSDP on CPU: each step's gathered parameters and full gradients come from glibc's heap and are freed again,
+        so the worker hands the heap's free pages back after every optimizer step and at phase boundaries
+        (:func:`allocator.release_free_memory`)."""
+        return self.sharded and self.device.type == "cpu"
+
     def prepare_model(self, model, *, ddp: bool = True):
         """Move to this worker's device; wrap in DistributedDataParallel when training on several workers, or shard
         it with FSDP2 under ``training.strategy = "fsdp"`` (:mod:`rlhfctl.training.fsdp`; the model is changed in
@@ -236,6 +243,8 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         if scheduler is not None:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if self.sharded_on_cpu:
+            allocator.release_free_memory(sharded_on_cpu=True)  # what the step's gathers and full gradients freed
         return grad_norm
 
     def all_reduce_mean(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -328,7 +337,8 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             restored = None if folder is None else ckpt.read_checkpoint(folder, state, rank=self.rank)
         parameters = ckpt.parameter_counts(*state.models.values()) if state is not None and state.models else None
         collector.start_the_loop()  # start-up is over: its objects leave the collector's full passes
-        allocator.release_free_memory()  # what building, sharding and loading the models left in the heaps
+        # what building, sharding and loading the models left in the heaps
+        allocator.release_free_memory(sharded_on_cpu=self.sharded_on_cpu)
         self.announce_start(restored.step if restored else 0, parameters)
         return restored
 
@@ -389,7 +399,7 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             self._prune_local_checkpoints(run_dir)
         if self.is_main:
             self._sender.send(CheckpointSaved(step=state.step, path=str(Path(self.core.run_dir) / name)))
-        allocator.release_free_memory()  # the checkpoint's serialised copies
+        allocator.release_free_memory(sharded_on_cpu=self.sharded_on_cpu)  # the checkpoint's serialised copies
         self._maybe_inject_fault(state.step)
         if self._health is not None and self._health.stop_pending is not None:
             raise HealthStop(self._health.stop_pending, checkpoint_step=state.step)
@@ -441,7 +451,8 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
             return export_hf(model, tokenizer, Path(self.core.checkpoint_dir), extra_files=extra_files,
                              merge_adapters=self.merge_adapters_on_export)
         finally:
-            allocator.release_free_memory()  # the exported state dict (and a merged copy with LoRA)
+            # the exported state dict (and a merged copy with LoRA)
+            allocator.release_free_memory(sharded_on_cpu=self.sharded_on_cpu)
 
     @property
     def merge_adapters_on_export(self) -> bool:

@@ -79,6 +79,17 @@ def test_explicit_release_and_unrelated_tunables_apply_it(fresh_process):
     assert allocator.apply_training_policy(environ, glibc=lambda: glibc) == "applied"
 
 
+def test_an_fsdp_worker_on_cpu_trims_whatever_the_policy(fresh_process):
+    """FSDP on CPU churns the heap every step: its trims run with glibc's defaults too (and stay a no-op off
+    glibc)."""
+    glibc = FakeGlibc()
+    assert allocator.apply_training_policy({}, glibc=lambda: glibc) == "not requested"
+    assert not allocator.release_free_memory(glibc=lambda: glibc)
+    assert allocator.release_free_memory(glibc=lambda: glibc, sharded_on_cpu=True)
+    assert glibc.calls == [("malloc_trim",)]
+    assert not allocator.release_free_memory(glibc=lambda: None, sharded_on_cpu=True)
+
+
 def test_off_glibc_it_is_a_no_op(fresh_process):
     assert allocator.apply_training_policy(RELEASE, glibc=lambda: None) == "not glibc"
     assert not allocator.release_free_memory(glibc=lambda: None)

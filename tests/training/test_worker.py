@@ -165,6 +165,26 @@ def test_step_clips_to_max_grad_norm_and_zero_turns_clipping_off(tmp_path, max_g
     channel.close()
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_an_fsdp_worker_on_cpu_trims_the_heap_after_each_step(tmp_path, monkeypatch, sharded):
+    """FSDP on CPU: each optimizer step is followed by a heap trim (what its gathers and full gradients freed);
+    DDP and single-process steps are not."""
+    from rlhfctl.training import allocator
+    from rlhfctl.training.worker import WorkerContext
+
+    trims = []
+    monkeypatch.setattr(allocator, "release_free_memory", lambda **kwargs: trims.append(kwargs) or True)
+    monkeypatch.setattr(WorkerContext, "sharded", property(lambda self: sharded))
+    channel = LocalChannel()
+    ctx = setup_worker(_loop_config(tmp_path, channel, optimizer="SGD"))
+    assert ctx.sharded_on_cpu is sharded
+    model = torch.nn.Linear(2, 1)
+    model.weight.grad, model.bias.grad = torch.ones(1, 2), torch.ones(1)
+    ctx.step(build_optimizer(model, ctx.training), None, model)
+    assert trims == ([{"sharded_on_cpu": True}] if sharded else [])
+    channel.close()
+
+
 def test_a_worker_refuses_a_plan_its_own_device_cannot_hold(tmp_path):
     """The check the driver leaves to the workers (a joined cluster, a GPU without nvidia-smi): setup_worker
     compares the plan with the worker's own device (here this machine's RAM) before any model is loaded."""
