@@ -40,7 +40,8 @@ from rlhfctl.training.batching import (
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
 from rlhfctl.training.memory import CHARS_PER_TOKEN, ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
-from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
+from rlhfctl.training.optim import build_optimizer, build_scheduler
+from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker
 
 STAGE = "dpo"
 # printed after the stage: final metrics by name, 3 decimals each

@@ -36,7 +36,8 @@ from rlhfctl.training import batching
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
 from rlhfctl.training.memory import ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
-from rlhfctl.training.worker import LoopConfig, WorkerContext, build_optimizer, build_scheduler, setup_worker
+from rlhfctl.training.optim import build_optimizer, build_scheduler
+from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker
 
 STAGE = "sft"
 # printed after the stage: final metrics by name, 3 decimals each

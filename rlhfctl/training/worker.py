@@ -28,12 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import shutil
-import signal
-import tempfile
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypedDict, TypeVar
@@ -46,7 +41,6 @@ from rlhfctl.progress.events import (
     SampleEvent,
     StepEvent,
 )
-from rlhfctl.runfiles import CHECKPOINT_PREFIX
 from rlhfctl.training import allocator
 from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training import collector
@@ -54,6 +48,12 @@ from rlhfctl.training.batching import shard_indices
 from rlhfctl.training.checkpoint import TrainState
 from rlhfctl.training.health import HealthStop, WorkerHealth, settings_for
 from rlhfctl.training.progress_actor import ProgressSender
+from rlhfctl.training.worker_checkpoints import (
+    inject_fault,
+    latest_checkpoint_folder,
+    report_ray_checkpoint,
+    write_local_checkpoint,
+)
 
 ConfigT = TypeVar("ConfigT")  # the stage's config (SFTConfig, RMConfig, PPOConfig, ...): has .general and .training
 PayloadT = TypeVar("PayloadT")  # the recipe's frozen payload dataclass (SFTPayload, RMPayload, PPOPayload, ...)
@@ -332,8 +332,8 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         Returns ``None`` when there is nothing to restore (``state``'s counters are left at their values).
         Also tells the driver where the run starts.
         """
-        folder_cm = self._latest_checkpoint_folder()
-        with folder_cm as folder:
+        with latest_checkpoint_folder(mode=self.core.mode, run_dir=self.core.run_dir,
+                                      resume_from=self.core.resume_from) as folder:
             restored = None if folder is None else ckpt.read_checkpoint(folder, state, rank=self.rank)
         parameters = ckpt.parameter_counts(*state.models.values()) if state is not None and state.models else None
         collector.start_the_loop()  # start-up is over: its objects leave the collector's full passes
@@ -341,26 +341,6 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         allocator.release_free_memory(sharded_on_cpu=self.sharded_on_cpu)
         self.announce_start(restored.step if restored else 0, parameters)
         return restored
-
-    @contextlib.contextmanager
-    def _latest_checkpoint_folder(self) -> Iterator[Path | None]:
-        candidates: list[tuple[int, Path]] = []
-        if self.core.resume_from and ckpt.is_complete(Path(self.core.resume_from)):
-            candidates.append((ckpt.read_step(Path(self.core.resume_from)), Path(self.core.resume_from)))
-        with contextlib.ExitStack() as stack:
-            if self.core.mode == "ray":
-                import ray.train
-
-                ray_checkpoint = ray.train.get_checkpoint()
-                if ray_checkpoint is not None:
-                    folder = Path(stack.enter_context(ray_checkpoint.as_directory()))
-                    if ckpt.is_complete(folder):
-                        candidates.append((ckpt.read_step(folder), folder))
-            if self.core.mode != "ray":
-                latest = ckpt.latest_checkpoint(Path(self.core.run_dir)) if self.core.resume_from else None
-                if latest is not None:
-                    candidates.append((ckpt.read_step(latest), latest))
-            yield max(candidates, key=lambda item: item[0])[1] if candidates else None
 
     def save(self, state: TrainState, metrics: dict[str, float] | None = None) -> None:
         """Checkpoint ``state``. Every rank must call it (RNG states are gathered; on Ray it is a barrier).
@@ -371,63 +351,20 @@ class WorkerContext(Generic[ConfigT, PayloadT]):
         name = ckpt.checkpoint_name(state.step)
         metrics = {key: float(value) for key, value in (metrics or {}).items()}
         if self.core.mode == "ray":
-            import ray.train
-
-            with tempfile.TemporaryDirectory(prefix="rlhfctl-ckpt-") as tmp:
-                checkpoint = None
-                shard_files = None
-                if self.sharded:  # every rank writes its shards; Ray Train merges the ranks' folders
-                    from rlhfctl.training.sharded_checkpoint import write_shards
-
-                    shard_files = {name: size for files in self.all_gather(write_shards(state, Path(tmp)))
-                                   for name, size in files.items()}
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                if self.is_main:
-                    ckpt.write_checkpoint(state, Path(tmp), rng_states=rng_states, metrics=metrics,
-                                          shard_files=shard_files, world_size=self.world_size)
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report({"step": state.step, **metrics}, checkpoint=checkpoint, checkpoint_dir_name=name)
+            report_ray_checkpoint(state, name, rng_states=rng_states, metrics=metrics, is_main=self.is_main,
+                                  sharded=self.sharded, world_size=self.world_size, all_gather=self.all_gather)
         elif self.is_main:
-            run_dir = Path(self.core.run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = run_dir / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            ckpt.write_checkpoint(state, tmp, rng_states=rng_states, metrics=metrics)
-            final = run_dir / name
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            self._prune_local_checkpoints(run_dir)
+            write_local_checkpoint(state, Path(self.core.run_dir), name, rng_states=rng_states, metrics=metrics,
+                                   num_to_keep=self.core.num_to_keep)
         if self.is_main:
             self._sender.send(CheckpointSaved(step=state.step, path=str(Path(self.core.run_dir) / name)))
         allocator.release_free_memory(sharded_on_cpu=self.sharded_on_cpu)  # the checkpoint's serialised copies
-        self._maybe_inject_fault(state.step)
+        inject_fault(self.core.fault_injection, state.step, rank=self.rank, world_size=self.world_size)
         if self._health is not None and self._health.stop_pending is not None:
             raise HealthStop(self._health.stop_pending, checkpoint_step=state.step)
 
     def _gather_rng_states(self) -> list[dict[str, Any]]:
         return self.all_gather(ckpt.capture_rng_state())
-
-    def _prune_local_checkpoints(self, run_dir: Path) -> None:
-        complete = sorted(
-            (ckpt.read_step(child), child) for child in run_dir.iterdir()
-            if child.is_dir() and child.name.startswith(CHECKPOINT_PREFIX) and ckpt.is_complete(child)
-        )
-        for _, old in complete[: max(0, len(complete) - self.core.num_to_keep)]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _maybe_inject_fault(self, step: int) -> None:
-        """Test hook: once (a marker file remembers), right after the checkpoint of ``after_step``, the last rank
-        kills its own process (``action="kill"``) or raises (``action="raise"``, for the in-process path)."""
-        fault = self.core.fault_injection
-        if not fault or step != fault.get("after_step") or self.rank != self.world_size - 1:
-            return
-        marker = Path(fault["marker"])
-        if marker.exists():
-            return
-        marker.write_text(f"fault injected on rank {self.rank} after step {step}\n", encoding="utf-8")
-        if fault.get("action", "kill") == "raise":
-            raise RuntimeError(f"injected fault after step {step}")
-        os.kill(os.getpid(), signal.SIGKILL)
 
     # ------------------------------------------------------------------------------------------- export
 
@@ -509,56 +446,3 @@ def setup_worker(loop_config: LoopConfig) -> WorkerContext[Any, Any]:
                                agree=ctx.all_reduce_sum)
     ctx.phase("loading model")  # what every stage's loop does next
     return ctx
-
-
-# ----------------------------------------------------------------------------------------------- optimizer
-
-
-def _no_decay(name: str, param) -> bool:
-    lowered = name.lower()
-    return param.ndim < 2 or lowered.endswith(".bias") or "norm" in lowered or lowered.startswith("ln_")
-
-
-def build_optimizer(model_or_named_params, training):
-    """The optimizer named in ``training.optimizer`` (allow-list, never a string lookup).
-
-    Weight decay applies to weight matrices only: biases and normalisation weights (and any 1-D parameter) go
-    into a group with ``weight_decay=0``. Accepts a module or an iterable of ``(name, parameter)``.
-    """
-    import torch
-
-    named: Iterable = (model_or_named_params.named_parameters() if isinstance(model_or_named_params, torch.nn.Module)
-                       else model_or_named_params)
-    decay, no_decay = [], []
-    for name, param in named:
-        if param.requires_grad:
-            (no_decay if _no_decay(name, param) else decay).append(param)
-    groups = [{"params": decay, "weight_decay": training.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [group for group in groups if group["params"]]
-    lr = training.learning_rate
-    if training.optimizer in ("AdamW", "Adam"):
-        adam = torch.optim.AdamW if training.optimizer == "AdamW" else torch.optim.Adam
-        try:
-            # The fused kernel updates every parameter in one pass: ~5x faster optimizer steps for small models on
-            # CPU (0.2 vs 1.0 ms per step for the tiny example model), the same algorithm.
-            return adam(groups, lr=lr, fused=True)
-        except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
-            return adam(groups, lr=lr)
-    if training.optimizer == "SGD":
-        return torch.optim.SGD(groups, lr=lr)
-    raise ValueError(f"unsupported optimizer {training.optimizer!r}")  # unreachable: the schema validates it
-
-
-def warmup_steps(training, num_training_steps: int) -> int:
-    return int(math.ceil(training.warmup_ratio * num_training_steps))
-
-
-def build_scheduler(optimizer, training, num_training_steps: int):
-    """``transformers.get_scheduler(training.lr_scheduler)`` with ``warmup_ratio`` of the steps as warmup (the
-    common schedules without importing transformers' optimization module: :mod:`rlhfctl.training.lr_schedules`)."""
-    from rlhfctl.training.lr_schedules import build_lr_scheduler
-
-    return build_lr_scheduler(optimizer, training.lr_scheduler,
-                              num_warmup_steps=warmup_steps(training, num_training_steps),
-                              num_training_steps=max(1, num_training_steps))

@@ -285,7 +285,7 @@ def test_adapted_scorer_gives_the_full_forwards_scores_and_gradients():
 
 
 def test_adapters_and_their_optimizer_state_stay_fp32_under_bf16_autocast():
-    from rlhfctl.training.worker import build_optimizer
+    from rlhfctl.training.optim import build_optimizer
 
     model = _llama()
     add_lora(model, LoraConfig(r=4), source="llama")

@@ -27,7 +27,8 @@ def schedule_loop(loop_config: LoopConfig) -> dict[str, float]:
     import torch
 
     from rlhfctl.training.checkpoint import TrainState
-    from rlhfctl.training.worker import build_optimizer, setup_worker
+    from rlhfctl.training.optim import build_optimizer
+    from rlhfctl.training.worker import setup_worker
 
     ctx = setup_worker(loop_config)
     model = ctx.prepare_model(torch.nn.Linear(1, 1, bias=False))

@@ -34,7 +34,8 @@ def toy_loop(loop_config: LoopConfig) -> dict[str, float]:
     import torch
 
     from rlhfctl.training.checkpoint import TrainState
-    from rlhfctl.training.worker import build_optimizer, build_scheduler, setup_worker
+    from rlhfctl.training.optim import build_optimizer, build_scheduler
+    from rlhfctl.training.worker import setup_worker
 
     ctx = setup_worker(loop_config)
     inputs = torch.tensor(ctx.payload.inputs)  # (rows, 2)

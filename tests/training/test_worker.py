@@ -11,7 +11,8 @@ from rlhfctl.config.schema import RMConfig
 from rlhfctl.progress.events import CheckpointSaved, PhaseStarted, RunStarted, StepEvent
 from rlhfctl.training.checkpoint import TrainState, checkpoint_name, latest_checkpoint
 from rlhfctl.training.progress_actor import LocalChannel
-from rlhfctl.training.worker import CoreSettings, LoopConfig, build_optimizer, build_scheduler, setup_worker
+from rlhfctl.training.optim import build_optimizer, build_scheduler
+from rlhfctl.training.worker import CoreSettings, LoopConfig, setup_worker
 
 
 def _config(tmp_path, **training) -> RMConfig:
