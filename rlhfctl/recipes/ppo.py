@@ -54,8 +54,8 @@ from rlhfctl.runfiles import REWARD_STATS_FILE
 from rlhfctl.training.batching import evaluation_batches
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
-from rlhfctl.training.memory import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.optim import build_optimizer, build_scheduler
+from rlhfctl.training.stage_workload import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker
 
 STAGE = "ppo"
