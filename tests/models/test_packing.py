@@ -93,3 +93,35 @@ def test_size_weighted_shares_give_the_gradient_of_the_whole_step(tiny_classifie
     averaged = sum(gradient(share, len(share) * 2 / len(step)) for share in shares) / 2  # what DDP averages
     assert len(shares[0]) != len(shares[1])  # uneven shares: the weighting is what makes this hold
     assert torch.allclose(averaged, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_the_packed_layout_of_a_grpo_group():
+    from rlhfctl.models.packing import group_last_positions, group_predictor_positions, pack_groups
+
+    # one prompt [7 8] left-padded to 3, two completions of width 2: [4 5] and [6 pad]
+    ids = torch.tensor([[0, 7, 8, 4, 5], [0, 7, 8, 6, 0]])
+    mask = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 1, 0]])
+    packed = pack_groups(ids, mask, 3, 2)
+    assert packed["input_ids"].tolist() == [[0, 7, 8, 4, 5, 6, 0]]
+    assert packed["position_ids"].tolist() == [[0, 0, 1, 2, 3, 2, 3]]  # each completion goes on from the prompt
+    attends = packed["attention_mask"][0, 0].int().tolist()
+    assert attends == [[1, 0, 0, 0, 0, 0, 0],   # the prompt's padding: itself only
+                       [0, 1, 0, 0, 0, 0, 0],   # the prompt: causal over its real tokens
+                       [0, 1, 1, 0, 0, 0, 0],
+                       [0, 1, 1, 1, 0, 0, 0],   # first completion: the prompt and itself
+                       [0, 1, 1, 1, 1, 0, 0],
+                       [0, 1, 1, 0, 0, 1, 0],   # second completion: the prompt and itself, never the first
+                       [0, 1, 1, 0, 0, 1, 1]]
+    # the logits scoring [4 5] are at 2 (the prompt's last position) and 3; those scoring [6 pad] at 2 and 5
+    assert group_predictor_positions(3, 2, 2, "cpu").tolist() == [2, 3, 2, 5]
+    assert group_last_positions(3, 2, torch.tensor([[2, 1]])).tolist() == [[4, 5]]
+
+
+def test_rows_of_a_group_must_share_their_prompt():
+    from rlhfctl.models.packing import pack_groups
+
+    ids = torch.tensor([[7, 8, 4], [7, 9, 4], [1, 2, 3], [1, 2, 3]])
+    with pytest.raises(ValueError, match="share their prompt"):
+        pack_groups(ids, torch.ones_like(ids), 2, 2)
+    with pytest.raises(ValueError, match="groups of 3"):
+        pack_groups(ids, torch.ones_like(ids), 2, 3)
