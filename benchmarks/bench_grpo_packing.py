@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="Timed steps (after 3 untimed).")
     parser.add_argument("--prompt-copies", type=int, default=1)
     parser.add_argument("--response-tokens", type=int, default=RESPONSE_LENGTH)
+    parser.add_argument("--force-packing", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=BENCH_DIR / "results" / "work")
     args = parser.parse_args()
 
@@ -47,6 +48,8 @@ def main() -> int:
     from transformers.utils import logging
 
     from rlhfctl.models.generation import SamplingSettings, generate_responses, tokenize_prompts
+    from rlhfctl.models import rollout
+    from rlhfctl.models.packing import packing_pays
     from rlhfctl.models.rollout import packs_groups, policy_logprobs, reward_scores
     from rlhfctl.models.scoring import TokenScoreModel
     from rlhfctl.objectives.grpo import grpo_loss
@@ -66,6 +69,8 @@ def main() -> int:
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     assert packs_groups(policy) and packs_groups(reference)
+    if args.force_packing:
+        rollout.packing_pays = lambda *shape: True
     rows = prompts_for(work, 1024).read_text(encoding="utf-8").splitlines()[: args.prompts]
     texts = [" ".join([json.loads(row)["prompt"]] * args.prompt_copies) for row in rows]
     ids, mask = tokenize_prompts(texts, tokenizer, 4096)
@@ -122,9 +127,11 @@ def main() -> int:
               f"rows {sides['rows']['min_ms']:8.2f} / {sides['rows']['median_ms']:8.2f} ms (min / median)",
               file=sys.stderr)
     prompt_len = ids.shape[1]
-    print(json.dumps({"model": args.model, "generations": group, "prompts": args.prompts, "steps": args.steps,
+    response_len = stats.median([shape[1] - prompt_len for shape in shapes])
+    pays = packing_pays(prompt_len, int(response_len), group, policy.config.hidden_size)
+    print(json.dumps({"packing_pays": pays, "forced": args.force_packing, "model": args.model, "generations": group, "prompts": args.prompts, "steps": args.steps,
                       "prompt_len": prompt_len, "prompt_tokens": mask.sum(1).tolist(),
-                      "response_len_median": stats.median([shape[1] - prompt_len for shape in shapes]),
+                      "response_len_median": response_len,
                       "max_abs_difference": differences, "phases": summary}))
     return 0
 

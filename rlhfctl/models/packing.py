@@ -126,6 +126,20 @@ def pack_groups(query_responses, attention_mask, prompt_len: int, group: int) ->
     return {"input_ids": input_ids, "attention_mask": block_attention_mask(segment), "position_ids": position_ids}
 
 
+def packing_pays(prompt_len: int, response_len: int, group: int, hidden_size: int) -> bool:
+    """Whether a packed group (:func:`pack_groups`) costs a transformer layer less than its ``group`` rows.
+
+    Per layer, a token's projections and MLP cost ~``24 d^2`` FLOPs (GPT-2's and Llama's shapes, ``d`` =
+    ``hidden_size``) and every query-key pair ~``4 d`` (scores and weighted values; the attention runs over every
+    pair of a row under a mask). Packing saves ``(group - 1) * prompt_len`` tokens, but its row of ``prompt_len +
+    group * response_len`` tokens has more pairs than the rows together; with long completions in large groups the
+    pairs win (and so would the attention's memory), so the rows are kept then. In units of ``4 d``:
+    ``6 d * tokens + pairs``, packed against the rows."""
+    packed = prompt_len + group * response_len
+    row = prompt_len + response_len
+    return 6 * hidden_size * packed + packed**2 < group * (6 * hidden_size * row + row**2)
+
+
 def group_predictor_positions(prompt_len: int, response_len: int, group: int, device):
     """``(group * R,)``: where, in a row of :func:`pack_groups`, the logits that score each completion token are:
     a completion's first token at the prompt's last position, token ``j > 0`` of slot ``k`` at the position before

@@ -125,3 +125,15 @@ def test_rows_of_a_group_must_share_their_prompt():
         pack_groups(ids, torch.ones_like(ids), 2, 2)
     with pytest.raises(ValueError, match="groups of 3"):
         pack_groups(ids, torch.ones_like(ids), 2, 3)
+
+
+def test_a_group_is_packed_only_where_it_costs_less():
+    from rlhfctl.models.packing import packing_pays
+
+    # (prompt, response, group, hidden): the harness's tiny and 14.6 M models, 26-token prompts, 32 tokens
+    assert packing_pays(26, 32, 4, 64) and packing_pays(26, 32, 8, 384)
+    # long completions in a large group: the packed row's attention pairs outweigh the prompt tokens saved
+    assert not packing_pays(26, 128, 8, 64) and not packing_pays(26, 128, 8, 384)
+    assert packing_pays(512, 128, 8, 384)  # a long prompt pays for them
+    # by hand: packed 6 * 64 * 154 + 154^2 = 82,852 < rows 4 * (6 * 64 * 58 + 58^2) = 102,544
+    assert packing_pays(26, 32, 4, 64) == (82_852 < 102_544)
