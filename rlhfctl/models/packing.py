@@ -39,14 +39,17 @@ def shared_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
 
 def packing_supported(model) -> bool:
     """Whether ``model``'s backbone is one whose final block is computed at read positions (``models.last_position``)
-    and takes a custom 4-D boolean attention mask (transformers 5 GPT-2 and the Llama family), with no sliding
-    window in any layer (transformers applies none under a custom 4-D mask, so a packed row would see further back
-    than its own sequence alone)."""
+    and takes a custom 4-D boolean attention mask (transformers 5 GPT-2 and the Llama family, attention through
+    ``sdpa`` or ``eager``: flash-attention kernels take no such mask), with no sliding window in any layer
+    (transformers applies none under a custom 4-D mask, so a packed row would see further back than its own
+    sequence alone)."""
     from rlhfctl.models.last_position import final_block, has_read_shortcut, has_sliding_window
 
     backbone = getattr(model, "base_model", None)
     block = final_block(backbone) if backbone is not None else None
-    return block is not None and has_read_shortcut(block) and not has_sliding_window(backbone)
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+    return (block is not None and has_read_shortcut(block) and not has_sliding_window(backbone)
+            and attention in ("sdpa", "eager"))
 
 
 def collate_packed_pairs(pairs: Sequence[Any], pad_token_id: int, device) -> dict[str, Any]:

@@ -137,3 +137,11 @@ def test_a_group_is_packed_only_where_it_costs_less():
     assert packing_pays(512, 128, 8, 384)  # a long prompt pays for them
     # by hand: packed 6 * 64 * 154 + 154^2 = 82,852 < rows 4 * (6 * 64 * 58 + 58^2) = 102,544
     assert packing_pays(26, 32, 4, 64) == (82_852 < 102_544)
+
+
+def test_models_on_flash_attention_kernels_are_not_packed(tiny_classifier):
+    """A packed row needs its 4-D boolean mask honoured: sdpa and eager do, flash-attention kernels take none."""
+    model = tiny_classifier("gpt2")
+    assert model.config._attn_implementation in ("sdpa", "eager") and packing_supported(model)
+    model.config._attn_implementation_internal = "flash_attention_2"
+    assert model.config._attn_implementation == "flash_attention_2" and not packing_supported(model)
