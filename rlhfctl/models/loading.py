@@ -20,12 +20,16 @@ from typing import Any
 
 from rlhfctl.errors import UserError
 from rlhfctl.models.adapters import is_adapter_folder
+from rlhfctl.models.transformers_startup import remember_model_folder_scans
 
 PAD_TOKEN = "<|pad|>"
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' info logs and progress bars (warnings that matter are errors here anyway)."""
+    """Silence transformers' info logs and progress bars (warnings that matter are errors here anyway). Called
+    before transformers is first imported, it also has transformers read its model folders once instead of twice
+    (:mod:`rlhfctl.models.transformers_startup`)."""
+    remember_model_folder_scans()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging

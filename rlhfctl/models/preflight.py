@@ -162,12 +162,13 @@ def _peft_can_adapt(module) -> bool:
 def _meta_model(use: AdaptedModel, *, trust_remote_code: bool):
     """``use``'s model class built from its ``config.json`` on the meta device (no weights)."""
     import torch
-    import transformers
 
     from rlhfctl.models.adapters import adapter_base, is_adapter_folder
     from rlhfctl.models.loading import explain_load_error, quiet_transformers
 
-    quiet_transformers()
+    quiet_transformers()  # before transformers is imported (its start-up memo, rlhfctl.models.transformers_startup)
+    import transformers
+
     source = adapter_base(use.source) if is_adapter_folder(use.source) else use.source
     auto = {"causal": transformers.AutoModelForCausalLM,
             "score": transformers.AutoModelForSequenceClassification}[use.kind]
