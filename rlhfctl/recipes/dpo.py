@@ -214,6 +214,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     if validation_metrics is None:  # resumed a finished run: nothing left to train, still report and export
         validation_metrics = evaluate(ctx, model, *_validation_set(train_pairs, train_reference, validation_pairs,
                                                                    validation_reference), tokenizer.pad_token_id)
+        ctx.log(state.step, validation_metrics, epoch=state.epoch - 1, split="validation")  # once in metrics.jsonl
     ctx.export(ctx.export_model(model), tokenizer)
     final = {f"validation_{key}": value for key, value in validation_metrics.items()}
     final.update({f"train_{key}": value for key, value in train_metrics.items()})

@@ -188,6 +188,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
     if validation_metrics is None:  # resumed a finished run: nothing left to train, still report and export
         validation_metrics = evaluate(ctx, scorer, evaluated_pairs, evaluated_lengths, tokenizer.pad_token_id,
                                       training.batch_size)
+        ctx.log(state.step, validation_metrics, epoch=state.epoch - 1, split="validation")  # once in metrics.jsonl
     reward_stats = {"mean": validation_metrics["reward_mean"], "std": validation_metrics["reward_std"],
                     "count": int(validation_metrics["pairs"] * 2),
                     "source": "validation" if validation_pairs else "train",

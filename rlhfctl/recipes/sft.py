@@ -170,6 +170,7 @@ def train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
     if not validation and validation_examples:  # resumed a finished run: nothing trained, still report
         validation = validate()
+        ctx.log(state.step, validation, epoch=state.epoch - 1, split="validation")  # once in metrics.jsonl
 
     # -- export: the Hugging Face folder PPO's general.model_pretrain points at
     ctx.export(ctx.export_model(model), tokenizer)

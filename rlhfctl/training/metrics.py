@@ -120,6 +120,9 @@ class MetricsRecorder:
             self.record_event(event.alarm.to_record(), at=event.time)
             self._to_trackers("log_alarm", event.alarm)
         elif isinstance(event, StepEvent):
+            if event.split != "train" and self._has_record(event.step, event.split):
+                self.sink.handle(event)  # reported again by a resumed, already finished run: shown, not recorded
+                return
             record = event.to_record()
             self.history.append(record)
             self._metrics_file.write(_json_line(record) + "\n")
@@ -159,6 +162,9 @@ class MetricsRecorder:
                     tracker.close(failed=True)
                 except Exception:  # already broken: nothing more to do with it
                     pass
+
+    def _has_record(self, step: int, split: str) -> bool:
+        return any(int(row["step"]) == step and row.get("split") == split for row in self.history)
 
     def _restart_at(self, start_step: int) -> None:
         """Forget what was logged after ``start_step`` (it will be replayed from the checkpoint)."""

@@ -89,9 +89,30 @@ def test_a_second_run_refuses_then_resume_auto_and_force_work(trained_rm, tiny_m
     args = ["rm", "train", str(RM_CONFIG), *overrides(trained_rm, tiny_model_dir), "--quiet"]
     refused = runner.invoke(app, args)
     assert refused.exit_code == 2 and "--force" in refused.output
+    metrics_file = trained_rm / "run" / "metrics.jsonl"
+    validation_rows = _validation_rows(metrics_file)
+    assert [row["step"] for row in validation_rows] == [29, 58]  # after each epoch
     resumed = runner.invoke(app, [*args, "--resume", "auto"])  # finished run: nothing left, re-exports
     assert resumed.exit_code == 0, resumed.output
     assert "resumed from step 58" in resumed.output
+    assert _validation_rows(metrics_file) == validation_rows  # reported again, not recorded twice
+    # a driver killed before the final validation reached it (its workers finished): the resume records it
+    rows = metrics_file.read_text(encoding="utf-8").splitlines()
+    final_validation = max(index for index, line in enumerate(rows) if '"validation"' in line)
+    metrics_file.write_text("".join(line + "\n" for index, line in enumerate(rows) if index != final_validation),
+                            encoding="utf-8")
+    resumed = runner.invoke(app, [*args, "--resume", "auto"])
+    assert resumed.exit_code == 0, resumed.output
+    assert _values(_validation_rows(metrics_file)) == _values(validation_rows)
+
+
+def _validation_rows(metrics_file: Path) -> list[dict]:
+    rows = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8").splitlines()]
+    return [row for row in rows if row["split"] == "validation"]
+
+
+def _values(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key != "time"} for row in rows]
 
 
 def test_eval_json_reports_accuracy(trained_rm):
