@@ -39,8 +39,9 @@ from rlhfctl.training.batching import (
 )
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
-from rlhfctl.training.memory import CHARS_PER_TOKEN, ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.optim import build_optimizer, build_scheduler
+from rlhfctl.training.stage_workload import (CHARS_PER_TOKEN, ForwardPass, ModelUse, Phase, StageWorkload,
+                                             rows_bytes)
 from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker
 
 STAGE = "dpo"

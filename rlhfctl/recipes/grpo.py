@@ -39,12 +39,12 @@ from rlhfctl.errors import ConfigError, ConfigIssue, DataError
 from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.models.vllm_preflight import check_vllm_settings
 from rlhfctl.recipes.grpo_rewards import build_reward_functions, row_keys
-from rlhfctl.recipes.ppo import reward_head_warning
 from rlhfctl.recipes.registry import Recipe
+from rlhfctl.recipes.reward_source import reward_head_warning
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
-from rlhfctl.training.memory import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.optim import build_optimizer, build_scheduler
+from rlhfctl.training.stage_workload import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker
 
 STAGE = "grpo"

@@ -35,8 +35,8 @@ from rlhfctl.recipes.registry import Recipe
 from rlhfctl.training import batching
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
 from rlhfctl.training.launch import TrainingJob
-from rlhfctl.training.memory import ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.optim import build_optimizer, build_scheduler
+from rlhfctl.training.stage_workload import ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker
 
 STAGE = "sft"

@@ -46,7 +46,6 @@ from rlhfctl.training import checkpoint as ckpt
 from rlhfctl.training import collector
 from rlhfctl.runfiles import RESOLVED_CONFIG_FILE
 from rlhfctl.training.health import HealthStopped, run_stoppable
-from rlhfctl.training.memory import StageWorkload
 from rlhfctl.training.memory_plan import MemoryPlan, Probe, WorkerMemoryCheck, check_memory, plan_memory, probe_for_job
 from rlhfctl.training.metrics import MetricsRecorder
 from rlhfctl.training.run_directory import (
@@ -58,6 +57,7 @@ from rlhfctl.training.run_directory import (
     refuse_existing_run,
 )
 from rlhfctl.training.run_failures import describe_ray_failure, failure_message, health_stop_message, user_error_inside
+from rlhfctl.training.stage_workload import StageWorkload
 from rlhfctl.training.trackers import TrackerRun, open_trackers, trackers_to_open
 from rlhfctl.training.worker import ConfigT, CoreSettings, LoopConfig, PayloadT
 

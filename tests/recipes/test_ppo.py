@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rlhfctl.config.schema import LoraConfig, PPOConfig, RMConfig, SFTConfig
+from rlhfctl.config.schema import LoraConfig, PPOConfig
 from rlhfctl.errors import ConfigError, RuntimeFailure
 from rlhfctl.recipes import ppo
+from rlhfctl.recipes.reward_source import RewardStats, reward_head_warning
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA = REPO_ROOT / "examples" / "data"
@@ -88,7 +89,7 @@ def test_plan_refuses_inconsistent_settings(tmp_path, tiny_model_dir):
 
 
 def test_untrained_reward_head_is_warned_about(tmp_path, tiny_model_dir):
-    warning = ppo.reward_head_warning(str(tiny_model_dir))
+    warning = reward_head_warning(str(tiny_model_dir))
     assert warning is not None and "random reward" in warning
     assert ppo.prepare(make_config(tmp_path, tiny_model_dir, tiny_model_dir)).warnings == (warning,)
     assert "warning 1" in ppo.plan(make_config(tmp_path, tiny_model_dir, tiny_model_dir)).notes
@@ -104,7 +105,7 @@ def test_reward_stats_are_required_for_normalised_scores(tmp_path, tiny_model_di
     with pytest.raises(ConfigError, match="does not exist"):
         ppo.prepare(config)
     (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}), encoding="utf-8")
-    assert ppo.prepare(config).reward_stats == ppo.RewardStats(mean=0.5, std=2.0)
+    assert ppo.prepare(config).reward_stats == RewardStats(mean=0.5, std=2.0)
     (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 0.0}), encoding="utf-8")
     with pytest.raises(ConfigError, match="std > 0"):
         ppo.prepare(config)
@@ -120,7 +121,7 @@ def test_scores_are_normalised_by_default_when_the_rm_export_has_statistics(tmp_
     config.general.rm_pretrain = rm_export
     assert ppo.prepare(config).reward_stats is None  # an export without the file: raw as well
     (rm_export / "reward_stats.json").write_text(json.dumps({"mean": 0.5, "std": 2.0}), encoding="utf-8")
-    assert ppo.prepare(config).reward_stats == ppo.RewardStats(mean=0.5, std=2.0)
+    assert ppo.prepare(config).reward_stats == RewardStats(mean=0.5, std=2.0)
     assert ppo.plan(config).notes["scores"].startswith("normalised: (score - 0.5) / 2 ")
     (rm_export / "reward_stats.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(ConfigError, match="not JSON"):  # a broken file is never ignored

@@ -13,16 +13,11 @@ from rlhfctl.training.memory import (
     CPU_RAY_WORKER_BYTES,
     CUDA_CONTEXT_BYTES,
     FSDP_CPU_CHURN_RETAINED,
-    ForwardPass,
-    Generation,
     LoraSpec,
     MemoryInputs,
-    ModelUse,
-    Phase,
-    StageWorkload,
     estimate_memory,
-    rows_bytes,
 )
+from rlhfctl.training.stage_workload import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.model_config import shape_from_config
 
 SHAPE = shape_from_config({"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2,
