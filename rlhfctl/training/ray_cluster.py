@@ -146,12 +146,13 @@ def preload_ray_train() -> None:
     """Run by every worker process of the embedded Ray when it starts, before its first task: pause the cyclic
     garbage collector for the start-up (:func:`rlhfctl.training.collector.pause_until_the_loop`), import Ray Train.
 
-    Every such process hosts a piece of a Ray Train run (its controller, the synchronisation actor, a worker), and
-    each imports ``ray.train`` (~0.8 CPU-seconds) when it unpickles its actor class. The raylet starts one such
-    process per CPU as ``ray.init`` returns, a second or more before the run asks for them, and keeps them for the
-    controller and the synchronisation actor (``IDLE_WORKERS_ENV``): in those, the import happens while a core is
-    free instead of on the way to the first step (in a process started for a Train worker it is the import that
-    worker does anyway). The collector's passes over what the start-up imports and loads cost a Train worker ~1
+    Every such process hosts a piece of a Ray Train run (its controller, a worker; Ray's synchronisation actor where
+    the controller does not host the barrier), and each imports ``ray.train`` (~0.8 CPU-seconds) when it unpickles
+    its actor class. The raylet starts one such process per CPU and one for the controller
+    (``EXTRA_PRESTARTED_PROCESSES``) as ``ray.init`` returns, a second or more before the run asks for them, and
+    keeps them (``IDLE_WORKERS_ENV``) for the controller and the Train workers: in those, the import happens while
+    the driver reads data and imports Ray Train itself instead of on the way to the first step (in a process started
+    later for a Train worker it is the import that worker does anyway). The collector's passes over what the start-up imports and loads cost a Train worker ~1
     CPU-second before its first step (~20 % of its chain, measured); its loop turns the collector on again, Ray
     Train's controller as it starts, any other process after ``START_UP_WITHOUT_COLLECTION_S``. Never raises (Ray
     would end the process)."""
