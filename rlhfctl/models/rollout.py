@@ -23,6 +23,13 @@ import torch
 from torch import nn
 
 from rlhfctl.models.generation import Generation
+from rlhfctl.models.packing import (
+    group_last_positions,
+    group_predictor_positions,
+    pack_groups,
+    packing_pays,
+    packing_supported,
+)
 from rlhfctl.models.scoring import TokenScoreModel, position_ids_from_mask
 from rlhfctl.objectives import ppo as ppo_objective
 
@@ -36,27 +43,59 @@ def policy_logprobs(
     *,
     return_entropy: bool = False,
     entropy_grad: bool = False,
+    group_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs ``(batch, response_len)`` of the response tokens (and optionally the per-token entropy, with
     gradients only when ``entropy_grad``). The full-vocabulary logits live only inside this call, and only for the
     positions that score a response token when the model takes ``logits_to_keep`` (the LM head skips the prompt).
+
+    ``group_size`` > 1: every run of that many consecutive rows holds completions of one prompt (GRPO's groups);
+    where :func:`packs_groups` says the model takes it and it costs less (:func:`rlhfctl.models.packing.
+    packing_pays`), each group is one packed row with its prompt computed once (:func:`rlhfctl.models.packing.
+    pack_groups`): the same values, per completion, as its own row gives.
     """
-    keep = {}
-    if accepts_logits_to_keep(policy):
-        keep = {"logits_to_keep": query_responses.shape[1] - prompt_len + 1}  # positions prompt_len - 1 .. end
-    logits = policy(
-        input_ids=query_responses,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-        **keep,
-    ).logits  # (batch, seq, vocab), or (batch, response_len + 1, vocab) from position prompt_len - 1
-    first = prompt_len - 1 if not keep else 0  # the position whose logits score the first response token
+    response_len = query_responses.shape[1] - prompt_len
+    if group_size > 1 and packs_groups(policy) and packing_pays(prompt_len, response_len, group_size,
+                                                                _causal_lm(policy).config.hidden_size):
+        packed = pack_groups(query_responses, attention_mask, prompt_len, group_size)
+        reads = group_predictor_positions(prompt_len, response_len, group_size, query_responses.device)
+        logits = policy(**packed, use_cache=False, logits_to_keep=reads).logits  # (groups, G * R, vocab)
+        logits = logits.reshape(query_responses.shape[0], response_len, -1)  # row i: its tokens' predictors
+        first = 0  # the position whose logits score the first response token
+    else:
+        keep = {}
+        if accepts_logits_to_keep(policy):
+            keep = {"logits_to_keep": query_responses.shape[1] - prompt_len + 1}  # positions prompt_len - 1 .. end
+        logits = policy(
+            input_ids=query_responses,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+            **keep,
+        ).logits  # (batch, seq, vocab), or (batch, response_len + 1, vocab) from position prompt_len - 1
+        first = prompt_len - 1 if not keep else 0
     tokens = query_responses[:, prompt_len - 1 - first:]  # the tokens those logits score, after ``first + 1``
     if return_entropy:  # one normaliser for both
         return ppo_objective.logprobs_and_entropy_from_logits(logits, tokens, first + 1, temperature,
                                                               entropy_grad=entropy_grad)
     return ppo_objective.logprobs_from_logits(logits, tokens, first + 1, temperature), None
+
+
+def packs_groups(model: nn.Module) -> bool:
+    """Whether ``model`` (a causal LM, through DDP, peft and
+    :class:`rlhfctl.models.adapters.WithoutAdapters`) takes GRPO groups packed behind their shared prompt: it
+    takes ``logits_to_keep`` and its architecture takes a packed 4-D mask (:func:`rlhfctl.models.packing.
+    packing_supported`: GPT-2 and the Llama family on transformers 5, no sliding window; not under FSDP, whose
+    wrapped block classes it does not know)."""
+    return accepts_logits_to_keep(model) and packing_supported(_causal_lm(model))
+
+
+def _causal_lm(model):
+    """The transformers model inside DDP, peft and :class:`rlhfctl.models.adapters.WithoutAdapters` wrappers."""
+    inner = getattr(model, "module", model)
+    while hasattr(inner, "get_base_model") and inner.get_base_model() is not inner:
+        inner = inner.get_base_model()
+    return inner
 
 
 _KEEPS_LOGITS: dict[type, bool] = {}
@@ -88,9 +127,19 @@ def response_values(
 
 
 @torch.no_grad()
-def reward_scores(reward_model: TokenScoreModel, generation: Generation) -> torch.Tensor:
-    """Raw reward-model scores ``(batch,)`` read at each sequence's last real response token."""
-    last_index = generation.prompt_len + generation.truncated.lengths - 1  # (batch,)
+def reward_scores(reward_model: TokenScoreModel, generation: Generation, *, group_size: int = 1) -> torch.Tensor:
+    """Raw reward-model scores ``(batch,)`` read at each sequence's last real response token. ``group_size`` > 1:
+    runs of that many rows share their prompt, packed as in :func:`policy_logprobs` where the reward model's
+    architecture takes it (:func:`rlhfctl.models.packing.packing_supported`) and it costs less."""
+    lengths, prompt_len = generation.truncated.lengths, generation.prompt_len
+    response_len = generation.query_responses.shape[1] - prompt_len
+    if group_size > 1 and packing_supported(reward_model.model) and packing_pays(
+            prompt_len, response_len, group_size, reward_model.model.config.hidden_size):
+        packed = pack_groups(generation.query_responses, generation.attention_mask, prompt_len, group_size)
+        last_index = group_last_positions(prompt_len, response_len, lengths.view(-1, group_size))
+        return reward_model.score_at(packed["input_ids"], packed["attention_mask"], packed["position_ids"],
+                                     last_index).reshape(-1)
+    last_index = prompt_len + lengths - 1  # (batch,)
     return reward_model.score_at(
         generation.query_responses,
         generation.attention_mask,

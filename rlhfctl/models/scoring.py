@@ -120,7 +120,8 @@ class TokenScoreModel(nn.Module):
     def score_at(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, index: torch.Tensor
     ) -> torch.Tensor:
-        """The score at one position per row, ``index`` ``(batch,)`` -> ``(batch,)``; the final block computes
-        only there (``last_position``), the same values as ``forward(...)[rows, index]``."""
+        """The score at one position per row, ``index`` ``(batch,)`` -> ``(batch,)``, or at several, ``(batch,
+        reads)`` -> ``(batch, reads)``; the final block computes only there (``last_position``), the same values
+        as ``forward(...)[rows, index]``."""
         with self._switch():
             return scores_at(self.model, input_ids, attention_mask, position_ids, index)

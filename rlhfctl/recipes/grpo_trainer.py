@@ -99,7 +99,8 @@ class GRPOTrainer:
         components: dict[str, Any] = {}
         total = torch.zeros(len(prompts), device=self.ctx.device)
         if self.models.reward_model is not None:
-            components[REWARD_MODEL] = reward_scores(self.models.reward_model, generation).float()
+            components[REWARD_MODEL] = reward_scores(self.models.reward_model, generation,
+                                                     group_size=repeats).float()
             total = total + self.reward_model_weight * components[REWARD_MODEL]
         if self.reward_functions:
             batch = Completions(rows=rows, prompts=prompts, responses=responses,
@@ -124,9 +125,10 @@ class GRPOTrainer:
             with torch.no_grad():
                 for start in range(0, generation.query_responses.shape[0], self.training.batch_size):
                     rows = slice(start, start + self.training.batch_size)
-                    chunks.append(policy_logprobs(model, generation.query_responses[rows],
-                                                  generation.attention_mask[rows], generation.prompt_len,
-                                                  self.temperature)[0])
+                    ids = generation.query_responses[rows]
+                    chunks.append(policy_logprobs(model, ids, generation.attention_mask[rows], generation.prompt_len,
+                                                  self.temperature,
+                                                  group_size=self._whole_groups(start, ids.shape[0]))[0])
         finally:
             module.train(was_training)
         return torch.cat(chunks) * generation.truncated.response_mask
@@ -226,7 +228,8 @@ class GRPOTrainer:
                         with ctx.autocast():
                             logprobs, entropy = policy_logprobs(
                                 self.policy, generation.query_responses[idx], generation.attention_mask[idx],
-                                generation.prompt_len, self.temperature, return_entropy=True)
+                                generation.prompt_len, self.temperature, return_entropy=True,
+                                group_size=self._whole_groups(number * training.batch_size, len(idx)))
                         result = grpo_loss(
                             logprobs, logprobs.detach() if old_logprobs is None else old_logprobs[idx],
                             advantages[idx], mask[idx], epsilon=training.epsilon, beta=training.beta,
@@ -250,6 +253,13 @@ class GRPOTrainer:
                 grad_norm = ctx.step(self.optimizer, self.scheduler, self.policy)
         stats = {key: value / max(tokens, 1.0) for key, value in totals.items()}
         return {"loss": sum(losses) / len(losses), "grad_norm": grad_norm, **stats}, sampled
+
+    def _whole_groups(self, start: int, rows: int) -> int:
+        """``num_generations`` when the rows ``start .. start + rows`` of a batch of consecutive groups (a rollout,
+        or a mini-batch of whole groups) are whole groups, whose prompt the forwards then compute once per group
+        (:func:`rlhfctl.models.rollout.policy_logprobs`); else 1."""
+        group = self.training.num_generations
+        return group if start % group == 0 and rows % group == 0 else 1
 
     def _normalizer(self, mini_mask) -> float:
         """What a mini-batch's summed loss is divided by so that, after DDP averages the workers' gradients, the

@@ -388,3 +388,32 @@ def test_nothing_changes_without_lora_or_checkpointing():
     model = _llama()
     assert adapt_for_training(model, _config(None), source="llama") is model
     assert not has_adapters(model) and all(param.requires_grad for param in model.parameters())
+
+
+def test_a_lora_policy_and_its_adapter_free_reference_pack_grpo_groups():
+    """GRPO's groups packed behind their prompt (``group_size``) with LoRA: the adapted policy's log-probs and
+    adapter gradients, and the adapter-free reference's log-probs, are those of one row per completion."""
+    from rlhfctl.models.rollout import packs_groups, policy_logprobs
+    from tests.models.test_rollout import _groups_batch
+
+    policy = _adapted_policy().double().train()
+    reference = WithoutAdapters(policy)
+    assert packs_groups(policy) and packs_groups(reference)
+    generation = _groups_batch()
+    args = (generation.query_responses, generation.attention_mask, 6, 0.7)
+    mask = generation.truncated.response_mask
+    results = {}
+    for group_size in (1, 3):
+        policy.zero_grad()
+        logprobs, _ = policy_logprobs(policy, *args, group_size=group_size)
+        (logprobs * mask * torch.arange(1.0, mask.numel() + 1).view_as(mask)).sum().backward()
+        with torch.no_grad():
+            reference_logprobs, _ = policy_logprobs(reference, *args, group_size=group_size)
+        grads = {name: param.grad.clone() for name, param in policy.named_parameters() if param.grad is not None}
+        results[group_size] = (logprobs.detach() * mask, reference_logprobs * mask, grads)
+    rows, packed = results[1], results[3]
+    assert torch.allclose(packed[0], rows[0], atol=1e-6, rtol=0)
+    assert torch.allclose(packed[1], rows[1], atol=1e-6, rtol=0) and not torch.allclose(packed[1], packed[0])
+    assert packed[2].keys() == rows[2].keys() and all("lora" in name for name in rows[2])
+    for name, grad in rows[2].items():
+        assert torch.allclose(packed[2][name], grad, rtol=0, atol=1e-6 * float(grad.abs().max())), name

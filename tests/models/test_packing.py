@@ -93,3 +93,55 @@ def test_size_weighted_shares_give_the_gradient_of_the_whole_step(tiny_classifie
     averaged = sum(gradient(share, len(share) * 2 / len(step)) for share in shares) / 2  # what DDP averages
     assert len(shares[0]) != len(shares[1])  # uneven shares: the weighting is what makes this hold
     assert torch.allclose(averaged, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_the_packed_layout_of_a_grpo_group():
+    from rlhfctl.models.packing import group_last_positions, group_predictor_positions, pack_groups
+
+    # one prompt [7 8] left-padded to 3, two completions of width 2: [4 5] and [6 pad]
+    ids = torch.tensor([[0, 7, 8, 4, 5], [0, 7, 8, 6, 0]])
+    mask = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 1, 0]])
+    packed = pack_groups(ids, mask, 3, 2)
+    assert packed["input_ids"].tolist() == [[0, 7, 8, 4, 5, 6, 0]]
+    assert packed["position_ids"].tolist() == [[0, 0, 1, 2, 3, 2, 3]]  # each completion goes on from the prompt
+    attends = packed["attention_mask"][0, 0].int().tolist()
+    assert attends == [[1, 0, 0, 0, 0, 0, 0],   # the prompt's padding: itself only
+                       [0, 1, 0, 0, 0, 0, 0],   # the prompt: causal over its real tokens
+                       [0, 1, 1, 0, 0, 0, 0],
+                       [0, 1, 1, 1, 0, 0, 0],   # first completion: the prompt and itself
+                       [0, 1, 1, 1, 1, 0, 0],
+                       [0, 1, 1, 0, 0, 1, 0],   # second completion: the prompt and itself, never the first
+                       [0, 1, 1, 0, 0, 1, 1]]
+    # the logits scoring [4 5] are at 2 (the prompt's last position) and 3; those scoring [6 pad] at 2 and 5
+    assert group_predictor_positions(3, 2, 2, "cpu").tolist() == [2, 3, 2, 5]
+    assert group_last_positions(3, 2, torch.tensor([[2, 1]])).tolist() == [[4, 5]]
+
+
+def test_rows_of_a_group_must_share_their_prompt():
+    from rlhfctl.models.packing import pack_groups
+
+    ids = torch.tensor([[7, 8, 4], [7, 9, 4], [1, 2, 3], [1, 2, 3]])
+    with pytest.raises(ValueError, match="share their prompt"):
+        pack_groups(ids, torch.ones_like(ids), 2, 2)
+    with pytest.raises(ValueError, match="groups of 3"):
+        pack_groups(ids, torch.ones_like(ids), 2, 3)
+
+
+def test_a_group_is_packed_only_where_it_costs_less():
+    from rlhfctl.models.packing import packing_pays
+
+    # (prompt, response, group, hidden): the harness's tiny and 14.6 M models, 26-token prompts, 32 tokens
+    assert packing_pays(26, 32, 4, 64) and packing_pays(26, 32, 8, 384)
+    # long completions in a large group: the packed row's attention pairs outweigh the prompt tokens saved
+    assert not packing_pays(26, 128, 8, 64) and not packing_pays(26, 128, 8, 384)
+    assert packing_pays(512, 128, 8, 384)  # a long prompt pays for them
+    # by hand: packed 6 * 64 * 154 + 154^2 = 82,852 < rows 4 * (6 * 64 * 58 + 58^2) = 102,544
+    assert packing_pays(26, 32, 4, 64) == (82_852 < 102_544)
+
+
+def test_models_on_flash_attention_kernels_are_not_packed(tiny_classifier):
+    """A packed row needs its 4-D boolean mask honoured: sdpa and eager do, flash-attention kernels take none."""
+    model = tiny_classifier("gpt2")
+    assert model.config._attn_implementation in ("sdpa", "eager") and packing_supported(model)
+    model.config._attn_implementation_internal = "flash_attention_2"
+    assert model.config._attn_implementation == "flash_attention_2" and not packing_supported(model)

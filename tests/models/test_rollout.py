@@ -118,3 +118,92 @@ def test_logprobs_from_the_response_positions_only_equal_the_full_sequences(tiny
         every = policy_logprobs(full, generation.query_responses, generation.attention_mask, generation.prompt_len,
                                 0.7, return_entropy=True)
     assert torch.allclose(kept[0], every[0], atol=1e-6) and torch.allclose(kept[1], every[1], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- GRPO groups packed
+
+
+def _groups_batch(group: int = 3):
+    """Three prompts of different real lengths, left-padded to 6, each with ``group`` completions of uneven lengths
+    (stop token 2 at different steps, padding 0 after it; one stops at its first token)."""
+    from rlhfctl.objectives.ppo import truncate_after_stop
+
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]
+    prompt_ids = torch.zeros(len(prompts), 6, dtype=torch.long)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for row, ids in enumerate(prompts):
+        prompt_ids[row, 6 - len(ids):], prompt_mask[row, 6 - len(ids):] = torch.tensor(ids), 1
+    generator = torch.Generator().manual_seed(0)
+    responses = torch.randint(3, 50, (len(prompts) * group, 5), generator=generator)
+    responses[0, 1], responses[4, 3], responses[7, 0] = 2, 2, 2
+    truncated = truncate_after_stop(responses, [2], 0)
+    return Generation(torch.cat([prompt_ids.repeat_interleave(group, 0), truncated.response_ids], 1),
+                      torch.cat([prompt_mask.repeat_interleave(group, 0), truncated.response_mask.long()], 1), 6,
+                      truncated)
+
+
+def _forward_rows(model) -> list[int]:
+    """The batch sizes ``model``'s forward is called with, appended as it runs."""
+    rows: list[int] = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                    with_kwargs=True)
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_grouped_logprobs_entropy_and_gradients_equal_each_completions_own_row(tiny_causal_lm, kind):
+    """A group's prompt once, its completions behind it (``group_size``): the per-token log-probs, entropy and the
+    policy's gradients are those of the rows, one completion each (fp64 model, log-softmax in fp32)."""
+    from rlhfctl.models.rollout import packs_groups
+
+    model = tiny_causal_lm(kind).train()
+    generation = _groups_batch()
+    mask = generation.truncated.response_mask
+    weights = torch.arange(1.0, mask.numel() + 1).view_as(mask) * mask  # every real token's gradient counts
+    calls = _forward_rows(model)
+    results = {}
+    for group_size in (1, 3):
+        model.zero_grad()
+        logprobs, entropy = policy_logprobs(model, generation.query_responses, generation.attention_mask, 6, 0.7,
+                                            return_entropy=True, group_size=group_size)
+        (logprobs * weights).sum().backward()
+        results[group_size] = (logprobs * mask, entropy * mask,
+                               {name: param.grad.clone() for name, param in model.named_parameters()})
+    assert packs_groups(model) and calls == [9, 3]  # nine rows, then three packed groups
+    rows, packed = results[1], results[3]
+    assert torch.allclose(packed[0], rows[0], atol=1e-6, rtol=0)
+    assert torch.allclose(packed[1], rows[1], atol=1e-6, rtol=0)
+    assert packed[2].keys() == rows[2].keys()
+    for name, grad in rows[2].items():
+        assert torch.allclose(packed[2][name], grad, rtol=0, atol=1e-6 * float(grad.abs().max())), name
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_grouped_reward_scores_equal_each_completions_own_row(tiny_classifier, kind):
+    from rlhfctl.models.rollout import reward_scores
+
+    reward_model = TokenScoreModel(tiny_classifier(kind).eval())
+    generation = _groups_batch()
+    calls = _forward_rows(reward_model.model.base_model)
+    rows = reward_scores(reward_model, generation)
+    packed = reward_scores(reward_model, generation, group_size=3)
+    assert calls == [9, 3]
+    assert torch.allclose(packed, rows, atol=1e-6, rtol=0) and packed.shape == (9,)
+
+
+def test_a_model_with_a_sliding_window_keeps_the_rows(tiny_causal_lm, tiny_classifier):
+    """No packing where transformers would drop the window under a custom mask: the same values from the rows."""
+    from rlhfctl.models.rollout import packs_groups, reward_scores
+
+    model = tiny_causal_lm("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0).eval()
+    assert not packs_groups(model)
+    generation = _groups_batch()
+    calls = _forward_rows(model)
+    with torch.no_grad():
+        grouped, _ = policy_logprobs(model, generation.query_responses, generation.attention_mask, 6, 0.7,
+                                     group_size=3)
+        rows, _ = policy_logprobs(model, generation.query_responses, generation.attention_mask, 6, 0.7)
+    assert calls == [9, 9] and torch.equal(grouped, rows)
+    scorer = TokenScoreModel(tiny_classifier("qwen2", use_sliding_window=True, sliding_window=4,
+                                             max_window_layers=0).eval())
+    assert torch.equal(reward_scores(scorer, generation, group_size=3), reward_scores(scorer, generation))

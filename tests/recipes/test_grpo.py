@@ -367,6 +367,29 @@ def test_several_passes_take_the_old_logprobs_from_the_decoder_not_a_policy_forw
     assert 0.9 < metrics["train_ratio_mean"] < 1.1 and math.isfinite(metrics["train_loss"])
 
 
+def test_groups_packed_behind_their_prompt_give_the_rows_run(tmp_path, trained_models, monkeypatch):
+    """The reward model's scores, the reference's and the update's log-probs with each group's prompt computed once
+    (``models.packing.pack_groups``): a seeded run's metrics are those of one row per completion, to fp32 rounding."""
+    from rlhfctl.models import rollout
+
+    sft_export, rm_export = trained_models
+    options = {"train_file": few_prompts(tmp_path, 16), "validation_file": None, "experience_batch_size": 4,
+               "ppo_epochs": 2, "num_mini_batches": 2, "batch_size": 8, "reward_model": rm_export}
+    packed_forwards: list[int] = []
+    real_pack = rollout.pack_groups
+    monkeypatch.setattr(rollout, "pack_groups", lambda *args: packed_forwards.append(args[-1]) or real_pack(*args))
+    packed = run_inline(make_config(tmp_path / "packed", sft_export, **options), tmp_path / "packed" / "ckpt")
+    # per iteration: the reward model's, two reference chunks of 8 rows, 2 passes x 2 mini-batches of 8 rows
+    assert packed_forwards == [4] * (4 * (1 + 2 + 4))
+    monkeypatch.setattr(rollout, "packs_groups", lambda model: False)
+    monkeypatch.setattr(rollout, "packing_supported", lambda model: False)
+    rows = run_inline(make_config(tmp_path / "rows", sft_export, **options), tmp_path / "rows" / "ckpt")
+    assert len(packed_forwards) == 4 * 7  # nothing packed the second time
+    expected = without_timings(rows)
+    assert without_timings(packed) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert expected["train_kl_k1"] > 0.0 and "train_rewards/reward_model" in expected
+
+
 def test_nonfinite_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     from rlhfctl.objectives import grpo as grpo_math
 
