@@ -33,11 +33,16 @@ EMBEDDED_RAY_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_ENABLE_PREEM
 # synchronisation actor and every worker at once, so on a 2-core machine the second worker waited for the first
 # ones to connect; its start is on the way to the first step. Read by the raylet (a RayConfig setting).
 STARTUP_CONCURRENCY_ENV = "RAY_worker_maximum_startup_concurrency"
-MIN_STARTUP_CONCURRENCY = 4  # a 2-worker group, its synchronisation actor and the controller
+MIN_STARTUP_CONCURRENCY = 4  # the controller and a 2-worker group prestarted, and one more
+# The raylet prestarts one worker process per CPU as the driver connects; Ray Train's controller reserves no CPU and
+# takes one, so the embedded Ray prestarts one more (ray_head.LeanHeadNode): a worker group of one worker per CPU
+# then finds a ready process (Ray Train imported, preload_ray_train) for every Train worker.
+EXTRA_PRESTARTED_PROCESSES = 1
 # The raylet keeps at most this many idle worker processes (a RayConfig setting). Ray's default is the number of
 # CPUs *available*: once a worker group's placement group reserves the CPUs, that drops to 0 and the raylet ends
-# the idle processes it prestarted at ray.init (one per CPU), about a second before Ray Train asks for its
-# synchronisation actor, which then waits for a new interpreter. The embedded Ray keeps as many as it prestarted.
+# the idle processes it prestarted at ray.init, about a second before Ray Train asks for its controller's and
+# workers' processes, which then wait for new interpreters. The embedded Ray keeps as many as it prestarted: one
+# per CPU and one for the controller (EXTRA_PRESTARTED_PROCESSES).
 IDLE_WORKERS_ENV = "RAY_num_workers_soft_limit"
 # The longest an embedded Ray's worker process runs without cyclic garbage collection as it starts (preload_ray_train)
 START_UP_WITHOUT_COLLECTION_S = 60.0
@@ -108,7 +113,7 @@ def ray_session(address: str | None) -> Iterator[bool]:
         # watch (Ray Train's watcher is one more ~120 MB actor process polling node drain state) and no Prometheus
         # metrics export (there is no dashboard to read them); no queue for worker processes on small machines.
         startup = {STARTUP_CONCURRENCY_ENV: str(max(os.cpu_count() or 1, MIN_STARTUP_CONCURRENCY)),
-                   IDLE_WORKERS_ENV: str(os.cpu_count() or 1)}
+                   IDLE_WORKERS_ENV: str((os.cpu_count() or 1) + EXTRA_PRESTARTED_PROCESSES)}
         for name, value in (EMBEDDED_RAY_ENVIRONMENT | startup).items():
             if name not in os.environ:
                 os.environ[name] = value
@@ -141,12 +146,13 @@ def preload_ray_train() -> None:
     """Run by every worker process of the embedded Ray when it starts, before its first task: pause the cyclic
     garbage collector for the start-up (:func:`rlhfctl.training.collector.pause_until_the_loop`), import Ray Train.
 
-    Every such process hosts a piece of a Ray Train run (its controller, the synchronisation actor, a worker), and
-    each imports ``ray.train`` (~0.8 CPU-seconds) when it unpickles its actor class. The raylet starts one such
-    process per CPU as ``ray.init`` returns, a second or more before the run asks for them, and keeps them for the
-    controller and the synchronisation actor (``IDLE_WORKERS_ENV``): in those, the import happens while a core is
-    free instead of on the way to the first step (in a process started for a Train worker it is the import that
-    worker does anyway). The collector's passes over what the start-up imports and loads cost a Train worker ~1
+    Every such process hosts a piece of a Ray Train run (its controller, a worker; Ray's synchronisation actor where
+    the controller does not host the barrier), and each imports ``ray.train`` (~0.8 CPU-seconds) when it unpickles
+    its actor class. The raylet starts one such process per CPU and one for the controller
+    (``EXTRA_PRESTARTED_PROCESSES``) as ``ray.init`` returns, a second or more before the run asks for them, and
+    keeps them (``IDLE_WORKERS_ENV``) for the controller and the Train workers: in those, the import happens while
+    the driver reads data and imports Ray Train itself instead of on the way to the first step (in a process started
+    later for a Train worker it is the import that worker does anyway). The collector's passes over what the start-up imports and loads cost a Train worker ~1
     CPU-second before its first step (~20 % of its chain, measured); its loop turns the collector on again, Ray
     Train's controller as it starts, any other process after ``START_UP_WITHOUT_COLLECTION_S``. Never raises (Ray
     would end the process)."""
@@ -166,13 +172,13 @@ def embedded_ray_environment() -> dict[str, str] | None:
 
 
 def _lean_head_node() -> contextlib.AbstractContextManager:
-    """:func:`rlhfctl.training.ray_head.lean_head_node`, or nothing where Ray's node internals cannot be imported
-    (then ``ray.init`` starts its usual head processes)."""
+    """:func:`rlhfctl.training.ray_head.lean_head_node` (with :data:`EXTRA_PRESTARTED_PROCESSES`), or nothing where
+    Ray's node internals cannot be imported (then ``ray.init`` starts its usual head processes)."""
     try:
         from rlhfctl.training.ray_head import lean_head_node
     except ImportError:
         return contextlib.nullcontext()
-    return lean_head_node()
+    return lean_head_node(extra_prestarted=EXTRA_PRESTARTED_PROCESSES)
 
 
 def _stop(embedded_only: list[str]) -> None:

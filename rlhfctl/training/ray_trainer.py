@@ -29,7 +29,10 @@ or any joined cluster, keeps Ray's way.
 The run's progress events (:mod:`rlhfctl.training.progress_actor`) need an actor that lives on the driver's node for
 the whole run: a controller started here is one, so it hosts them (one process and ~1 CPU-second fewer than an
 actor of their own); where Ray starts the controller, a small actor of its own does. Either way it is named
-``progress_actor_name`` and :meth:`LeanTrainer.drain_progress` empties it, also after ``fit()`` returned.
+``progress_actor_name`` and :meth:`LeanTrainer.drain_progress` empties it, also after ``fit()`` returned. For the
+same reason that controller also hosts the workers' synchronisation barrier instead of Ray's
+``SynchronizationActor`` (:mod:`rlhfctl.training.controller_barrier`), so the second of the raylet's prestarted
+processes is left for a Train worker.
 """
 
 from __future__ import annotations
@@ -45,10 +48,10 @@ from ray.train.v2._internal.constants import DEFAULT_RAY_WARN_BLOCKING_GET_INSID
 from ray.train.v2._internal.constants import get_env_vars_to_propagate
 from ray.train.v2._internal.execution.controller import TrainController
 from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
-from ray.train.v2._internal.execution.worker_group import WorkerGroup
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from rlhfctl.training import collector
+from rlhfctl.training.controller_barrier import BarrierHost, HostedBarrierWorkerGroup
 from rlhfctl.training.progress_actor import ProgressQueue, create_progress_actor
 from rlhfctl.training.ray_cluster import embedded_ray_environment
 
@@ -70,18 +73,19 @@ class FixedSizeWithoutAutoscaler(FixedScalingPolicy):
         return None
 
 
-class InheritedEnvironmentWorkerGroup(WorkerGroup):
+class InheritedEnvironmentWorkerGroup(HostedBarrierWorkerGroup):
     """Ray Train's worker group whose workers inherit the controller's environment instead of receiving Ray Train's
-    settings again through a runtime env (only a ``RunConfig.worker_runtime_env`` is passed on)."""
+    settings again through a runtime env (only a ``RunConfig.worker_runtime_env`` is passed on), synchronised by the
+    controller's barrier (:mod:`rlhfctl.training.controller_barrier`)."""
 
     @staticmethod
     def _get_worker_runtime_env(custom_runtime_env):
         return dict(custom_runtime_env)
 
 
-class InheritedEnvironmentController(ProgressQueue, TrainController):
+class InheritedEnvironmentController(ProgressQueue, BarrierHost, TrainController):
     """Ray Train's controller, started without a runtime env, creating :class:`InheritedEnvironmentWorkerGroup`,
-    and hosting the run's progress events."""
+    and hosting the run's progress events and its workers' synchronisation barrier."""
 
     worker_group_cls = InheritedEnvironmentWorkerGroup
 
@@ -172,7 +176,8 @@ class LeanTrainer(DataParallelTrainer):
             finally:
                 ray.kill(queue)
         # Ray's own steps minus the runtime env (and minus the node label: the embedded Ray is one node)
-        controller_class = ray.remote(num_cpus=0)(InheritedEnvironmentController)
+        controller_class = ray.remote(num_cpus=0, concurrency_groups=BarrierHost.concurrency_groups())(
+            InheritedEnvironmentController)
         controller = controller_class.options(name=self._progress_actor_name).remote(**controller_init_kwargs)
         with self._hosting_progress(controller):
             if threading.current_thread() is threading.main_thread():

@@ -78,7 +78,7 @@ def test_the_embedded_rays_environment_is_the_drivers_when_it_started(monkeypatc
         assert inherited["RLHFCTL_TEST_SETTING"] == "before"
         assert inherited["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] == "0"  # Ray Train's controller default, inherited
         assert int(inherited[ray_cluster.STARTUP_CONCURRENCY_ENV]) >= max(os.cpu_count() or 1, 4)
-        assert inherited[ray_cluster.IDLE_WORKERS_ENV] == str(os.cpu_count() or 1)
+        assert inherited[ray_cluster.IDLE_WORKERS_ENV] == str((os.cpu_count() or 1) + 1)  # + the controller's
         assert inherited["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"] == "rlhfctl.training.ray_cluster.preload_ray_train"
     assert "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR" not in os.environ  # undone with the embedded Ray
     assert ray_cluster.embedded_ray_environment() is None
@@ -153,26 +153,33 @@ def test_the_preload_pauses_the_collector_until_the_process_starts_its_loop(monk
 PRESTARTED_PROCESS_KEPT = """
 import json, os, time, psutil, ray
 from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from rlhfctl.training.ray_cluster import ray_session
 
-def worker_processes():  # a worker's title is "ray::IDLE" once it has connected
-    commands = {child.pid: " ".join(child.cmdline()) for child in psutil.Process().children(recursive=True)}
-    return {pid for pid, command in commands.items() if command.startswith("ray::") or "default_worker.py" in command}
+def worker_processes():  # a worker's title is "ray::IDLE" once it has connected (the agents are "ray::...Agent")
+    commands = {child.pid: " ".join(child.cmdline()) for child in psutil.Process().children(recursive=True)
+                if child.name() != "raylet"}  # the raylet's own command line names default_worker.py
+    return {pid for pid, command in commands.items()
+            if (command.startswith("ray::") and "Agent" not in command) or "default_worker.py" in command}
 
-@ray.remote(num_cpus=0)
+@ray.remote
 class Where:
     def pid(self):
         return os.getpid()
 
+cpus = os.cpu_count()
 with ray_session(None):
     deadline = time.monotonic() + 60
-    while len(worker_processes()) < 2 and time.monotonic() < deadline:  # one prestarted per CPU
+    while len(worker_processes()) < cpus + 1 and time.monotonic() < deadline:  # one per CPU + the controller's
         time.sleep(0.1)
     prestarted = worker_processes()
-    group = placement_group([{"CPU": float(os.cpu_count())}])  # what a worker group does: every CPU reserved
+    group = placement_group([{"CPU": 1.0}] * cpus)  # what a worker group of one worker per CPU reserves
     ray.get(group.ready())
     time.sleep(3)  # the raylet ends idle processes above its limit after ~1 s idle
-    pids = [ray.get(Where.remote().pid.remote()) for _ in range(2)]  # the controller's, the synchronisation actor's
+    controller = Where.options(num_cpus=0).remote()
+    workers = [Where.options(num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(group, bundle))
+               .remote() for bundle in range(cpus)]
+    pids = ray.get([actor.pid.remote() for actor in [controller, *workers]])
 print("@@" + json.dumps({"prestarted": sorted(prestarted), "actors": pids}))
 """
 
@@ -180,9 +187,9 @@ print("@@" + json.dumps({"prestarted": sorted(prestarted), "actors": pids}))
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one prestarted process per CPU: needs 2")
 def test_the_embedded_ray_keeps_its_prestarted_processes_when_a_worker_group_reserves_the_cpus(tmp_path):
-    """Ray Train's controller and synchronisation actor (no CPUs of their own) take the processes the raylet
-    prestarted at ray.init instead of new interpreters, also after the worker group's placement group reserved
-    every CPU (Ray's default idle limit, the CPUs available, would end them then)."""
+    """Ray Train's controller (no CPUs of its own) and a worker group of one worker per CPU take the processes the
+    raylet prestarted at ray.init (one per CPU and one more) instead of new interpreters, also after the worker
+    group's placement group reserved every CPU (Ray's default idle limit, the CPUs available, would end them then)."""
     import json
     import subprocess
 
@@ -190,5 +197,6 @@ def test_the_embedded_ray_keeps_its_prestarted_processes_when_a_worker_group_res
                                timeout=180, stdin=subprocess.DEVNULL, cwd=tmp_path, check=False)
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout.rsplit("@@", 1)[1])
-    assert len(report["prestarted"]) >= 2
+    assert len(report["prestarted"]) == (os.cpu_count() or 1) + 1
+    assert len(set(report["actors"])) == len(report["actors"])
     assert set(report["actors"]) <= set(report["prestarted"]), report

@@ -35,11 +35,19 @@ PRIVATE_IMPORTS = {
     ("ray.train.v2._internal.execution.scaling_policy", "FixedScalingPolicy"),  # ray_trainer: no autoscaler requests
     # ray_trainer: on the embedded Ray, the controller and workers inherit Ray Train's settings (no runtime env)
     ("ray.train.v2._internal.execution.controller", "TrainController"),
-    ("ray.train.v2._internal.execution.worker_group", "WorkerGroup"),
     ("ray.train.v2._internal.constants", "get_env_vars_to_propagate"),
     ("ray.train.v2._internal.constants", "DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE"),
     ("ray._common.constants", "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR"),
     ("ray._private", "node"),  # ray_head: the embedded Ray's head node without the head processes it never uses
+    ("ray._private", "ray_constants"),  # ray_head: the raylet's process type, one more prestarted worker process
+    ("ray._private", "services"),  # ray_head: where the raylet's command line is started
+    # controller_barrier: the worker group's synchronisation barrier in the controller's process
+    ("ray.train.v2._internal.execution.checkpoint", "sync_actor"),
+    ("ray.train.v2._internal.execution.worker_group", "state"),
+    ("ray.train.v2._internal.execution.worker_group", "worker_group"),
+    ("ray.train.v2._internal.execution.worker_group.state", "WorkerGroupState"),
+    ("ray.train.v2._internal.execution.worker_group.state", "WorkerGroupStateBuilder"),
+    ("ray.train.v2._internal.execution.worker_group.worker_group", "WorkerGroup"),
 }
 
 # Ray's own environment variables rlhfctl sets, and where Ray defines each name.
@@ -152,6 +160,20 @@ def test_the_controller_and_worker_group_steps_lean_trainer_repeats_without_a_ru
     assert "self._get_worker_runtime_env(" in workers
     sync_actor = workers[workers.index("SynchronizationActor.options("):]
     assert "runtime_env" not in sync_actor[:sync_actor.index(".remote(")]
+
+
+def test_the_raylet_is_started_with_one_prestarted_worker_process_per_cpu_through_start_ray_process():
+    """ray_head raises ``--num_prestart_python_workers`` in the command ``services.start_raylet`` hands to
+    ``start_ray_process`` as the raylet's; ``Node.start_raylet`` is what a node calls to start it."""
+    from ray._private import node, ray_constants, services
+
+    starting = inspect.getsource(services.start_raylet)
+    assert '"--num_prestart_python_workers={}".format(int(resource_and_label_spec.num_cpus))' in starting
+    assert "start_ray_process(\n        command,\n        ray_constants.PROCESS_TYPE_RAYLET," in starting
+    assert list(inspect.signature(services.start_ray_process).parameters)[:2] == ["command", "process_type"]
+    assert ray_constants.PROCESS_TYPE_RAYLET == "raylet"
+    assert "ray._private.services.start_raylet(" in inspect.getsource(node.Node.start_raylet)
+    assert "self.start_raylet(" in inspect.getsource(node.Node.start_ray_processes)
 
 
 def test_the_head_node_ray_init_starts_can_leave_out_the_monitors_and_the_api_server():

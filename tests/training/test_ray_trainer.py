@@ -1,7 +1,8 @@
-"""LeanTrainer on the embedded Ray: the controller, its synchronisation actor and its workers start without a
-runtime env (so Ray can hand them its idle worker processes) only while every Ray Train setting reaches them by
-inheritance; a setting changed after Ray started still reaches the workers through Ray's runtime env. Either way
-rank 0's progress events reach the driver (through the controller, or through a progress actor of their own)."""
+"""LeanTrainer on the embedded Ray: the controller and its workers start without a runtime env (so Ray can hand them
+its idle worker processes) only while every Ray Train setting reaches them by inheritance, and the controller hosts
+the workers' synchronisation barrier; a setting changed after Ray started still reaches the workers through Ray's
+runtime env (and Ray's own synchronisation actor). Either way rank 0's progress events reach the driver (through the
+controller, or through a progress actor of their own)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,13 @@ def train_loop(config):
     if config["kill"] and rank == 1 and not marker.exists():  # the first worker group loses a worker
         marker.touch()
         os._exit(1)
-    return {"runtime_env": ray.get_runtime_context().runtime_env, "timeout": os.environ.get(config["variable"])}
+    from ray.train.collective import broadcast_from_rank_zero
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    context = get_train_context()  # the barrier: the controller's own (hosted) or Ray's actor
+    hosted = context.get_synchronization_actor()._ray_actor_id == context.controller_actor._ray_actor_id
+    return {"runtime_env": ray.get_runtime_context().runtime_env, "timeout": os.environ.get(config["variable"]),
+            "broadcast": broadcast_from_rank_zero(f"rank {rank}'s"), "hosted": hosted}
 
 
 def fit(name, kill):
@@ -110,6 +117,9 @@ def test_embedded_ray_workers_inherit_the_settings_and_still_restart_after_a_fai
     runs = json.loads(completed.stdout.rsplit("@@", 1)[1])
     assert runs["inherited"]["inherited"] is True and runs["inherited"]["killed"] is True
     assert runs["inherited"]["timeout"] == "45" and not runs["inherited"]["runtime_env"].get("env_vars")
+    # the restarted group's barrier (a fresh one in the same controller) works; Ray's own actor where Ray starts it
+    assert runs["inherited"]["hosted"] is True and runs["inherited"]["broadcast"] == "rank 0's"
+    assert runs["propagated"]["hosted"] is False and runs["propagated"]["broadcast"] == "rank 0's"
     assert runs["propagated"]["inherited"] is False
     assert runs["propagated"]["timeout"] == "50"
     assert runs["propagated"]["runtime_env"]["env_vars"][PROPAGATED] == "50"
