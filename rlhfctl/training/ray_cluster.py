@@ -152,10 +152,10 @@ def preload_ray_train() -> None:
     (``EXTRA_PRESTARTED_PROCESSES``) as ``ray.init`` returns, a second or more before the run asks for them, and
     keeps them (``IDLE_WORKERS_ENV``) for the controller and the Train workers: in those, the import happens while
     the driver reads data and imports Ray Train itself instead of on the way to the first step (in a process started
-    later for a Train worker it is the import that worker does anyway). The collector's passes over what the start-up imports and loads cost a Train worker ~1
-    CPU-second before its first step (~20 % of its chain, measured); its loop turns the collector on again, Ray
-    Train's controller as it starts, any other process after ``START_UP_WITHOUT_COLLECTION_S``. Never raises (Ray
-    would end the process)."""
+    later for a Train worker it is the import that worker does anyway). The collector's passes over what the
+    start-up imports and loads cost a Train worker ~1 CPU-second before its first step (~20 % of its chain,
+    measured); its loop turns the collector on again, Ray Train's controller as it starts, any other process after
+    ``START_UP_WITHOUT_COLLECTION_S``. Never raises (Ray would end the process)."""
     with contextlib.suppress(Exception):
         from rlhfctl.training import collector
 

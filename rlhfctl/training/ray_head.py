@@ -16,8 +16,8 @@ the duration of the ``ray.init`` call, which starts the node with both off and n
 
 The same node starts its raylet with one prestarted worker process more than Ray's one per CPU
 (``ray_cluster.EXTRA_PRESTARTED_PROCESSES``). The raylet starts those processes as the driver connects, and they
-import Ray Train while the driver reads data and imports it too (``ray_cluster.preload_ray_train``). Ray Train's controller
-reserves no CPU and takes one of them; its synchronisation barrier lives in the controller's process
+import Ray Train while the driver reads data and imports it too (``ray_cluster.preload_ray_train``). Ray Train's
+controller reserves no CPU and takes one of them; its synchronisation barrier lives in the controller's process
 (:mod:`rlhfctl.training.controller_barrier`), so with one more, a worker group of one worker per CPU finds a ready
 process for every Train worker instead of starting (and importing Ray and Ray Train in) a new one on the way to the
 first step. The count is a raylet command-line flag (``--num_prestart_python_workers``, written by
