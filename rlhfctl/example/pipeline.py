@@ -115,7 +115,7 @@ class ExampleResult:
 
     paths: ExamplePaths
     conversions: list[Any] = field(default_factory=list)  # rlhfctl.data.report.ConvertReport per raw file
-    summaries: dict[str, Any] = field(default_factory=dict)  # stage -> rlhfctl.training.launch.RunSummary
+    summaries: dict[str, Any] = field(default_factory=dict)  # stage -> rlhfctl.training.job.RunSummary
     stage_seconds: dict[str, float] = field(default_factory=dict)
     comparison: Comparison | None = None
     wall_time_s: float = 0.0

@@ -38,7 +38,7 @@ from rlhfctl.training.batching import (
     steps_per_epoch,
 )
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
-from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.job import TrainingJob
 from rlhfctl.training.optim import build_optimizer, build_scheduler
 from rlhfctl.training.stage_workload import (CHARS_PER_TOKEN, ForwardPass, ModelUse, Phase, StageWorkload,
                                              rows_bytes)

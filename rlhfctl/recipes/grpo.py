@@ -5,7 +5,7 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
 1. ``build_job(config)`` -> ``prepare(config)``: check the GRPO-specific settings, check that every ``python``
    reward function imports and is marked as one, load the prompts in the driver with the keys the reward
    functions read (errors name file, line and key before Ray starts), warn when the reward model's head looks
-   untrained; then a :class:`~rlhfctl.training.launch.TrainingJob` with a :class:`GRPOPayload`.
+   untrained; then a :class:`~rlhfctl.training.job.TrainingJob` with a :class:`GRPOPayload`.
 2. ``run(config)``: hand that job to the shared core.
 3. ``train_loop`` on each worker:
 
@@ -42,7 +42,7 @@ from rlhfctl.recipes.grpo_rewards import build_reward_functions, row_keys
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.recipes.reward_source import reward_head_warning
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
-from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.job import TrainingJob
 from rlhfctl.training.optim import build_optimizer, build_scheduler
 from rlhfctl.training.stage_workload import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker

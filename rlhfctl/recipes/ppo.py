@@ -4,7 +4,7 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
 
 1. ``build_job(config)`` -> ``prepare(config)``: check the PPO-specific settings, load the prompts in the driver
    (errors name file, line and key before Ray starts), read the RM export's reward statistics, warn when the
-   reward head looks untrained; then a :class:`~rlhfctl.training.launch.TrainingJob` with a :class:`PPOPayload`.
+   reward head looks untrained; then a :class:`~rlhfctl.training.job.TrainingJob` with a :class:`PPOPayload`.
    ``plan(config)`` is the core's printable plan of it (``--dry-run``).
 2. ``run(config)``: hand that job to the shared core.
 3. ``train_loop`` on each worker:
@@ -50,7 +50,7 @@ from rlhfctl.recipes.registry import Recipe
 from rlhfctl.recipes.reward_source import RewardStats, read_reward_stats, reward_head_warning
 from rlhfctl.training.batching import evaluation_batches
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
-from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.job import TrainingJob
 from rlhfctl.training.optim import build_optimizer, build_scheduler
 from rlhfctl.training.stage_workload import ForwardPass, Generation, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker

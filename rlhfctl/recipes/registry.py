@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Unpack
 
     from rlhfctl.progress.events import ProgressSink
-    from rlhfctl.training.launch import RunSummary, TrainingJob, TrainingPlan
+    from rlhfctl.training.job import RunSummary, TrainingJob, TrainingPlan
     from rlhfctl.training.memory_plan import Probe
 
 ConfigT = TypeVar("ConfigT")
@@ -52,7 +52,7 @@ class Recipe(Generic[ConfigT]):
     """A stage's recipe, as its module registers it (``RECIPE = Recipe(...)`` at the end of the module).
 
     ``build_job(config)`` is the recipe's driver side: it validates the data (errors name file, line and key before
-    any worker starts), sizes the run and returns a :class:`~rlhfctl.training.launch.TrainingJob` carrying the
+    any worker starts), sizes the run and returns a :class:`~rlhfctl.training.job.TrainingJob` carrying the
     recipe's frozen payload dataclass, its module-level worker loop and its memory hook (``TrainingJob.memory``: the
     models a worker holds and the phases of a step, for the memory plan). Planning, running and the headline are
     the same for every stage, so they are written once, here.

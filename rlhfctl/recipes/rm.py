@@ -34,7 +34,7 @@ from rlhfctl.training.batching import (
     steps_per_epoch,
 )
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
-from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.job import TrainingJob
 from rlhfctl.training.optim import build_optimizer, build_scheduler
 from rlhfctl.training.stage_workload import ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker

@@ -5,7 +5,7 @@ The recipe, top to bottom (driver side first, then the loop every Ray Train work
 1. ``build_job(config)``: load and validate the data in the driver (errors name file, line and key before Ray
    starts), split train/validation once from the seed, count the optimizer steps (``plan`` shows it: --dry-run),
    and put the rows in an :class:`SFTPayload`.
-2. ``run(config)``: hand that :class:`~rlhfctl.training.launch.TrainingJob` to the shared core, which starts or
+2. ``run(config)``: hand that :class:`~rlhfctl.training.job.TrainingJob` to the shared core, which starts or
    joins Ray, runs :func:`train_loop` on ``num_training_workers`` workers, streams progress and returns a summary.
 3. ``train_loop`` on each worker: load ``AutoModelForCausalLM`` and the tokenizer from ``general.base_model``;
    tokenise every conversation (chat template when the tokenizer has one, otherwise the plain template; EOS
@@ -34,7 +34,7 @@ from rlhfctl.models.preflight import AdaptedModel, check_model_settings
 from rlhfctl.recipes.registry import Recipe
 from rlhfctl.training import batching
 from rlhfctl.training.checkpoint import TrainState, unwrap_model
-from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.job import TrainingJob
 from rlhfctl.training.optim import build_optimizer, build_scheduler
 from rlhfctl.training.stage_workload import ForwardPass, ModelUse, Phase, StageWorkload, rows_bytes
 from rlhfctl.training.worker import LoopConfig, WorkerContext, setup_worker

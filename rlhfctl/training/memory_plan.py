@@ -35,7 +35,7 @@ WorkloadFor = Callable[[Any], StageWorkload]  # the recipe's hook: a config (thi
 
 
 class PlannedJob(Protocol):
-    """What the memory plan reads of a ``training.launch.TrainingJob``."""
+    """What the memory plan reads of a ``training.job.TrainingJob``."""
 
     stage: str
     config: Any  # the stage's config: .general, .training

@@ -80,7 +80,7 @@ class CoreSettings:
 
 class LoopConfig(TypedDict):
     """What every worker's ``train_loop`` receives (bound to the function Ray Train runs), built by the driver
-    (:meth:`rlhfctl.training.launch.TrainingJob.loop_config`) and unpacked by :func:`setup_worker`; the loop
+    (:meth:`rlhfctl.training.job.TrainingJob.loop_config`) and unpacked by :func:`setup_worker`; the loop
     annotates the context it gets back with its own types (``WorkerContext[RMConfig, RMPayload]``)."""
 
     config: Any  # the stage's validated config

@@ -124,7 +124,7 @@ def fake_train_loop(loop_config: LoopConfig) -> dict[str, float]:
 
 def _fake_recipe() -> ModuleType:
     """The recipe module of the fake stage: a driver-side build_job, the worker loop above, and its RECIPE."""
-    from rlhfctl.training.launch import TrainingJob
+    from rlhfctl.training.job import TrainingJob
 
     def build_job(config) -> TrainingJob:
         inputs = [[float(i % 5), float(i % 3)] for i in range(16)]

@@ -14,7 +14,8 @@ from rlhfctl.report.html import render_html
 from rlhfctl.report.run_data import load_runs
 from rlhfctl.report.terminal import print_summary
 from rlhfctl.report.timeline import timeline
-from rlhfctl.training.launch import TrainingJob, run_training
+from rlhfctl.training.job import TrainingJob
+from rlhfctl.training.launch import run_training
 from rlhfctl.training.worker import LoopConfig
 
 

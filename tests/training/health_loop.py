@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from rlhfctl.config.schema import RMConfig
-from rlhfctl.training.launch import TrainingJob
+from rlhfctl.training.job import TrainingJob
 from rlhfctl.training.worker import LoopConfig
 
 LOOPING = "the cat sat on the mat " * 6  # a response that repeats its own 4-grams

@@ -13,7 +13,8 @@ from rlhfctl.config.schema import RMConfig
 from rlhfctl.errors import UserError
 from rlhfctl.training import allocator
 from rlhfctl.training.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, TRAINING_POLICY
-from rlhfctl.training.launch import TrainingJob, run_training
+from rlhfctl.training.job import TrainingJob
+from rlhfctl.training.launch import run_training
 
 from allocator_probe import PROBE_BYTES, NoPayload, probe_loop, probe_loop_with_release_requested
 

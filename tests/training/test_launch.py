@@ -20,7 +20,8 @@ from rlhfctl.progress.events import (
     RunStarted,
     StepEvent,
 )
-from rlhfctl.training.launch import TrainingJob, prepare_job, run_stage, run_training
+from rlhfctl.training.job import TrainingJob
+from rlhfctl.training.launch import prepare_job, run_stage, run_training
 from rlhfctl.training.worker import LoopConfig
 
 
