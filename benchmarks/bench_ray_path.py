@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -40,12 +41,7 @@ def prepare(work: Path) -> Path:
     data = workspace.write_data(work / "data", rm_pairs=2048)
     model_dir = workspace.build_model(work / "models", "tiny", [data.rm_train, data.sft_train])
 
-    class _Context:  # train_subset needs only these two attributes of the harness's context
-        pass
-
-    context = _Context()
-    context.work, context.data = work, data
-    train_file = train_subset(context, PAIRS)
+    train_file = train_subset(SimpleNamespace(work=work, data=data), PAIRS)  # the harness context's two fields
     config = rm_config(model_dir, train_file, data.rm_validation, workers=2, cpus_per_worker=1.0,
                        batch_per_worker=BATCH_PER_WORKER)
     return workspace.write_toml(work / "ray_path_rm.toml", config)
