@@ -112,13 +112,15 @@ def add_lora(model, lora, *, source: str, score_head: bool = False):
 
 
 def _sum_adapters_in_place(model) -> None:
-    """Give each plain LoRA linear layer (peft's ``lora.Linear`` over an ``nn.Linear``) :func:`_in_place_linear`'s
-    forward: the same values and gradients, two fewer output-sized temporaries per layer and call."""
+    """Give each plain LoRA linear layer (peft's ``lora.Linear`` over an ``nn.Linear`` or GPT-2's ``Conv1D``)
+    :func:`_in_place_linear`'s forward: the same values and gradients, two fewer output-sized temporaries per layer
+    and call; fused into one autograd node where :func:`rlhfctl.models.lora_linear.fusable` allows."""
     import torch
     from peft.tuners.lora.layer import Linear
+    from transformers.pytorch_utils import Conv1D
 
     for module in model.modules():
-        if type(module) is Linear and type(module.get_base_layer()) is torch.nn.Linear:
+        if type(module) is Linear and type(module.get_base_layer()) in (torch.nn.Linear, Conv1D):
             module.__class__ = _in_place_linear()
 
 
@@ -134,8 +136,12 @@ def _in_place_linear() -> type:
     same values with the same floating-point operations, and autograd needs neither tensor (a linear layer keeps its
     input, not its output; a scalar product keeps nothing), so the gradients are the same too. Anything else (adapters
     off or merged, mixed-adapter batches, variants such as DoRA, extra arguments, a dtype that would be promoted)
-    takes peft's own forward."""
+    takes peft's own forward. The plain fp32 case without LoRA dropout (PPO's, SFT's and the RM's usual one) goes
+    further: one autograd node for the whole layer (:func:`rlhfctl.models.lora_linear.lora_linear`: the adapter
+    product summed into the output by the matmul, forward and backward; values and gradients to float rounding)."""
     from peft.tuners.lora.layer import Linear
+
+    from rlhfctl.models.lora_linear import fusable, fused_forward
 
     class InPlaceLoraLinear(Linear):
         def forward(self, x, *args, **kwargs):
@@ -143,6 +149,8 @@ def _in_place_linear() -> type:
                     or any(adapter in self.lora_variant for adapter in self.active_adapters)):
                 return super().forward(x, *args, **kwargs)
             self._check_forward_args(x)
+            if fusable(self, x):
+                return fused_forward(self, x)
             result = self.base_layer(x)
             result_dtype = result.dtype
             for adapter in self.active_adapters:
