@@ -69,13 +69,14 @@ def sample_from(probs: torch.Tensor) -> torch.Tensor:
     block_end = block_mass.cumsum(-1)  # (batch, blocks): the mass up to each block's end
     total = block_end[:, -1:]
     threshold = _below(torch.rand(batch, 1, device=probs.device, dtype=torch.float64) * total, total)
-    block = torch.searchsorted(block_end, threshold, right=True)  # (batch, 1): the first block ending above it
+    # (batch, 1): the first block ending above it (clamped: a row of NaN, from a diverged model, still gets an id)
+    block = torch.searchsorted(block_end, threshold, right=True).clamp_(max=block_end.shape[1] - 1)
     mass = block_mass.gather(1, block)
     into_block = (threshold - (block_end.gather(1, block) - mass)) / mass  # (batch, 1), in [0, 1)
     token_ids = block * SAMPLE_BLOCK + torch.arange(SAMPLE_BLOCK, device=probs.device)  # (batch, block)
     in_vocab = token_ids < vocab
     block_probs = probs.gather(1, token_ids.clamp(max=vocab - 1)) * in_vocab
-    return token_ids.gather(1, _inverse_cdf(block_probs, into_block.float())).squeeze(1)
+    return token_ids.gather(1, _inverse_cdf(block_probs, into_block.float())).squeeze(1).clamp_(max=vocab - 1)
 
 
 def multinomial_draw(probs: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,8 @@ def _inverse_cdf(probs: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
     of the running sum holds ``fraction`` of the row's total (never an index of probability 0)."""
     running = probs.cumsum(-1)
     total = running[:, -1:]
-    return torch.searchsorted(running, _below(fraction.clamp(min=0) * total, total), right=True)
+    index = torch.searchsorted(running, _below(fraction.clamp(min=0) * total, total), right=True)
+    return index.clamp_(max=probs.shape[1] - 1)
 
 
 def _below(value: torch.Tensor, total: torch.Tensor) -> torch.Tensor:

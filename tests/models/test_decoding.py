@@ -156,6 +156,16 @@ def test_sample_from_rows_are_drawn_from_their_own_distributions():
         assert (sample_from(small) != 4).all()
 
 
+@pytest.mark.parametrize("vocab", [50, 3 * SAMPLE_BLOCK + 7])
+def test_sample_from_gives_a_token_id_for_rows_that_are_not_distributions(vocab):
+    """NaN (a diverged model's logits) or all zeros: an id inside the vocabulary, not an index error mid-rollout
+    (the non-finite loss check reports the divergence)."""
+    probs = torch.full((2, vocab), float("nan"))
+    probs[1] = 0.0
+    tokens = sample_from(probs)
+    assert ((tokens >= 0) & (tokens < vocab)).all()
+
+
 def test_sample_from_draws_from_the_default_generator():
     probs = torch.softmax(torch.randn(8, 3 * SAMPLE_BLOCK), dim=-1)
     torch.manual_seed(3)
