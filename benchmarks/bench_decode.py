@@ -7,8 +7,9 @@ PPO update's worth of work is timed the way the harness's PPO section runs it: 8
 32-token responses at temperature 0.7 (top-k 0, top-p 1.0), EOS as the stop token.
 
 - generate: ``generate_responses(..., engine="generate")`` (transformers' ``generate``) against ``engine="auto"``
-  (rlhfctl's decoder), the same seed before each call — the tests prove both sample the same tokens, and the script
-  checks it again on every repeat;
+  (rlhfctl's decoder, with its own inverse-CDF draw: the same distribution, other tokens for a seed), the same seed
+  before each call; on every repeat the script also checks, untimed, that the decoder with ``generate``'s draw put in
+  (``decoding.multinomial_draw``) samples ``generate``'s tokens;
 - score: what PPO computes after generation, before (a policy forward for the old log-probs, full-sequence logits
   for policy and reference, value and reward forwards) and now (the old log-probs from the decoder, the reference's
   LM head on the response positions only, value and reward).
@@ -19,6 +20,7 @@ Alternating A B A B; prints one JSON line with the median seconds per update and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -53,6 +55,18 @@ class _FullLogits:
                           use_cache=use_cache)
 
     __call__ = forward
+
+
+@contextlib.contextmanager
+def _generates_draw():
+    from rlhfctl.models import decoding
+
+    sample_from = decoding.sample_from
+    decoding.sample_from = decoding.multinomial_draw
+    try:
+        yield
+    finally:
+        decoding.sample_from = sample_from
 
 
 def measure(preset: str, repeats: int) -> dict:
@@ -98,8 +112,10 @@ def measure(preset: str, repeats: int) -> dict:
     for seed in range(repeats + 2):
         hf_s, hf = generate("generate", seed)
         ours_s, ours = generate("auto", seed)
-        if not torch.equal(hf.query_responses, ours.query_responses):
-            raise SystemExit(f"{preset}: the decoder sampled other tokens than generate for seed {seed}")
+        with _generates_draw():
+            _, same_draw = generate("auto", seed)
+        if not torch.equal(hf.query_responses, same_draw.query_responses):
+            raise SystemExit(f"{preset}: with generate's draw the decoder sampled other tokens for seed {seed}")
         before_s, now_s = score(ours, True), score(ours, False)
         if seed < 2:  # warm-up
             continue

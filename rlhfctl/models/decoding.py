@@ -2,9 +2,9 @@
 
 :func:`decode` is what :func:`rlhfctl.models.generation.generate_responses` runs. Each step does what
 ``generate``'s sampling loop does (``transformers/generation/utils.py``, ``_sample``): the last position's logits
-in fp32, transformers' own temperature / top-k / top-p warpers in ``generate``'s order, softmax, one multinomial
-draw (:func:`sample_from`, bitwise the draw ``torch.multinomial(probs, 1)`` makes), the padding token for rows
-that have stopped, and a stop once every row has. What is different is the forward pass per token:
+in fp32, transformers' own temperature / top-k / top-p warpers in ``generate``'s order, softmax, one draw from
+that distribution, the padding token for rows that have stopped, and a stop once every row has. What is different
+is the forward pass per token and the draw:
 
 - **GPT-2 architectures** (:class:`Gpt2Decoder`): the model's own layers called directly, one pre-allocated KV cache
   written in place, no per-step mask building or generate bookkeeping. On the tiny example model (2 layers,
@@ -13,6 +13,11 @@ that have stopped, and a stop once every row has. What is different is the forwa
 - **any other causal LM** (:class:`ModelDecoder`): the model's own forward with a ``DynamicCache``, the positions
   and padding mask ``generate`` builds — the same logits as ``generate``, bit for bit — without ``generate``'s
   per-step overhead.
+- **the draw** (:func:`sample_from`): the inverse CDF, one uniform number per row, instead of ``torch.multinomial``'s
+  exponential race (one exponential number per row *and vocabulary entry*: ~20 ns each on a CPU, 5-100 ms a token for
+  32 rows at a real tokenizer's 8 k-152 k vocabulary, more than a small model's forward). The same distribution,
+  so not the same tokens as ``generate`` for a seed; the tests check the loop token for token against ``generate``
+  with ``generate``'s draw put in, and the draw against the distribution.
 
 Both also return each sampled token's log-probability under the temperature (from the logits the token was drawn
 from), which PPO would otherwise recompute with a forward pass over every sequence.
@@ -39,15 +44,60 @@ class Decoded(NamedTuple):
     logprobs: torch.Tensor  # (batch, steps) log-prob of each token under the temperature; 0 after the stop token
 
 
-def sample_from(probs: torch.Tensor) -> torch.Tensor:
-    """One draw per row of ``probs`` ``(batch, vocab)`` -> ``(batch,)``: ``argmax(probs / q)``, ``q ~ Exp(1)``.
+# Tokens per block of the two-level inverse CDF: a running sum over a whole 152 k vocabulary in fp32 loses up to
+# ~1e-3 of the probability mass to rounding (the total variation to the exact distribution, measured); summed a block
+# at a time, the rounding is relative to the block's mass instead of to 1.
+SAMPLE_BLOCK = 1024
 
-    This is how ``torch.multinomial(probs, 1)`` draws (ATen's ``multinomial``: "s = argmax(p / q) where
-    q ~ Exp(1)", the exponential race), so the tokens equal its for the same generator state, without its input
-    check that reads the tensor back (a device sync per token).
+
+def sample_from(probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``probs`` ``(batch, vocab)`` (non-negative, any positive total) -> ``(batch,)``.
+
+    Inverse CDF in two levels: a uniform number picks a block of :data:`SAMPLE_BLOCK` tokens by the blocks' masses
+    (their running sum in float64), then a token inside the block by the block's own running sum. Tokens of
+    probability 0 are never drawn. Consumes ``batch`` uniform numbers of the default generator per call.
     """
-    race = torch.empty_like(probs).exponential_(1)
-    return torch.argmax(probs / race, dim=-1)
+    probs = probs.float()
+    batch, vocab = probs.shape
+    if vocab <= SAMPLE_BLOCK:
+        return _inverse_cdf(probs, torch.rand(batch, 1, device=probs.device)).squeeze(1)
+    whole = vocab - vocab % SAMPLE_BLOCK
+    block_mass = probs[:, :whole].view(batch, -1, SAMPLE_BLOCK).sum(-1)  # (batch, blocks)
+    if whole < vocab:
+        block_mass = torch.cat([block_mass, probs[:, whole:].sum(-1, keepdim=True)], dim=1)
+    block_mass = block_mass.double()
+    block_end = block_mass.cumsum(-1)  # (batch, blocks): the mass up to each block's end
+    total = block_end[:, -1:]
+    threshold = _below(torch.rand(batch, 1, device=probs.device, dtype=torch.float64) * total, total)
+    # (batch, 1): the first block ending above it (clamped: a row of NaN, from a diverged model, still gets an id)
+    block = torch.searchsorted(block_end, threshold, right=True).clamp_(max=block_end.shape[1] - 1)
+    mass = block_mass.gather(1, block)
+    into_block = (threshold - (block_end.gather(1, block) - mass)) / mass  # (batch, 1), in [0, 1)
+    token_ids = block * SAMPLE_BLOCK + torch.arange(SAMPLE_BLOCK, device=probs.device)  # (batch, block)
+    in_vocab = token_ids < vocab
+    block_probs = probs.gather(1, token_ids.clamp(max=vocab - 1)) * in_vocab
+    return token_ids.gather(1, _inverse_cdf(block_probs, into_block.float())).squeeze(1).clamp_(max=vocab - 1)
+
+
+def multinomial_draw(probs: torch.Tensor) -> torch.Tensor:
+    """The draw ``generate`` makes, ``torch.multinomial(probs, 1)``'s exponential race (``argmax(p / q)``,
+    ``q ~ Exp(1)``) without its input check: put in place of :func:`sample_from` (the tests, bench_decode.py), the
+    decoder samples ``generate``'s tokens for a seed."""
+    return torch.argmax(probs / torch.empty_like(probs).exponential_(1), dim=-1)
+
+
+def _inverse_cdf(probs: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """``(batch, n)`` probabilities, ``(batch, 1)`` fractions in [0, 1) -> ``(batch, 1)``: the index whose interval
+    of the running sum holds ``fraction`` of the row's total (never an index of probability 0)."""
+    running = probs.cumsum(-1)
+    total = running[:, -1:]
+    index = torch.searchsorted(running, _below(fraction.clamp(min=0) * total, total), right=True)
+    return index.clamp_(max=probs.shape[1] - 1)
+
+
+def _below(value: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``value`` kept strictly under ``total`` (a fraction just under 1, rounded up, would select past the end)."""
+    return torch.minimum(value, torch.nextafter(total, torch.zeros_like(total)))
 
 
 def logits_warpers(temperature: float, top_k: int, top_p: float) -> list[Any]:

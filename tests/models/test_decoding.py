@@ -1,13 +1,21 @@
-"""rlhfctl's decoder samples what transformers' ``generate`` samples: the same tokens for the same seed (sampling,
-top-k / top-p, greedy), the same per-step logits, through the GPT-2 fast path and the generic one."""
+"""rlhfctl's decoder samples what transformers' ``generate`` samples: with ``generate``'s own draw put in, the same
+tokens for the same seed (sampling, top-k / top-p, greedy) and the same per-step logits, through the GPT-2 fast path
+and the generic one; and its own draw (:func:`sample_from`, inverse CDF) draws from the same distribution."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rlhfctl.models.decoding import Gpt2Decoder, make_decoder, sample_from
+from rlhfctl.models import decoding
+from rlhfctl.models.decoding import SAMPLE_BLOCK, Gpt2Decoder, make_decoder, sample_from
 from rlhfctl.models.generation import SamplingSettings, generate_responses, tokenize_prompts
+
+@pytest.fixture
+def generates_draw(monkeypatch):
+    """The decoder draws as ``generate`` does, so a seed gives ``generate``'s tokens: checks everything but the draw."""
+    monkeypatch.setattr(decoding, "sample_from", decoding.multinomial_draw)
+
 
 PROMPTS = ["\n\nHuman: a longer question about potatoes here\n\nAssistant:", "hi", "\n\nHuman: ok?\n\nAssistant:"]
 
@@ -48,7 +56,7 @@ def _same_as_generate(model, ids, mask, settings, seeds=range(4), engines=("auto
 
 
 @pytest.mark.parametrize("overrides", [{}, {"top_k": 20}, {"top_p": 0.8, "temperature": 1.3}, {"do_sample": False}])
-def test_gpt2_tokens_equal_generates_for_the_same_seed(tiny, overrides):
+def test_gpt2_tokens_equal_generates_for_the_same_seed(tiny, overrides, generates_draw):
     tokenizer, policy, _ = tiny
     ids, mask = tokenize_prompts(PROMPTS, tokenizer, 64)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -59,7 +67,7 @@ def test_gpt2_tokens_equal_generates_for_the_same_seed(tiny, overrides):
     _same_as_generate(policy, ids, mask, _settings(pad, stops, **overrides))
 
 
-def test_generic_decoder_tokens_equal_generates_for_another_architecture(llama):
+def test_generic_decoder_tokens_equal_generates_for_another_architecture(llama, generates_draw):
     ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12], [0, 0, 0, 0, 13]])
     mask = (ids != 0).long()
     assert not Gpt2Decoder.supports(llama) and type(make_decoder(llama, mask, 4)).__name__ == "ModelDecoder"
@@ -68,7 +76,7 @@ def test_generic_decoder_tokens_equal_generates_for_another_architecture(llama):
     _same_as_generate(llama, ids, mask, _settings(0, (2, *_frequent_tokens(probe, 0, 8))), engines=("auto",))
 
 
-def test_logprobs_are_those_of_the_logits_each_token_was_sampled_from(tiny):
+def test_logprobs_are_those_of_the_logits_each_token_was_sampled_from(tiny, generates_draw):
     tokenizer, policy, _ = tiny
     ids, mask = tokenize_prompts(PROMPTS, tokenizer, 64)
     settings = _settings(tokenizer.pad_token_id, (tokenizer.eos_token_id,), max_new_tokens=6)
@@ -85,15 +93,86 @@ def test_logprobs_are_those_of_the_logits_each_token_was_sampled_from(tiny):
     assert torch.allclose(ours.response_logprobs, expected * ours.truncated.response_mask, atol=1e-5)
 
 
-def test_sample_from_is_multinomials_draw():
+def test_multinomial_draw_is_multinomials_draw():
     probs = torch.softmax(torch.randn(16, 50) * 3, dim=-1)
-    probs[:, :10] = 0.0  # impossible tokens are never drawn
     for seed in range(20):
         torch.manual_seed(seed)
         expected = torch.multinomial(probs, 1).squeeze(1)
         torch.manual_seed(seed)
-        assert torch.equal(sample_from(probs), expected)
-    assert (sample_from(probs) >= 10).all()
+        assert torch.equal(decoding.multinomial_draw(probs), expected)
+
+
+def _chi_square(probs: torch.Tensor, draws: int) -> tuple[float, int, torch.Tensor]:
+    """``draws`` draws from the one distribution ``probs`` ``(vocab,)``: Pearson's statistic over the tokens of
+    positive probability, its degrees of freedom, and the counts of every token."""
+    rows = probs.expand(4096, -1).contiguous()
+    counts = torch.zeros(probs.shape[0])
+    for _ in range(draws // 4096):
+        counts += torch.bincount(sample_from(rows), minlength=probs.shape[0])
+    expected = probs.double() / probs.double().sum() * counts.sum()
+    positive = expected > 0
+    statistic = ((counts[positive] - expected[positive]) ** 2 / expected[positive]).sum()
+    return float(statistic), int(positive.sum()) - 1, counts
+
+
+# vocabularies in one block, exactly two blocks, and blocks with a short last one
+@pytest.mark.parametrize("vocab", [300, 2 * SAMPLE_BLOCK, 3 * SAMPLE_BLOCK + 77])
+def test_sample_from_draws_the_distribution(vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    probs = torch.softmax(torch.randn(vocab, generator=generator) * 2, dim=-1)
+    probs[:40] = 0.0  # impossible tokens, at the start, inside, and at the end of the vocabulary
+    probs[vocab // 2: vocab // 2 + 30] = 0.0
+    probs[-25:] = 0.0
+    probs[vocab // 3] = 0.2  # one likely token, so its count is checked to a tight relative precision
+    probs[: SAMPLE_BLOCK // 2] *= 4.0  # blocks of unequal mass, so a skewed choice of block shows
+    torch.manual_seed(0)
+    statistic, freedom, counts = _chi_square(probs, 81920)
+    # Pearson's statistic: mean = freedom, sd = sqrt(2 freedom); 5 sd over is far beyond chance for a fixed seed,
+    # while a drawn token shifted by one or a lost block is hundreds of sd over
+    assert statistic < freedom + 5 * (2 * freedom) ** 0.5, (statistic, freedom)
+    # the same over whole blocks (few cells: a block choice skewed by a few per cent is far over)
+    blocks = -(-vocab // SAMPLE_BLOCK)
+    block_counts = torch.zeros(blocks).index_add_(0, torch.arange(vocab) // SAMPLE_BLOCK, counts)
+    block_expected = torch.zeros(blocks, dtype=torch.float64).index_add_(
+        0, torch.arange(vocab) // SAMPLE_BLOCK, probs.double() / probs.double().sum() * counts.sum())
+    block_statistic = float(((block_counts - block_expected) ** 2 / block_expected).sum())
+    assert block_statistic < (blocks - 1) + 5 * (2 * max(blocks - 1, 1)) ** 0.5, block_statistic
+    assert counts[probs == 0].sum() == 0
+    share = counts[vocab // 3] / counts.sum()
+    assert abs(share - probs[vocab // 3] / probs.sum()) < 0.01
+
+
+def test_sample_from_rows_are_drawn_from_their_own_distributions():
+    vocab = 2 * SAMPLE_BLOCK + 5
+    probs = torch.zeros(6, vocab)
+    for row, token in enumerate([0, 1, SAMPLE_BLOCK - 1, SAMPLE_BLOCK, vocab - 2, vocab - 1]):
+        probs[row, token] = 1.0
+    probs[2, 7] = 1e-30  # a token that rounds away against the mass of its block
+    small = torch.softmax(torch.randn(4, 10), dim=-1) * 3.0  # any positive total, not only 1
+    small[:, 4] = 0.0
+    for seed in range(50):
+        torch.manual_seed(seed)
+        assert sample_from(probs).tolist() == [0, 1, SAMPLE_BLOCK - 1, SAMPLE_BLOCK, vocab - 2, vocab - 1]
+        assert (sample_from(small) != 4).all()
+
+
+@pytest.mark.parametrize("vocab", [50, 3 * SAMPLE_BLOCK + 7])
+def test_sample_from_gives_a_token_id_for_rows_that_are_not_distributions(vocab):
+    """NaN (a diverged model's logits) or all zeros: an id inside the vocabulary, not an index error mid-rollout
+    (the non-finite loss check reports the divergence)."""
+    probs = torch.full((2, vocab), float("nan"))
+    probs[1] = 0.0
+    tokens = sample_from(probs)
+    assert ((tokens >= 0) & (tokens < vocab)).all()
+
+
+def test_sample_from_draws_from_the_default_generator():
+    probs = torch.softmax(torch.randn(8, 3 * SAMPLE_BLOCK), dim=-1)
+    torch.manual_seed(3)
+    first = sample_from(probs)
+    torch.manual_seed(3)
+    assert torch.equal(sample_from(probs), first)
+    assert sample_from(probs.to(torch.bfloat16)).dtype == torch.int64
 
 
 def test_gpt2_fast_path_is_skipped_where_it_would_differ(tiny_classifier):
