@@ -33,7 +33,7 @@ SECTIONS = ("matmul", "cli", "convert", "rm", "sft", "ppo", "dpo", "grpo", "scal
 TRAINING_SECTIONS = ("rm", "sft", "ppo", "dpo", "grpo", "scaling")  # MFU: these need the measured matmul peak
 # Run only when named in --only (each takes several minutes): LoRA next to full-parameter rlhfctl and TRL + peft.
 LORA_SECTIONS = ("lora-ppo", "lora-ppo-kit", "lora-sft", "lora-ppo-learning")
-# Run only when named (18 training runs; learning figures, not timing: run them under `shared`, not `quiet`).
+# Run only when named (24 training runs; learning figures, not timing: run them under `shared`, not `quiet`).
 LEARNING_SECTIONS = ("dpo-learning",)
 NAMED_ONLY = LORA_SECTIONS + LEARNING_SECTIONS
 

@@ -8,7 +8,8 @@ so neither length nor style gives a pair away. For every seed and step count, ea
 ``steps`` optimizer steps on the same pairs (the first ``steps x 8`` of a seed-shuffled order of the training
 pairs; the seed is also each tool's own seed: its data order) with the DPO section's settings (global batch 8,
 lr 1e-4, linear schedule to 0 without warm-up, clipping 1.0, beta 0.1, sigmoid loss, dropout off, the SFT policy
-as the frozen reference).
+as the frozen reference). One step on the same 8 pairs leaves nothing to batch order: there the two tools'
+policies must agree to float rounding if their losses, reference log-probs and optimizer steps do.
 
 Two held-out sets, 256 pairs each, no run trains on them: ``in-distribution`` (the learning check's validation
 pairs: the training sentences in other pairs; both tools reach 0.96-1.00 after 8 steps) and ``novel sentences``
@@ -39,7 +40,7 @@ from benchlib.tools import (BENCH_DIR, REPO_ROOT, TRL_CURRENT_DIR, BenchContext,
                             rlhfctl_env, run_rlhfctl_train, run_trl_script)
 from benchlib.workspace import write_jsonl
 
-STEP_COUNTS = (8, 32, 128)
+STEP_COUNTS = (1, 8, 32, 128)
 SEEDS = (0, 1, 2)
 JUDGE = BENCH_DIR / "benchlib" / "heldout.py"
 HELDOUT_PAIRS = 256
