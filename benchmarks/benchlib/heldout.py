@@ -125,13 +125,18 @@ def dpo_pair_rewards(policy_dir: str, reference_dir: str, pairs_path: str, *, be
     return list(zip(rewards[0::2], rewards[1::2]))
 
 
-def dpo_accuracy(policy_dir: str, reference_dir: str, pairs_path: str, *, beta: float) -> dict:
+def dpo_accuracy(policy_dir: str, reference_dir: str, pairs_path: str, *, beta: float,
+                 with_rewards: bool = False) -> dict:
     """The implicit-reward accuracy (share of pairs whose chosen reply's reward is strictly higher, as both tools
-    count ``rewards/accuracies``) and the mean reward margin over ``pairs_path``."""
+    count ``rewards/accuracies``) and the mean reward margin over ``pairs_path``; with ``with_rewards`` also every
+    pair's ``[chosen, rejected]`` rewards (``"rewards"``), to compare two policies reply by reply."""
     rewards = dpo_pair_rewards(policy_dir, reference_dir, pairs_path, beta=beta)
     wins = sum(chosen > rejected for chosen, rejected in rewards)
     margin = sum(chosen - rejected for chosen, rejected in rewards) / max(len(rewards), 1)
-    return {"accuracy": wins / max(len(rewards), 1), "margin": margin, "pairs": len(rewards)}
+    result = {"accuracy": wins / max(len(rewards), 1), "margin": margin, "pairs": len(rewards)}
+    if with_rewards:
+        result["rewards"] = [list(pair) for pair in rewards]
+    return result
 
 
 def main() -> None:
@@ -153,6 +158,7 @@ def main() -> None:
     dpo.add_argument("reference")
     dpo.add_argument("pairs")
     dpo.add_argument("--beta", type=float, default=0.1)
+    dpo.add_argument("--rewards", action="store_true", help="also print every pair's [chosen, rejected] rewards")
     args = parser.parse_args()
     import torch
 
@@ -160,7 +166,8 @@ def main() -> None:
     if args.command == "nll":
         print(json.dumps(heldout_nll(args.model, args.rows, args.max_length)))
     elif args.command == "dpo":
-        print(json.dumps(dpo_accuracy(args.policy, args.reference, args.pairs, beta=args.beta)))
+        print(json.dumps(dpo_accuracy(args.policy, args.reference, args.pairs, beta=args.beta,
+                                      with_rewards=args.rewards)))
     else:
         print(json.dumps(heldout_reward(args.policy, args.reward_model, args.prompts, samples=args.samples,
                                         seed=args.seed)))

@@ -64,3 +64,10 @@ def test_a_row_takes_the_median_over_seeds_and_lists_every_seed():
     assert (row.rlhfctl, row.trl) == (0.625, 0.25)
     assert "rlhfctl 0.500, 0.750, n/a; TRL 0.250" in row.note
     assert row.samples == {"rlhfctl": [0.5, 0.75], "trl": [0.25]}
+
+
+def test_the_largest_reward_difference_compares_the_tools_reply_by_reply():
+    mine = {"rewards": [[0.5, 0.25], [0.0, -1.0]]}
+    theirs = {"rewards": [[0.5, 0.5], [0.125, -1.0]]}
+    assert dpo_learning.largest_reward_difference(mine, theirs) == 0.25
+    assert dpo_learning.largest_reward_difference(mine, None) is None  # a failed run has no verdict

@@ -82,7 +82,9 @@ def test_rewards_are_beta_times_summed_reply_logprob_ratios(tiny_model_dir, pert
             for key in ("chosen", "rejected")))
     assert flat(rewards) == pytest.approx(flat(expected), abs=1e-4)
     assert any(abs(value) > 1e-2 for value in flat(rewards))  # the perturbation moved them
-    result = heldout.dpo_accuracy(str(perturbed_policy), str(tiny_model_dir), str(pairs_file), beta=0.5)
+    result = heldout.dpo_accuracy(str(perturbed_policy), str(tiny_model_dir), str(pairs_file), beta=0.5,
+                                  with_rewards=True)
+    assert flat(result["rewards"]) == pytest.approx(flat(expected), abs=1e-4)
     assert result["accuracy"] == sum(c > r for c, r in expected) / 3
     assert result["margin"] == pytest.approx(sum(c - r for c, r in expected) / 3, abs=1e-4)
 

@@ -99,14 +99,22 @@ def training_pairs(all_pairs: Path, folder: Path, seed: int, steps: int) -> Path
 
 
 def judge_accuracy(policy_dir: Path, reference_dir: Path, pairs: Path) -> dict:
-    """``heldout.py dpo`` in its own process: ``{"accuracy", "margin", "pairs"}``."""
+    """``heldout.py dpo --rewards`` in its own process: ``{"accuracy", "margin", "pairs", "rewards"}``."""
     command = [sys.executable, str(JUDGE), "dpo", str(policy_dir), str(reference_dir), str(pairs), "--beta",
-               str(BETA)]
+               str(BETA), "--rewards"]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=rlhfctl_env(),
                                check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def largest_reward_difference(mine: dict | None, theirs: dict | None) -> float | None:
+    """The largest ``|reward_rlhfctl - reward_trl|`` over every reply of one held-out set (judge verdicts with
+    ``"rewards"``): ~1e-6 when the two policies are the same up to float rounding."""
+    if not mine or not theirs:
+        return None
+    return max(abs(a - b) for pair_a, pair_b in zip(mine["rewards"], theirs["rewards"]) for a, b in zip(pair_a, pair_b))
 
 
 def exported_policy(run: ToolRun) -> Path | None:
@@ -140,18 +148,36 @@ def run(ctx: BenchContext) -> SectionResult:
                         "--batch-size", str(GLOBAL_BATCH), "--max-length", str(MAX_LENGTH), "--learning-rate",
                         str(LEARNING_RATE), "--beta", str(BETA), "--threads", "2", "--seed", str(seed)]
             theirs = run_trl_script(ctx, "trl_dpo.py", f"{label}-trl", trl_args, trl_dir=TRL_CURRENT_DIR)
+            verdicts = {}
             for tool_run in (mine, theirs):
                 verdict = {"seed": seed, "own_accuracy_novel": heldout_accuracy(tool_run), "error": tool_run.error}
                 policy = exported_policy(tool_run)
                 for name, pairs in heldout_sets.items():
                     verdict[name] = judge_accuracy(policy, start.sft, pairs) if policy else None
-                judged[tool_run.tool].setdefault(steps, []).append(verdict)
-                print(f"[bench] dpo-learning {steps} steps, seed {seed}, {tool_run.tool}: {verdict}", file=sys.stderr,
+                verdicts[tool_run.tool] = verdict
+            for name in heldout_sets:  # reply by reply, then only the figures are kept
+                difference = largest_reward_difference(verdicts["rlhfctl"][name], verdicts["trl"][name])
+                for verdict in verdicts.values():
+                    if verdict[name]:
+                        verdict[name].pop("rewards")
+                        verdict[name]["largest_reward_difference"] = difference
+            for tool, verdict in verdicts.items():
+                judged[tool].setdefault(steps, []).append(verdict)
+                print(f"[bench] dpo-learning {steps} steps, seed {seed}, {tool}: {verdict}", file=sys.stderr,
                       flush=True)
     for steps in STEP_COUNTS:
         for name in heldout_sets:
             result.rows.append(_accuracy_row(judged, steps, name, "accuracy"))
         result.rows.append(_accuracy_row(judged, steps, "novel sentences", "margin"))
+        differences = [(verdict.get("novel sentences") or {}).get("largest_reward_difference")
+                       for verdict in judged["rlhfctl"].get(steps, [])]
+        result.rows.append(Row(
+            "DPO learning", f"largest per-reply reward difference rlhfctl - TRL, novel sentences, after {steps} steps",
+            "beta x nats", stats.median(differences), None,
+            "median over seeds of max |reward_rlhfctl - reward_trl| over the 512 replies (float rounding: ~1e-6; "
+            "grows with the steps as the tools' batch orders differ); per seed "
+            + ", ".join("n/a" if value is None else f"{value:.2g}" for value in differences),
+            higher_is_better=False))
     result.details = {"sft_policy": str(start.sft), "heldout": {name: str(path) for name, path in heldout_sets.items()},
                       "seeds": list(SEEDS), "step_counts": list(STEP_COUNTS), "judged": judged}
     return result
