@@ -172,7 +172,8 @@ def run(ctx: BenchContext) -> SectionResult:
         differences = [(verdict.get("novel sentences") or {}).get("largest_reward_difference")
                        for verdict in judged["rlhfctl"].get(steps, [])]
         result.rows.append(Row(
-            "DPO learning", f"largest per-reply reward difference rlhfctl - TRL, novel sentences, after {steps} steps",
+            "DPO learning",
+            f"largest per-reply reward difference rlhfctl - TRL, novel sentences, after {_steps(steps)}",
             "beta x nats", stats.median(differences), None,
             "median over seeds of max |reward_rlhfctl - reward_trl| over the 512 replies (float rounding: ~1e-6; "
             "grows with the steps as the tools' batch orders differ); per seed "
@@ -190,9 +191,13 @@ def _accuracy_row(judged: dict, steps: int, heldout_set: str, figure: str) -> Ro
     listed = {tool: ", ".join("n/a" if value is None else f"{value:.3f}" for value in values)
               for tool, values in per_seed.items()}
     name = ("implicit-reward accuracy" if figure == "accuracy" else "mean reward margin")
-    return Row("DPO learning", f"held-out {name}, {heldout_set}, after {steps} steps (one judge)",
+    return Row("DPO learning", f"held-out {name}, {heldout_set}, after {_steps(steps)} (one judge)",
                "fraction" if figure == "accuracy" else "beta x nats",
                stats.median(per_seed["rlhfctl"]), stats.median(per_seed["trl"]),
                f"median of seeds {', '.join(map(str, SEEDS))}: rlhfctl {listed['rlhfctl']}; TRL {listed['trl']}; "
                f"{steps * GLOBAL_BATCH} training pairs, {HELDOUT_PAIRS} held-out",
                samples={tool: [value for value in values if value is not None] for tool, values in per_seed.items()})
+
+
+def _steps(count: int) -> str:
+    return f"{count} step" if count == 1 else f"{count} steps"
