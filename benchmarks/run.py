@@ -4,9 +4,12 @@
     python benchmarks/run.py --json benchmarks/results/latest.json
     python benchmarks/run.py --quick --only matmul,cli,rm
     python benchmarks/run.py --only lora-ppo,lora-ppo-kit --repeats 1   # LoRA sections run only when named
+    /work/wt/bin/shared python benchmarks/run.py --only dpo-learning    # learning, not timing: only when named
 
 Sections: matmul (machine limit), cli (start-up), convert (data convert rows/s), rm, sft, ppo, dpo, grpo (rlhfctl vs
-TRL, runs alternating A B A B), scaling (1 -> 2 workers, small model). Prints a Markdown table and writes JSON.
+TRL, runs alternating A B A B), scaling (1 -> 2 workers, small model); when named: the LoRA sections and
+dpo-learning (held-out DPO accuracy of both tools at several step counts and seeds, one judge). Prints a Markdown
+table and writes JSON.
 See benchmarks/README.md for what every figure means.
 """
 
@@ -30,6 +33,9 @@ SECTIONS = ("matmul", "cli", "convert", "rm", "sft", "ppo", "dpo", "grpo", "scal
 TRAINING_SECTIONS = ("rm", "sft", "ppo", "dpo", "grpo", "scaling")  # MFU: these need the measured matmul peak
 # Run only when named in --only (each takes several minutes): LoRA next to full-parameter rlhfctl and TRL + peft.
 LORA_SECTIONS = ("lora-ppo", "lora-ppo-kit", "lora-sft", "lora-ppo-learning")
+# Run only when named (24 training runs; learning figures, not timing: run them under `shared`, not `quiet`).
+LEARNING_SECTIONS = ("dpo-learning",)
+NAMED_ONLY = LORA_SECTIONS + LEARNING_SECTIONS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,10 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Where data, model kits and run folders go (re-used between invocations).")
     args = parser.parse_args(argv)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in SECTIONS + LORA_SECTIONS]
+    unknown = [name for name in chosen if name not in SECTIONS + NAMED_ONLY]
     if unknown:
-        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS + LORA_SECTIONS)}")
-    args.sections = [name for name in SECTIONS + LORA_SECTIONS if name in chosen]
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS + NAMED_ONLY)}")
+    args.sections = [name for name in SECTIONS + NAMED_ONLY if name in chosen]
     return args
 
 
@@ -100,12 +106,13 @@ def build_context(args: argparse.Namespace) -> BenchContext:
 
 
 def run_sections(ctx: BenchContext, sections: list[str]) -> list:
-    from benchlib.sections import cli, dpo, grpo, lora, machine, ppo, rm, scaling, sft
+    from benchlib.sections import cli, dpo, dpo_learning, grpo, lora, machine, ppo, rm, scaling, sft
 
     runners = {"matmul": machine.run, "cli": cli.run, "convert": cli.run_convert, "rm": rm.run, "sft": sft.run,
                "ppo": ppo.run, "dpo": dpo.run, "grpo": grpo.run, "scaling": scaling.run, "lora-ppo": lora.run_ppo,
                "lora-ppo-kit": lora.run_ppo_kit,
-               "lora-sft": lora.run_sft, "lora-ppo-learning": lora.run_ppo_learning}
+               "lora-sft": lora.run_sft, "lora-ppo-learning": lora.run_ppo_learning,
+               "dpo-learning": dpo_learning.run}
     if any(name in sections for name in TRAINING_SECTIONS) and "matmul" not in sections:
         sections = ["matmul", *sections]  # MFU needs the measured peak
     results = []

@@ -53,6 +53,7 @@ class ToolRun:
     extra: dict = field(default_factory=dict)  # figures beside the timing: TRL's result file, rlhfctl's validation
     step_end_times_s: list[float] = field(default_factory=list)  # exact step end times, where the tool gives them
     items_per_step: list[float] = field(default_factory=list)
+    run_dir: Path | None = None     # the run's folder: its log, rlhfctl's export/, TRL's output/
 
     @property
     def rate_without_stalls(self) -> float | None:
@@ -159,7 +160,7 @@ def run_rlhfctl_train(ctx: BenchContext, stage: str, label: str, config: dict, *
     measured = run_measured(command, env=rlhfctl_env(), cwd=REPO_ROOT, timeout_s=timeout_s,
                             log_file=run_dir / "log.txt", watch_metrics=run_dir / "output" / METRICS_FILE,
                             sample_interval_s=pss_interval_s)
-    run = ToolRun("rlhfctl", label, measured)
+    run = ToolRun("rlhfctl", label, measured, run_dir=run_dir)
     if not measured.ok:
         run.error = _failure_reason(measured)
         return run
@@ -259,7 +260,7 @@ def run_trl_script(ctx: BenchContext, script: str, label: str, args: list[str], 
                "--result", str(result_path)]
     measured = run_measured(command, env=trl_env(trl_dir), cwd=run_dir, timeout_s=timeout_s,
                             log_file=run_dir / "log.txt")
-    run = ToolRun("trl", label, measured)
+    run = ToolRun("trl", label, measured, run_dir=run_dir)
     if not measured.ok or not result_path.exists():
         run.error = _failure_reason(measured)
         return run

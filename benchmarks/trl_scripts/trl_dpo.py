@@ -43,7 +43,7 @@ def main() -> None:
         max_length=args.max_length,
         beta=args.beta,
         loss_type=[args.loss_type],
-        **common.CPU_FAIR_ARGS,
+        **(common.CPU_FAIR_ARGS | {"seed": args.seed}),  # --seed: the data order (0, the default, as before)
         eval_strategy="no",
         dataloader_num_workers=0,
     )
