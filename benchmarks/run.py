@@ -4,7 +4,7 @@
     python benchmarks/run.py --json benchmarks/results/latest.json
     python benchmarks/run.py --quick --only matmul,cli,rm
     python benchmarks/run.py --only lora-ppo,lora-ppo-kit --repeats 1   # LoRA sections run only when named
-    /work/wt/bin/shared python benchmarks/run.py --only dpo-learning    # learning, not timing: only when named
+    python benchmarks/run.py --only dpo-learning                          # learning, not timing: only when named
 
 Sections: matmul (machine limit), cli (start-up), convert (data convert rows/s), rm, sft, ppo, dpo, grpo (rlhfctl vs
 TRL, runs alternating A B A B), scaling (1 -> 2 workers, small model); when named: the LoRA sections and
